@@ -1,0 +1,112 @@
+"""Log stores, chosen per deployment by URL, loaded lazily by scheme.
+
+=================================  ==========================  ===========================
+URL                                module                      needs
+=================================  ==========================  ===========================
+``file:///abs/dir``                ``ambrosia.backends.file``     nothing (local disk, or an
+                                                               Azure Files / NFS mount)
+``memory://name``                  ``ambrosia.backends.memory``   nothing (tests; one process)
+``azblob://container/prefix``      ``ambrosia.backends.azblob``   ``pip install ambrosia[azure]``
+``s3://bucket/prefix``             ``ambrosia.backends.s3``       ``pip install ambrosia[s3]``
+=================================  ==========================  ===========================
+
+The contract every backend module follows
+-----------------------------------------
+A backend module exposes one coroutine function::
+
+    async def open(url: urllib.parse.SplitResult, instance: str, **options: object) -> LogStore
+
+``url`` is the already split URL (scheme lower-cased); ``instance`` has passed
+``validate_instance_name``. It returns a ready store for that one instance (see
+``ambrosia.backends.base``) or raises ``ConfigError`` for a URL, option or credential it
+cannot use. Unknown options are a ``ConfigError`` too, so a typo never goes unnoticed.
+The module imports its third-party dependencies at module level: ``open_store`` turns
+an ``ImportError`` of those into a ``ConfigError`` naming the extra to install. Foreign
+exceptions raised later (OSError, azure.core, botocore) are translated inside the
+backend into the ``StorageError`` tree with the cause chained. Every backend must pass
+``ambrosia.testing.conformance``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from ambrosia.backends.base import ChunkInfo, Lease, LogStore, Meta
+from ambrosia.errors import ConfigError
+
+__all__ = [
+    "INSTANCE_NAME_BYTES_MAX",
+    "ChunkInfo",
+    "Lease",
+    "LogStore",
+    "Meta",
+    "open_store",
+    "validate_instance_name",
+]
+
+INSTANCE_NAME_BYTES_MAX = 255
+
+# scheme -> (module, extra that provides its dependencies, or None)
+_BACKENDS: dict[str, tuple[str, str | None]] = {
+    "file": ("ambrosia.backends.file", None),
+    "memory": ("ambrosia.backends.memory", None),
+    "azblob": ("ambrosia.backends.azblob", "azure"),
+    "s3": ("ambrosia.backends.s3", "s3"),
+}
+
+_ACCEPTED = "file:///absolute/dir, memory://name, azblob://container/prefix, s3://bucket/prefix"
+
+
+def validate_instance_name(instance: str) -> None:
+    """Refuse names that cannot be a directory or object-name component everywhere."""
+    encoded = instance.encode("utf-8", errors="surrogatepass")
+    problem = None
+    if not instance:
+        problem = "is empty"
+    elif len(encoded) > INSTANCE_NAME_BYTES_MAX:
+        problem = f"is {len(encoded)} bytes, limit {INSTANCE_NAME_BYTES_MAX}"
+    elif instance in (".", "..") or "/" in instance or "\\" in instance:
+        problem = "must not be '.', '..' or contain a slash"
+    elif any(ord(character) < 0x20 or ord(character) == 0x7F for character in instance):
+        problem = "must not contain control characters"
+    if problem is not None:
+        raise ConfigError(f"instance name {instance!r} {problem}")
+
+
+def _split(url: str) -> urllib.parse.SplitResult:
+    try:
+        split = urllib.parse.urlsplit(url)
+    except ValueError as error:
+        raise ConfigError(
+            f"malformed log store URL {url!r}: {error}; accepted: {_ACCEPTED}"
+        ) from error
+    if not split.scheme:
+        raise ConfigError(f"log store URL {url!r} has no scheme; accepted: {_ACCEPTED}")
+    return split
+
+
+async def open_store(url: str, instance: str, **options: object) -> LogStore:
+    """Open the log store of ``instance`` at ``url``; the scheme picks the backend."""
+    split = _split(url)
+    scheme = split.scheme.lower()
+    backend = _BACKENDS.get(scheme)
+    if backend is None:
+        raise ConfigError(f"unknown log store scheme {scheme!r} in {url!r}; accepted: {_ACCEPTED}")
+    validate_instance_name(instance)
+    module_name, extra = backend
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        if error.name == module_name or extra is None:
+            raise ConfigError(
+                f"log store backend {scheme!r} is not available in this installation: {error}"
+            ) from error
+        raise ConfigError(
+            f"log store scheme {scheme!r} needs a package that is not installed "
+            f"({error.name}): pip install 'ambrosia[{extra}]'"
+        ) from error
+    opener = cast(Callable[..., Awaitable[LogStore]], module.open)
+    return await opener(split._replace(scheme=scheme), instance, **options)

@@ -1,0 +1,552 @@
+"""The local-file log store: ``file:///abs/dir`` (local disk, or an Azure Files / NFS mount).
+
+Layout of ``<root>/<instance>/``::
+
+    lock                      the writer lease: an exclusive flock, held for the
+                              lease's life (the holder's pid is written in it)
+    epoch                     the lease epoch, incremented on every acquisition
+    meta.json                 the metadata record and its version counter
+    chunk-00000000.log        chunks: pages appended in place
+    checkpoint-00000000.ckpt  checkpoints: complete or absent
+    .<name>.tmp-<random>      a file being written; renamed into place when complete
+
+Durability: every append ends with ``fdatasync``; new and renamed names are made
+durable by an fsync of the directory. Files that must appear whole (checkpoints,
+``meta.json``, ``epoch``) are written to a temporary name, fsynced, then renamed over
+the final name, so a reader sees the old file or the new one, never a part.
+
+Fencing: the kernel holds the flock for exactly as long as the holder's open file
+exists, so a crashed holder (even SIGKILL) releases it and the next acquisition takes
+over at once. The epoch file makes every acquisition distinguishable: a ``Lease``
+names its epoch, and a mutating call whose lease is not this store's current one
+raises ``LeaseLostError``. An append also names the offset it expects to extend;
+anything else is ``OffsetMismatchError``, so two writers can never both extend a
+chunk. Blocking calls run in a worker thread (one hop per call) so the event loop
+keeps running; a lock inside the store serialises the mutating calls' checks and
+writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+import orjson
+
+from ambrosia.backends import validate_instance_name
+from ambrosia.backends.base import ChunkInfo, Lease, Meta
+from ambrosia.errors import (
+    ConfigError,
+    LeaseHeldError,
+    LeaseLostError,
+    LogCorruptError,
+    NotFoundError,
+    OffsetMismatchError,
+    PreconditionFailedError,
+    StorageError,
+    StorageUnavailableError,
+)
+from ambrosia.log import checkpoint_name, chunk_name, parse_checkpoint_name, parse_chunk_name
+
+__all__ = ["FileLogStore", "open"]
+
+_T = TypeVar("_T")
+
+_LOCK_FILE = "lock"
+_EPOCH_FILE = "epoch"
+_META_FILE = "meta.json"
+_TEMPORARY_MARK = ".tmp-"
+_LEASE_POLL_INTERVAL_S = 0.05
+_OPEN_CHUNKS_MAX = 4
+
+# Errors that say "try again later" rather than "this went wrong".
+_RETRIABLE_ERRNOS = frozenset(
+    {errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.EBUSY, errno.ECONNRESET, errno.EHOSTDOWN}
+)
+
+
+def _storage_error(error: OSError, what: str) -> StorageError:
+    if isinstance(error, FileNotFoundError):
+        return NotFoundError(f"{what}: {error}")
+    if error.errno in _RETRIABLE_ERRNOS:
+        return StorageUnavailableError(f"{what}: {error}")
+    return StorageError(f"{what}: {error}")
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        raise _storage_error(error, what) from error
+
+
+def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
+    with memoryview(data) as view:
+        written = 0
+        while written < len(view):
+            if offset is None:
+                written += os.write(fd, view[written:])
+            else:
+                written += os.pwrite(fd, view[written:], offset + written)
+
+
+def _read_all(fd: int, length: int, offset: int) -> bytes:
+    parts: list[bytes] = []
+    remaining = length
+    while remaining > 0:
+        part = os.pread(fd, remaining, offset + length - remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temporary_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{_TEMPORARY_MARK}{uuid.uuid4().hex}")
+
+
+def _write_durable_temporary(final: Path, data: bytes) -> Path:
+    """Write data to a fresh temporary file next to ``final`` and fsync it."""
+    temporary = _temporary_path(final)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    os.close(fd)
+    return temporary
+
+
+def _replace_durably(final: Path, data: bytes) -> None:
+    temporary = _write_durable_temporary(final, data)
+    try:
+        os.rename(temporary, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(final.parent)
+
+
+def _encode_meta(meta: Meta, version: int) -> bytes:
+    record = {
+        "version": version,
+        "checkpoint": meta.checkpoint,
+        "epoch": meta.epoch,
+        "extra": [list(pair) for pair in meta.extra],
+    }
+    return orjson.dumps(record)
+
+
+def _decode_meta(data: bytes, where: str) -> tuple[Meta, int]:
+    try:
+        record = orjson.loads(data)
+        checkpoint = record["checkpoint"]
+        meta = Meta(
+            checkpoint=None if checkpoint is None else int(checkpoint),
+            epoch=int(record["epoch"]),
+            extra=tuple((str(key), str(value)) for key, value in record["extra"]),
+        )
+        return meta, int(record["version"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise LogCorruptError(where, 0, f"unreadable metadata record: {error}") from error
+
+
+class FileLogStore:
+    """The log of one instance in ``<root>/<instance>/``; see the module docstring."""
+
+    def __init__(self, root: str | os.PathLike[str], instance: str) -> None:
+        validate_instance_name(instance)
+        self._root = Path(root)
+        self._instance = instance
+        self._directory = self._root / instance
+        self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._lease: Lease | None = None
+        self._chunk_fds: dict[int, int] = {}
+
+    # -- identity -----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self._root.as_uri()
+
+    @property
+    def instance(self) -> str:
+        return self._instance
+
+    @property
+    def directory(self) -> Path:
+        return self._directory
+
+    def chunk_path(self, number: int) -> Path:
+        return self._directory / chunk_name(number)
+
+    def checkpoint_path(self, number: int) -> Path:
+        return self._directory / checkpoint_name(number)
+
+    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
+        return await anyio.to_thread.run_sync(function, *args)
+
+    # -- lease --------------------------------------------------------------------------
+
+    async def acquire_lease(self, *, wait_s: float = 0.0) -> Lease:
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            lease = await self._run(self._try_acquire_sync)
+            if lease is not None:
+                return lease
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                holder = await self._run(self._holder_description_sync)
+                raise LeaseHeldError(
+                    f"instance {self._instance!r} is held by another live writer ({holder}); "
+                    f"waited {wait_s:g} s"
+                )
+            await anyio.sleep(min(_LEASE_POLL_INTERVAL_S, remaining_s))
+
+    def _try_acquire_sync(self) -> Lease | None:
+        with self._lock, _translated(f"acquire the lease of {self._directory}"):
+            if self._lock_fd is None:
+                fd = os.open(self._directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    return None
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+            try:
+                epoch = self._read_epoch_sync() + 1
+                _replace_durably(self._directory / _EPOCH_FILE, str(epoch).encode())
+                os.ftruncate(self._lock_fd, 0)
+                _write_all(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+                self._remove_temporaries_sync()
+            except BaseException:
+                self._drop_lease_sync()
+                raise
+            status = os.fstat(self._lock_fd)
+            token = f"flock:{status.st_dev}:{status.st_ino}:{os.getpid()}:{epoch}"
+            self._lease = Lease(self._instance, epoch, token)
+            return self._lease
+
+    def _holder_description_sync(self) -> str:
+        try:
+            pid = (self._directory / _LOCK_FILE).read_text().strip()
+        except OSError:
+            pid = ""
+        return f"process {pid}" if pid else "unknown process"
+
+    def _read_epoch_sync(self) -> int:
+        path = self._directory / _EPOCH_FILE
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return 0
+        try:
+            return int(text)
+        except ValueError as error:
+            raise LogCorruptError(str(path), 0, f"unreadable epoch {text!r}") from error
+
+    def _remove_temporaries_sync(self) -> None:
+        # A temporary file left over belongs to a writer that died mid-write; we hold
+        # the lease now, so nobody else is writing one.
+        for entry in os.scandir(self._directory):
+            if entry.name.startswith(".") and _TEMPORARY_MARK in entry.name:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+    def _drop_lease_sync(self) -> None:
+        for fd in self._chunk_fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._chunk_fds.clear()
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # closing the only fd releases the flock
+        self._lock_fd = None
+        self._lease = None
+
+    def _check_lease_sync(self, lease: Lease, *, on_disk: bool = True) -> None:
+        """Called with self._lock held. ``on_disk`` also re-reads the epoch file."""
+        if lease != self._lease or self._lock_fd is None:
+            current = None if self._lease is None else self._lease.epoch
+            raise LeaseLostError(
+                f"lease of {lease.instance!r} at epoch {lease.epoch} is not held by this "
+                f"store of {self._instance!r} (its current epoch: {current})"
+            )
+        if on_disk:
+            epoch = self._read_epoch_sync()
+            if epoch != lease.epoch:
+                raise LeaseLostError(
+                    f"lease of {self._instance!r} at epoch {lease.epoch} lost: "
+                    f"{self._directory / _EPOCH_FILE} says {epoch}"
+                )
+
+    async def renew_lease(self, lease: Lease) -> Lease:
+        def renew() -> Lease:
+            with self._lock, _translated(f"renew the lease of {self._directory}"):
+                self._check_lease_sync(lease)
+            return lease
+
+        return await self._run(renew)
+
+    async def release_lease(self, lease: Lease) -> None:
+        def release() -> None:
+            with self._lock:
+                if lease == self._lease:
+                    self._drop_lease_sync()
+
+        await self._run(release)
+
+    # -- chunks -------------------------------------------------------------------------
+
+    async def list_chunks(self) -> list[ChunkInfo]:
+        def list_sync() -> list[ChunkInfo]:
+            chunks = []
+            with _translated(f"list chunks in {self._directory}"):
+                for entry in os.scandir(self._directory):
+                    number = parse_chunk_name(entry.name)
+                    if number is not None:
+                        with contextlib.suppress(FileNotFoundError):
+                            chunks.append(ChunkInfo(number, entry.stat().st_size))
+            return sorted(chunks, key=lambda chunk: chunk.number)
+
+        return await self._run(list_sync)
+
+    async def create_chunk(self, lease: Lease, number: int) -> None:
+        await self._run(self._create_chunk_sync, lease, number)
+
+    def _create_chunk_sync(self, lease: Lease, number: int) -> None:
+        path = self.chunk_path(number)
+        with self._lock, _translated(f"create {path}"):
+            self._check_lease_sync(lease)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                size = os.stat(path).st_size
+                if size != 0:
+                    raise OffsetMismatchError(str(path), 0, size) from None
+                # A retry: the first attempt may have died before the directory fsync.
+                _fsync_directory(self._directory)
+                return
+            self._chunk_fds[number] = fd
+            self._close_old_chunks_sync(keep=number)
+            _fsync_directory(self._directory)
+
+    def _close_old_chunks_sync(self, keep: int) -> None:
+        for number in sorted(self._chunk_fds)[:-_OPEN_CHUNKS_MAX]:
+            if number != keep:
+                with contextlib.suppress(OSError):
+                    os.close(self._chunk_fds.pop(number))
+
+    def _chunk_fd_sync(self, number: int) -> int:
+        fd = self._chunk_fds.get(number)
+        if fd is None:
+            fd = os.open(self.chunk_path(number), os.O_RDWR | os.O_CLOEXEC)
+            self._chunk_fds[number] = fd
+            self._close_old_chunks_sync(keep=number)
+        return fd
+
+    async def append(self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes) -> None:
+        await self._run(self._append_sync, lease, chunk, expected_offset, data)
+
+    def _append_sync(self, lease: Lease, chunk: int, expected_offset: int, data: bytes) -> None:
+        path = self.chunk_path(chunk)
+        with self._lock, _translated(f"append to {path}"):
+            # The flock is ours for as long as our fd lives, so the epoch on disk cannot
+            # change under a lease this store holds: no need to re-read it per append.
+            self._check_lease_sync(lease, on_disk=False)
+            fd = self._chunk_fd_sync(chunk)
+            size = os.fstat(fd).st_size
+            if size != expected_offset:
+                landed = size == expected_offset + len(data) and len(data) > 0
+                if landed and _read_all(fd, len(data), expected_offset) == data:
+                    return  # a retry of an append that did land
+                raise OffsetMismatchError(str(path), expected_offset, size)
+            try:
+                _write_all(fd, data, expected_offset)
+                os.fdatasync(fd)
+            except BaseException:
+                # Leave no partial page behind, and never trust this fd again: after a
+                # failed fsync the kernel may have dropped the dirty pages.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, expected_offset)
+                with contextlib.suppress(OSError):
+                    os.close(self._chunk_fds.pop(chunk))
+                raise
+
+    async def read_chunk(self, chunk: int, *, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"offset {offset} and length {length} must not be negative")
+        return await self._run(self._read_sync, self.chunk_path(chunk), offset, length)
+
+    @staticmethod
+    def _read_sync(path: Path, offset: int, length: int | None) -> bytes:
+        with _translated(f"read {path}"):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                wanted = max(0, size - offset) if length is None else length
+                return _read_all(fd, wanted, offset)
+            finally:
+                os.close(fd)
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    async def write_checkpoint(self, lease: Lease, number: int, data: bytes) -> None:
+        await self._run(self._write_checkpoint_sync, lease, number, data)
+
+    def _write_checkpoint_sync(self, lease: Lease, number: int, data: bytes) -> None:
+        final = self.checkpoint_path(number)
+        with _translated(f"write {final}"):
+            with self._lock:
+                self._check_lease_sync(lease)
+            # The long write happens outside the lock so appends go on meanwhile.
+            temporary = _write_durable_temporary(final, data)
+            try:
+                with self._lock:
+                    self._check_lease_sync(lease)
+                    if final.exists():
+                        if final.read_bytes() != data:
+                            raise PreconditionFailedError(
+                                f"{final} exists with other content; checkpoints are immutable"
+                            )
+                        return
+                    os.rename(temporary, final)
+                    _fsync_directory(self._directory)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+
+    async def read_checkpoint(self, number: int) -> bytes:
+        return await self._run(self._read_sync, self.checkpoint_path(number), 0, None)
+
+    async def list_checkpoints(self) -> list[int]:
+        def list_sync() -> list[int]:
+            with _translated(f"list checkpoints in {self._directory}"):
+                names = os.listdir(self._directory)
+            numbers = (parse_checkpoint_name(name) for name in names)
+            return sorted(number for number in numbers if number is not None)
+
+        return await self._run(list_sync)
+
+    # -- metadata -----------------------------------------------------------------------
+
+    def _read_meta_sync(self) -> tuple[Meta | None, int | None]:
+        path = self._directory / _META_FILE
+        with _translated(f"read {path}"):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None, None
+        return _decode_meta(data, str(path))
+
+    async def read_meta(self) -> tuple[Meta | None, str | None]:
+        meta, version = await self._run(self._read_meta_sync)
+        return meta, None if version is None else str(version)
+
+    async def swap_meta(self, lease: Lease, *, expected: str | None, new: Meta) -> str:
+        return await self._run(self._swap_meta_sync, lease, expected, new)
+
+    def _swap_meta_sync(self, lease: Lease, expected: str | None, new: Meta) -> str:
+        path = self._directory / _META_FILE
+        with self._lock, _translated(f"replace {path}"):
+            self._check_lease_sync(lease)
+            _, version = self._read_meta_sync()
+            current = None if version is None else str(version)
+            if current != expected:
+                raise PreconditionFailedError(
+                    f"metadata of {self._instance!r} is at version {current}, expected {expected}"
+                )
+            new_version = (version or 0) + 1
+            _replace_durably(path, _encode_meta(new, new_version))
+            return str(new_version)
+
+    # -- retention and shutdown ---------------------------------------------------------
+
+    async def delete_before(self, lease: Lease, number: int) -> None:
+        await self._run(self._delete_before_sync, lease, number)
+
+    def _delete_before_sync(self, lease: Lease, number: int) -> None:
+        with self._lock, _translated(f"delete old chunks and checkpoints in {self._directory}"):
+            self._check_lease_sync(lease)
+            for name in os.listdir(self._directory):
+                chunk = parse_chunk_name(name)
+                checkpoint = parse_checkpoint_name(name)
+                if chunk is not None and chunk < number:
+                    fd = self._chunk_fds.pop(chunk, None)
+                    if fd is not None:
+                        os.close(fd)
+                elif checkpoint is None or checkpoint >= number:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._directory / name)
+            _fsync_directory(self._directory)
+
+    async def close(self) -> None:
+        def close_sync() -> None:
+            with self._lock:
+                self._drop_lease_sync()
+
+        await self._run(close_sync)
+
+
+def _prepare_directory_sync(directory: Path) -> None:
+    missing = []
+    path = directory
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        _fsync_directory(created.parent)
+    if not directory.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
+
+
+async def open(url: urllib.parse.SplitResult, instance: str, **options: object) -> FileLogStore:
+    """Open ``file:///abs/dir`` for ``instance`` (the backend contract of ambrosia.backends)."""
+    if options:
+        raise ConfigError(f"file log store takes no options, got {sorted(options)}")
+    if url.netloc not in ("", "localhost") or url.query or url.fragment:
+        raise ConfigError(
+            f"file log store URL {url.geturl()!r} must be file:///absolute/dir "
+            "(no host, query or fragment)"
+        )
+    root = Path(urllib.parse.unquote(url.path))
+    if not root.is_absolute() or url.path in ("", "/"):
+        raise ConfigError(f"file log store URL {url.geturl()!r} needs an absolute directory")
+    store = FileLogStore(root, instance)
+    try:
+        await anyio.to_thread.run_sync(_prepare_directory_sync, store.directory)
+    except OSError as error:
+        raise ConfigError(f"cannot use {store.directory} as a log directory: {error}") from error
+    return store

@@ -1,0 +1,411 @@
+"""The paper's cost model (section 7.4): USD per month to ingest one MB/s, by message size.
+
+The scenario: a service ingests ``ingest_mb_per_s`` (100 in the paper; a megabyte is 10**6
+bytes) continuously for a month of ``hours_per_month`` hours, in messages of one size.
+Each design's monthly bill for that load is divided by the rate, giving USD per month
+per MB/s, the y axis of the paper's Figure 6. Per second of the scenario::
+
+    messages    = ingest_bytes / size
+    invocations = messages / max(1, batch_bytes_max // size)   (functions run on batches)
+
+Serverless on Azure (Event Hubs + Functions + Tables)::
+
+    event hubs = min(messages * ceil(size / 64 KB) * $/event
+                     + ceil(ingest / 1 MB/s) throughput units * $/TU-hour * hours,
+                     dedicated $/month)
+    functions  = invocations * $/execution + messages * 0.1 ms * 0.125 GB * $/GB-s
+    tables     = invocations * 2 transactions * $/transaction + 1 GB * $/GB-month
+
+Serverless on AWS (Kinesis + Lambda + DynamoDB)::
+
+    kinesis    = ceil(ingest / 1 MB/s) shards * $/shard-hour * hours
+                 + messages * ceil(size / 25 KB) * $/PUT payload unit
+    lambda     = priced like functions
+    dynamodb   = invocations * ($/read + $/write)
+
+On VMs (gRPC or ambrosia), from the throughput one client/server pair reached here::
+
+    VMs      = ceil(ingest / measured MB/s) * VMs priced per pair
+    grpc     = VMs * $/VM-month
+    ambrosia = VMs * $/VM-month + ingest * log bytes per byte * $/month per MB/s of storage
+
+where ambrosia's measured MB/s is first capped at the VM's storage bandwidth (96 MB/s
+for the paper's F2s), because the log cannot be written faster than that on such a VM.
+
+Every function here is pure; prices come from the TOML price sheets in
+``bench_configs/``, each naming its source and date.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ambrosia.bench.report import CostPoint, ThroughputPoint, megabyte_bytes
+
+__all__ = [
+    "AwsPrices",
+    "AzurePrices",
+    "PriceSheet",
+    "Scenario",
+    "VmPrices",
+    "cost_points",
+    "dynamodb_usd_per_month",
+    "event_hubs_usd_per_month",
+    "functions_usd_per_month",
+    "invocations_per_second",
+    "kinesis_usd_per_month",
+    "load_price_sheet",
+    "measured_rates",
+    "messages_per_second",
+    "serverless_aws_usd_per_month",
+    "serverless_azure_usd_per_month",
+    "tables_usd_per_month",
+    "vm_usd_per_month",
+]
+
+# Float division such as 100 / (100 / 3) lands a hair above 3; a whole count of machines
+# or throughput units must not round that up to 4.
+_CEIL_SLACK = 1e-9
+
+
+def _ceil(value: float) -> int:
+    return math.ceil(value - _CEIL_SLACK)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    ingest_mb_per_s: float = 100.0
+
+    @property
+    def ingest_bytes_per_s(self) -> float:
+        return self.ingest_mb_per_s * megabyte_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EventHubsPrices:
+    usd_per_million_events: float
+    event_billing_unit_bytes: int
+    usd_per_throughput_unit_hour: float
+    throughput_unit_ingress_mb_per_s: float
+    dedicated_usd_per_month: float
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionPrices:
+    """Azure Functions or AWS Lambda: per execution plus per GB-second of execution."""
+
+    usd_per_million_executions: float
+    batch_bytes_max: int
+    usd_per_gb_second: float
+    memory_gb: float
+    seconds_per_event: float
+
+
+@dataclass(frozen=True, slots=True)
+class TablesPrices:
+    transactions_per_invocation: int
+    usd_per_10k_transactions: float
+    usd_per_gb_month: float
+    state_gb: float
+
+
+@dataclass(frozen=True, slots=True)
+class KinesisPrices:
+    usd_per_shard_hour: float
+    shard_ingress_mb_per_s: float
+    usd_per_million_put_payload_units: float
+    put_payload_unit_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class DynamoDbPrices:
+    usd_per_million_reads: float
+    usd_per_million_writes: float
+    reads_per_invocation: int
+    writes_per_invocation: int
+
+
+@dataclass(frozen=True, slots=True)
+class AzurePrices:
+    source: str
+    date: str
+    hours_per_month: float
+    event_hubs: EventHubsPrices
+    functions: FunctionPrices
+    tables: TablesPrices
+
+
+@dataclass(frozen=True, slots=True)
+class AwsPrices:
+    source: str
+    date: str
+    hours_per_month: float
+    kinesis: KinesisPrices
+    lambda_: FunctionPrices
+    dynamodb: DynamoDbPrices
+
+
+@dataclass(frozen=True, slots=True)
+class VmPrices:
+    source: str
+    date: str
+    vm_name: str
+    vm_usd_per_month: float
+    vms_per_pair: int
+    storage_usd_per_month_per_100_mb_per_s: float
+    log_bytes_per_ingested_byte: float
+    storage_bandwidth_cap_mb_per_s: float
+
+
+PriceSheet = AzurePrices | AwsPrices | VmPrices
+
+# -- the formulas -------------------------------------------------------------------------
+
+
+def _seconds_per_month(hours_per_month: float) -> float:
+    return hours_per_month * 3600.0
+
+
+def messages_per_second(size_bytes: int, scenario: Scenario) -> float:
+    return scenario.ingest_bytes_per_s / size_bytes
+
+
+def invocations_per_second(size_bytes: int, batch_bytes_max: int, scenario: Scenario) -> float:
+    """Functions run on full batches: as many whole messages as fit, at least one."""
+    messages_per_batch = max(1, batch_bytes_max // size_bytes)
+    return messages_per_second(size_bytes, scenario) / messages_per_batch
+
+
+def event_hubs_usd_per_month(
+    prices: EventHubsPrices, size_bytes: int, scenario: Scenario, hours_per_month: float
+) -> float:
+    events = messages_per_second(size_bytes, scenario) * _seconds_per_month(hours_per_month)
+    billed_events = events * _ceil(size_bytes / prices.event_billing_unit_bytes)
+    throughput_units = _ceil(scenario.ingest_mb_per_s / prices.throughput_unit_ingress_mb_per_s)
+    standard = (
+        billed_events / 1e6 * prices.usd_per_million_events
+        + throughput_units * prices.usd_per_throughput_unit_hour * hours_per_month
+    )
+    return min(standard, prices.dedicated_usd_per_month)
+
+
+def functions_usd_per_month(
+    prices: FunctionPrices, size_bytes: int, scenario: Scenario, hours_per_month: float
+) -> float:
+    seconds = _seconds_per_month(hours_per_month)
+    invocations = invocations_per_second(size_bytes, prices.batch_bytes_max, scenario) * seconds
+    events = messages_per_second(size_bytes, scenario) * seconds
+    gb_seconds = events * prices.seconds_per_event * prices.memory_gb
+    return (
+        invocations / 1e6 * prices.usd_per_million_executions
+        + gb_seconds * prices.usd_per_gb_second
+    )
+
+
+def tables_usd_per_month(
+    prices: TablesPrices,
+    size_bytes: int,
+    batch_bytes_max: int,
+    scenario: Scenario,
+    hours_per_month: float,
+) -> float:
+    invocations = (
+        invocations_per_second(size_bytes, batch_bytes_max, scenario)
+        * _seconds_per_month(hours_per_month)
+    )
+    transactions = invocations * prices.transactions_per_invocation
+    return (
+        transactions / 1e4 * prices.usd_per_10k_transactions
+        + prices.state_gb * prices.usd_per_gb_month
+    )
+
+
+def kinesis_usd_per_month(
+    prices: KinesisPrices, size_bytes: int, scenario: Scenario, hours_per_month: float
+) -> float:
+    shards = _ceil(scenario.ingest_mb_per_s / prices.shard_ingress_mb_per_s)
+    records = messages_per_second(size_bytes, scenario) * _seconds_per_month(hours_per_month)
+    payload_units = records * _ceil(size_bytes / prices.put_payload_unit_bytes)
+    return (
+        shards * prices.usd_per_shard_hour * hours_per_month
+        + payload_units / 1e6 * prices.usd_per_million_put_payload_units
+    )
+
+
+def dynamodb_usd_per_month(
+    prices: DynamoDbPrices,
+    size_bytes: int,
+    batch_bytes_max: int,
+    scenario: Scenario,
+    hours_per_month: float,
+) -> float:
+    invocations = (
+        invocations_per_second(size_bytes, batch_bytes_max, scenario)
+        * _seconds_per_month(hours_per_month)
+    )
+    return invocations / 1e6 * (
+        prices.reads_per_invocation * prices.usd_per_million_reads
+        + prices.writes_per_invocation * prices.usd_per_million_writes
+    )
+
+
+def serverless_azure_usd_per_month(prices: AzurePrices, size_bytes: int,
+                                   scenario: Scenario) -> float:
+    hours = prices.hours_per_month
+    return (
+        event_hubs_usd_per_month(prices.event_hubs, size_bytes, scenario, hours)
+        + functions_usd_per_month(prices.functions, size_bytes, scenario, hours)
+        + tables_usd_per_month(
+            prices.tables, size_bytes, prices.functions.batch_bytes_max, scenario, hours
+        )
+    )
+
+
+def serverless_aws_usd_per_month(prices: AwsPrices, size_bytes: int,
+                                 scenario: Scenario) -> float:
+    hours = prices.hours_per_month
+    return (
+        kinesis_usd_per_month(prices.kinesis, size_bytes, scenario, hours)
+        + functions_usd_per_month(prices.lambda_, size_bytes, scenario, hours)
+        + dynamodb_usd_per_month(
+            prices.dynamodb, size_bytes, prices.lambda_.batch_bytes_max, scenario, hours
+        )
+    )
+
+
+def vm_usd_per_month(
+    prices: VmPrices, measured_mb_per_s: float, scenario: Scenario, *, logs_to_storage: bool
+) -> float:
+    """VMs enough for the scenario at the measured rate; plus log bandwidth if logging."""
+    if measured_mb_per_s <= 0:
+        raise ValueError(f"measured throughput must be positive, got {measured_mb_per_s} MB/s")
+    rate = measured_mb_per_s
+    storage = 0.0
+    if logs_to_storage:
+        if prices.storage_bandwidth_cap_mb_per_s > 0:
+            rate = min(rate, prices.storage_bandwidth_cap_mb_per_s)
+        storage = (
+            scenario.ingest_mb_per_s
+            * prices.log_bytes_per_ingested_byte
+            * prices.storage_usd_per_month_per_100_mb_per_s
+            / 100.0
+        )
+    vms = _ceil(scenario.ingest_mb_per_s / rate) * prices.vms_per_pair
+    return vms * prices.vm_usd_per_month + storage
+
+
+# -- from measurements and sheets to rows ---------------------------------------------------
+
+
+def measured_rates(points: Iterable[ThroughputPoint]) -> dict[tuple[str, int], float]:
+    """(system, size) -> MB/s; a system measured twice at one size keeps the last."""
+    return {(point.system, point.size_bytes): point.megabytes_per_second for point in points}
+
+
+_VM_DESIGNS = (("grpc-vm", "grpc", False), ("ambrosia-vm", "ambrosia", True))
+
+
+def cost_points(
+    sheets: Sequence[PriceSheet],
+    sizes: Sequence[int],
+    measured: Mapping[tuple[str, int], float],
+    scenario: Scenario | None = None,
+) -> list[CostPoint]:
+    """Rows for every design the sheets allow; VM designs only where a rate was measured."""
+    scenario = scenario or Scenario()
+    points: list[CostPoint] = []
+
+    def add(design: str, size: int, usd_per_month: float) -> None:
+        points.append(CostPoint(design, size, usd_per_month / scenario.ingest_mb_per_s))
+
+    for sheet in sheets:
+        for size in sizes:
+            if isinstance(sheet, AzurePrices):
+                add("serverless-azure", size, serverless_azure_usd_per_month(sheet, size,
+                                                                             scenario))
+            elif isinstance(sheet, AwsPrices):
+                add("serverless-aws", size, serverless_aws_usd_per_month(sheet, size, scenario))
+            else:
+                for design, system, logs in _VM_DESIGNS:
+                    rate = measured.get((system, size))
+                    if rate:
+                        add(design, size,
+                            vm_usd_per_month(sheet, rate, scenario, logs_to_storage=logs))
+    return points
+
+
+# -- price sheets -------------------------------------------------------------------------
+
+
+_Section = TypeVar("_Section")
+
+
+def _section(cls: type[_Section], table: Any, where: str) -> _Section:
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: missing table")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    missing, unknown = names - table.keys(), table.keys() - names
+    if missing or unknown:
+        raise ValueError(
+            f"{where}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}"
+        )
+    return cls(**table)
+
+
+def load_price_sheet(path: Path) -> PriceSheet:
+    """Read one sheet; its ``design`` key says which: serverless-azure, serverless-aws, vm."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML: {error}") from error
+    design = document.get("design")
+    source, date = document.get("source"), document.get("date")
+    if not source or not date:
+        raise ValueError(f"{path}: a price sheet must name its source and date")
+    if design == "serverless-azure":
+        return AzurePrices(
+            source=source,
+            date=date,
+            hours_per_month=float(document["hours_per_month"]),
+            event_hubs=_section(EventHubsPrices, document.get("event_hubs"),
+                                f"{path} [event_hubs]"),
+            functions=_section(FunctionPrices, document.get("functions"),
+                               f"{path} [functions]"),
+            tables=_section(TablesPrices, document.get("tables"), f"{path} [tables]"),
+        )
+    if design == "serverless-aws":
+        return AwsPrices(
+            source=source,
+            date=date,
+            hours_per_month=float(document["hours_per_month"]),
+            kinesis=_section(KinesisPrices, document.get("kinesis"), f"{path} [kinesis]"),
+            lambda_=_section(FunctionPrices, document.get("lambda"), f"{path} [lambda]"),
+            dynamodb=_section(DynamoDbPrices, document.get("dynamodb"), f"{path} [dynamodb]"),
+        )
+    if design == "vm":
+        vm, storage = document.get("vm"), document.get("storage")
+        if not isinstance(vm, dict) or not isinstance(storage, dict):
+            raise ValueError(f"{path}: a vm sheet needs [vm] and [storage] tables")
+        try:
+            return VmPrices(
+                source=source,
+                date=date,
+                vm_name=str(vm["name"]),
+                vm_usd_per_month=float(vm["usd_per_month"]),
+                vms_per_pair=int(vm["vms_per_pair"]),
+                storage_usd_per_month_per_100_mb_per_s=float(
+                    storage["usd_per_month_per_100_mb_per_s"]
+                ),
+                log_bytes_per_ingested_byte=float(storage["log_bytes_per_ingested_byte"]),
+                storage_bandwidth_cap_mb_per_s=float(storage["bandwidth_cap_mb_per_s"]),
+            )
+        except KeyError as error:
+            raise ValueError(f"{path}: missing key {error}") from error
+    raise ValueError(
+        f"{path}: design {design!r} is not one of serverless-azure, serverless-aws, vm"
+    )

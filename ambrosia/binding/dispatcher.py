@@ -1,0 +1,453 @@
+"""Deterministic dispatch: log order in, handlers one at a time, outputs out.
+
+The dispatcher is the binding's engine. The coordinator hands it durable log pages; it
+walks the RPC messages of each page in order and runs their handlers. It never lets the
+event loop choose what runs next:
+
+- a plain (``def``) handler runs to completion;
+- an ``async def`` handler is a coroutine the dispatcher drives itself with ``send``: it
+  runs until it awaits a ``PendingCall`` (an async call to another immortal). It then
+  stays suspended, other messages are dispatched, and it resumes exactly when the logged
+  result of that call is dispatched. Replay therefore resumes it at the same point in the
+  log order. Awaiting anything else (``asyncio.sleep``, a future) is refused with
+  ``HandlerAwaitError``: it would make replay depend on timing.
+
+Outputs (forks, async calls, results) are appended, already framed as incoming RPC
+messages (PROTOCOL.md type 0), to the ``OutputStream`` of their destination. Streams are
+bounded; when one is over its limit the dispatcher stops between two messages until it
+drains, so a full buffer slows the producer instead of growing.
+
+Checkpoints and awaited calls: suspended coroutines cannot be serialized, so a checkpoint
+is only taken at a *quiescent* page boundary: no handler suspended and no call awaiting
+its result. A requested checkpoint waits for the first such point; the log keeps growing
+until then (a handler that awaits forever defers checkpoints forever, and replay then
+starts further back: correct, only slower). The usual shape of long-running work, a
+handler that does one step and forks a self-call for the next (the paper's
+``continueProcess`` idiom), is quiescent between steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from ambrosia.binding import codec
+from ambrosia.binding.immortal import (
+    KIND_ASYNC,
+    KIND_FORK,
+    KIND_IMPULSE,
+    METHOD_ID_FIRST_START,
+    Immortal,
+    MethodInfo,
+    Proxy,
+    lookup_immortal_class,
+    method_table,
+)
+from ambrosia.errors import (
+    BindingError,
+    HandlerAwaitError,
+    ImpulseDuringRecoveryError,
+    ProtocolError,
+    RemoteCallError,
+)
+from ambrosia.wire.varint import Incomplete, decode_zigzag_long, encode_zigzag_int, encode_zigzag_long
+
+if TYPE_CHECKING:
+    from ambrosia.coordinator.outputs import OutputStream
+
+logger = logging.getLogger("ambrosia.binding")
+
+TYPE_RPC = 0
+RESERVED_CALL = 0
+RESERVED_RESULT = 1
+
+# Frame sizes below this come from a table: one lookup instead of a varint encode.
+_SIZE_TABLE_MAX = 1 << 14
+_SIZE_PREFIX: tuple[bytes, ...] = tuple(encode_zigzag_int(n) for n in range(_SIZE_TABLE_MAX))
+
+
+def frame_prefix(size: int) -> bytes:
+    """The size varint of a message whose type+data take ``size`` bytes."""
+    return _SIZE_PREFIX[size] if size < _SIZE_TABLE_MAX else encode_zigzag_int(size)
+
+
+def rpc_header(method_id: int, kind: int, reserved: int = RESERVED_CALL) -> bytes:
+    """Type, reserved byte, method id and kind: the fixed head of an incoming RPC."""
+    return bytes((TYPE_RPC, reserved)) + encode_zigzag_int(method_id) + bytes((kind,))
+
+
+class PendingCall:
+    """An async call in flight; ``await`` it (inside a handler) for its logged result."""
+
+    __slots__ = ("call_id", "done", "error", "value", "waiter")
+
+    def __init__(self, call_id: int) -> None:
+        self.call_id = call_id
+        self.done = False
+        self.value: object = None
+        self.error: BaseException | None = None
+        self.waiter: tuple[Coroutine[Any, Any, Any], tuple[str, int] | None] | None = None
+
+    def __await__(self) -> Any:
+        if not self.done:
+            yield self
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+Handler = tuple[Callable[..., Any], bool]
+Reply = tuple[str, int] | None
+
+
+class Dispatcher:
+    """Runs one immortal's handlers in log order; the binding side of the coordinator."""
+
+    def __init__(
+        self,
+        instance: str,
+        app: Immortal,
+        open_stream: Callable[[str], OutputStream],
+        log_impulse: Callable[[bytes], None],
+    ) -> None:
+        self.instance = instance
+        self.app = app
+        self._open_stream_callback = open_stream
+        self._log_impulse = log_impulse
+        self._streams: dict[str, OutputStream] = {}
+        self._handlers: dict[int, Handler] = {}
+        self._headers: dict[tuple[int, int], bytes] = {}
+        self._pending: dict[int, PendingCall] = {}
+        self._suspended = 0
+        self.next_call_id = 1
+        self.started = False
+        self.is_primary = False
+        self.replaying = False
+        self.in_handler = False
+        self.blocked: set[OutputStream] = set()
+        self.unblocked = asyncio.Event()
+        self.checkpoint_requested = False
+        self.handler_errors = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bind(app)
+
+    # -- setup ---------------------------------------------------------------------
+
+    def _bind(self, app: Immortal) -> None:
+        app._ambrosia_dispatcher = self
+        self.app = app
+        self._handlers = {}
+        for name, info in method_table(type(app)).items():
+            self._handlers[info.method_id] = (getattr(app, name), info.is_coroutine)
+        self._handlers[METHOD_ID_FIRST_START] = (self._first_start, True)
+
+    def replace_app(self, app: Immortal) -> None:
+        """Install a new application object (state loaded from a checkpoint)."""
+        self._bind(app)
+
+    async def _first_start(self) -> None:
+        self.started = True
+        result = self.app.on_first_start()
+        if result is not None:
+            await result
+
+    def resolve_proxy(self, type_path: str, name: str) -> object:
+        """Rebuild a proxy found in a checkpoint or in arguments."""
+        return Proxy(lookup_immortal_class(type_path), name, self)
+
+    # -- quiescence and back-pressure ------------------------------------------------
+
+    @property
+    def quiescent(self) -> bool:
+        return not self._pending and self._suspended == 0
+
+    def stream_blocked(self, stream: OutputStream) -> None:
+        self.blocked.add(stream)
+        self.unblocked.clear()
+
+    def stream_unblocked(self, stream: OutputStream) -> None:
+        self.blocked.discard(stream)
+        if not self.blocked:
+            self.unblocked.set()
+
+    def request_checkpoint(self) -> None:
+        self.checkpoint_requested = True
+
+    def start_task(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())
+
+    def stop_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- outgoing calls ----------------------------------------------------------------
+
+    def _stream(self, destination: str) -> OutputStream:
+        stream = self._streams.get(destination)
+        if stream is None:
+            stream = self._open_stream_callback(destination)
+            self._streams[destination] = stream
+        return stream
+
+    def _header(self, method_id: int, kind: int) -> bytes:
+        key = (method_id, kind)
+        header = self._headers.get(key)
+        if header is None:
+            header = rpc_header(method_id, kind)
+            self._headers[key] = header
+        return header
+
+    def _require_handler(self, what: str) -> None:
+        if not self.in_handler:
+            raise BindingError(
+                f"{what} outside a handler: only impulses may be sent from background tasks "
+                "or hooks (they are the logged entry point for outside input)"
+            )
+
+    def call_fork(self, destination: str, info: MethodInfo, args: tuple[Any, ...]) -> None:
+        if not self.in_handler:
+            self._require_handler("fork call")
+        if info.is_impulse:
+            raise BindingError(f"{info.name} is an impulse handler: call it with .impulse(...)")
+        if len(args) == 1 and type(args[0]) is bytes:
+            body = args[0]
+            header = self._header(info.method_id, KIND_FORK) + b"\x00"
+        else:
+            body = codec.encode_args(args)
+            header = self._header(info.method_id, KIND_FORK)
+        size = len(header) + len(body)
+        self._stream(destination).add(frame_prefix(size) + header, body)
+
+    def call_async(
+        self, destination: str, info: MethodInfo, args: tuple[Any, ...]
+    ) -> PendingCall:
+        self._require_handler("async call")
+        if info.is_impulse:
+            raise BindingError(f"{info.name} is an impulse handler: call it with .impulse(...)")
+        call_id = self.next_call_id
+        self.next_call_id = call_id + 1
+        if len(args) == 1 and type(args[0]) is bytes:
+            body = encode_zigzag_long(call_id) + b"\x00" + args[0]
+        else:
+            body = encode_zigzag_long(call_id) + codec.encode_args(args)
+        header = self._header(info.method_id, KIND_ASYNC)
+        self._stream(destination).add(frame_prefix(len(header) + len(body)) + header, body)
+        pending = PendingCall(call_id)
+        self._pending[call_id] = pending
+        return pending
+
+    def call_impulse(self, destination: str, info: MethodInfo, args: tuple[Any, ...]) -> None:
+        if not info.is_impulse:
+            raise BindingError(f"{info.name} is not marked @impulse")
+        if destination != self.instance:
+            raise BindingError(
+                "impulses go to the immortal's own proxy (self.this); to pass outside input "
+                "to another immortal, fork to it from the impulse handler"
+            )
+        if self.in_handler:
+            raise BindingError("impulses come from outside handlers; inside a handler use fork")
+        if not self.is_primary or self.replaying:
+            raise ImpulseDuringRecoveryError(
+                f"impulse {info.name} refused: {self.instance} is recovering, not yet primary"
+            )
+        header = self._header(info.method_id, KIND_IMPULSE)
+        body = codec.encode_args(args)
+        self._log_impulse(frame_prefix(len(header) + len(body)) + header + body)
+
+    def _send_result(self, reply: tuple[str, int], value: object, error: BaseException | None) -> None:
+        destination, call_id = reply
+        if error is None:
+            try:
+                encoded = codec.encode_value(value)
+                status = b"\x00"
+            except BindingError as encode_error:
+                error = encode_error
+        if error is not None:
+            encoded = codec.encode_args((type(error).__name__, str(error)))
+            status = b"\x01"
+        header = self._header_result()
+        body = encode_zigzag_long(call_id) + status + encoded
+        self._stream(destination).add(frame_prefix(len(header) + len(body)) + header, body)
+
+    def _header_result(self) -> bytes:
+        key = (0, -1)
+        header = self._headers.get(key)
+        if header is None:
+            header = rpc_header(0, KIND_ASYNC, RESERVED_RESULT)
+            self._headers[key] = header
+        return header
+
+    def first_start_message(self) -> bytes:
+        header = rpc_header(METHOD_ID_FIRST_START, KIND_FORK)
+        body = codec.encode_args(())
+        return frame_prefix(len(header) + len(body)) + header + body
+
+    # -- incoming messages -------------------------------------------------------------
+
+    def dispatch(self, source: str, data: bytes | memoryview, position: int, end: int) -> int:
+        """Run messages of one logged group from ``position``; return where it stopped.
+
+        Stops early (returns a position before ``end``) when an output stream is full;
+        the caller waits for ``unblocked`` and calls again from there. A malformed message
+        (it was logged, so replay meets it again) is reported and the rest of the group
+        skipped: the same outcome on every replay.
+        """
+        handlers = self._handlers
+        blocked = self.blocked
+        self.in_handler = True
+        try:
+            while position < end:
+                size = data[position]
+                if size < 0x80:
+                    size >>= 1
+                    start = position + 1
+                else:
+                    size, start = decode_zigzag_long(data, position)
+                stop = start + size
+                if size < 4 or stop > end or data[start] != TYPE_RPC:
+                    self._malformed(source, position, "bad frame")
+                    return end
+                method = data[start + 2]
+                if method < 0x80:
+                    method = (method >> 1) ^ -(method & 1)
+                    cursor = start + 3
+                else:
+                    method, cursor = decode_zigzag_long(data, start + 2)
+                if data[start + 1] == RESERVED_RESULT:
+                    self._dispatch_result(data[cursor + 1 : stop])
+                else:
+                    handler = handlers.get(method)
+                    if handler is None:
+                        self._malformed(source, position, f"no handler for method id {method}")
+                    else:
+                        kind = data[cursor]
+                        if kind == KIND_ASYNC:
+                            self._dispatch_async(source, handler, bytes(data[cursor + 1 : stop]))
+                        elif data[cursor + 1] == 0 and not handler[1]:
+                            # Fast path: one raw bytes argument to a plain handler.
+                            try:
+                                handler[0](bytes(data[cursor + 2 : stop]))
+                            except Exception:
+                                self._handler_failed(source)
+                        else:
+                            self._dispatch_fork(source, handler, bytes(data[cursor + 1 : stop]))
+                position = stop
+                if blocked:
+                    return position
+            return position
+        except (Incomplete, IndexError):
+            self._malformed(source, position, "truncated message")
+            return end
+        finally:
+            self.in_handler = False
+
+    def _malformed(self, source: str, position: int, reason: str) -> None:
+        logger.error(
+            "%s: skipping the rest of a logged batch from %s at byte %d: %s",
+            self.instance, source, position, reason,
+        )
+
+    def _handler_failed(self, source: str) -> None:
+        self.handler_errors += 1
+        logger.error("%s: handler failed on a call from %s\n%s", self.instance, source,
+                     traceback.format_exc())
+
+    def _dispatch_fork(self, source: str, handler: Handler, args_data: bytes) -> None:
+        try:
+            args = codec.decode_args(args_data, self.resolve_proxy)
+        except (ProtocolError, BindingError) as error:
+            self._malformed(source, 0, str(error))
+            return
+        function, is_coroutine = handler
+        if is_coroutine:
+            self._drive(function(*args), None)
+            return
+        try:
+            function(*args)
+        except Exception:
+            self._handler_failed(source)
+
+    def _dispatch_async(self, source: str, handler: Handler, args_data: bytes) -> None:
+        call_id, cursor = decode_zigzag_long(args_data, 0)
+        reply = (source, call_id)
+        try:
+            args = codec.decode_args(args_data[cursor:], self.resolve_proxy)
+        except (ProtocolError, BindingError) as error:
+            self._send_result(reply, None, error)
+            return
+        function, is_coroutine = handler
+        if is_coroutine:
+            self._drive(function(*args), reply)
+            return
+        try:
+            value = function(*args)
+        except Exception as error:
+            self._handler_failed(source)
+            self._send_result(reply, None, error)
+            return
+        self._send_result(reply, value, None)
+
+    def _dispatch_result(self, data: bytes | memoryview) -> None:
+        call_id, cursor = decode_zigzag_long(data, 0)
+        pending = self._pending.pop(call_id, None)
+        if pending is None:
+            logger.error("%s: result for unknown call id %d ignored", self.instance, call_id)
+            return
+        status = data[cursor]
+        payload = bytes(data[cursor + 1 :])
+        if status == 0:
+            pending.value = codec.decode_value(payload, self.resolve_proxy)
+        else:
+            type_name, message = codec.decode_args(payload, self.resolve_proxy)
+            pending.error = RemoteCallError(str(type_name), str(message))
+        pending.done = True
+        waiter = pending.waiter
+        if waiter is not None:
+            pending.waiter = None
+            self._suspended -= 1
+            self._drive(waiter[0], waiter[1])
+
+    def _drive(self, coroutine: Coroutine[Any, Any, Any], reply: Reply) -> None:
+        """Run a handler coroutine until it suspends on a call or finishes."""
+        try:
+            awaited = coroutine.send(None)
+        except StopIteration as stop:
+            if reply is not None:
+                self._send_result(reply, stop.value, None)
+            return
+        except Exception as error:
+            self._handler_failed(reply[0] if reply else self.instance)
+            if reply is not None:
+                self._send_result(reply, None, error)
+            return
+        if type(awaited) is not PendingCall:
+            coroutine.close()
+            error = HandlerAwaitError(
+                f"a handler of {self.instance} awaited {awaited!r}; handlers may only await "
+                "calls to immortals (use a self-call or an impulse to bring in outside events)"
+            )
+            logger.error("%s", error)
+            if reply is not None:
+                self._send_result(reply, None, error)
+            return
+        awaited.waiter = (coroutine, reply)
+        self._suspended += 1
+
+    # -- checkpoint support ----------------------------------------------------------
+
+    def binding_state(self) -> dict[str, int | bool]:
+        return {"next_call_id": self.next_call_id, "started": self.started}
+
+    def restore_binding_state(self, values: dict[str, Any]) -> None:
+        self.next_call_id = int(values["next_call_id"])
+        self.started = bool(values["started"])

@@ -1,0 +1,194 @@
+"""Group commit: many inputs, one page, one durable write in flight.
+
+Inputs from every connection (and self-calls and impulses) are copied into the page
+being filled while the previous page's write is in flight. When that write completes,
+the page being filled is sealed and written next: under light load a page carries one
+call and goes out at once; under heavy load it carries everything that arrived during
+the previous write. No timers.
+
+Only after a page is durable does anything see it: it is queued for delivery to the
+binding (in page order) and each source is told how far its input is now durable (so it
+can acknowledge to the sender). Everything is bounded: the page by ``page_bytes_max``
+(``try_add`` refuses what does not fit and the caller stops reading its socket until
+``on_room``), and the delivery queue by ``delivery_pages_max`` (the next write waits).
+
+A write that fails because the lease or the fence was lost stops the committer for good
+(``failed``): a stale primary must not keep writing or executing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ambrosia.backends.base import Lease, LogStore
+from ambrosia.errors import AmbrosiaError
+from ambrosia.log.page import Page, PageBuilder, decode_page
+
+logger = logging.getLogger("ambrosia.committer")
+
+
+@dataclass(frozen=True, slots=True)
+class DurablePage:
+    """A page that is durable, with where it lives."""
+
+    chunk: int
+    page: Page
+
+
+class Committer:
+    def __init__(
+        self,
+        store: LogStore,
+        lease: Lease,
+        *,
+        instance_id: int,
+        chunk: int,
+        next_sequence: int,
+        page_bytes_max: int,
+        delivery_pages_max: int,
+        on_durable: Callable[[dict[str, int]], None],
+        collect_trims: Callable[[], list[tuple[str, int]]],
+        accepted: dict[str, int],
+        chunk_bytes_max: int,
+        on_chunk_full: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.lease = lease
+        self.instance_id = instance_id
+        self.chunk = chunk
+        self.chunk_offset = 0
+        self.next_sequence = next_sequence
+        self.page_bytes_max = page_bytes_max
+        self.delivery_pages_max = delivery_pages_max
+        self._on_durable = on_durable
+        self._collect_trims = collect_trims
+        self.accepted = accepted  # source -> last seq copied into a page (durable or not)
+        self._pending_marks: dict[str, int] = {}
+        self.chunk_bytes_max = chunk_bytes_max
+        self._on_chunk_full = on_chunk_full
+        self.builder = PageBuilder(page_bytes_max=page_bytes_max)
+        self.delivery: deque[DurablePage] = deque()
+        self.delivery_ready = asyncio.Event()
+        self.delivery_room = asyncio.Event()
+        self.delivery_room.set()
+        self._room_waiters: list[Callable[[], None]] = []
+        self._writing = False
+        self._write_task: asyncio.Task[None] | None = None
+        self._switch_to: int | None = None
+        self.failed: BaseException | None = None
+        self.pages_written = 0
+        self.bytes_written = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # -- input -------------------------------------------------------------------------
+
+    def try_add(
+        self, source: str, first_seq: int, count: int, replayable: int,
+        messages: bytes | bytearray | memoryview,
+    ) -> bool:
+        """Copy a group into the current page; False if it does not fit now."""
+        if self.failed is not None:
+            raise self.failed
+        expected = self.accepted.get(source, 0) + 1
+        if first_seq != expected:
+            raise AssertionError(f"{source}: group starts at {first_seq}, expected {expected}")
+        if self.builder.body_bytes + len(messages) + 300 > self.page_bytes_max:
+            if not self.builder.is_empty:
+                self._kick()
+                return False
+        self.builder.add_group(source, first_seq, count, replayable, messages)
+        last = first_seq + count - 1
+        self.accepted[source] = last
+        self._pending_marks[source] = last
+        self._kick()
+        return True
+
+    def wait_for_room(self, callback: Callable[[], None]) -> None:
+        self._room_waiters.append(callback)
+
+    def add_trim_points(self) -> None:
+        for destination, seq in self._collect_trims():
+            self.builder.add_trim(destination, seq)
+
+    def switch_chunk(self, number: int) -> None:
+        """Write the pages sealed after this call into chunk ``number``."""
+        self._switch_to = number
+
+    # -- the write loop ------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if not self._writing and self.failed is None:
+            self._writing = True
+            self.idle.clear()
+            self._write_task = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        try:
+            while not self.builder.group_count == 0:
+                if not self.delivery_room.is_set():
+                    await self.delivery_room.wait()
+                await self._write_one()
+        except AmbrosiaError as error:
+            self.failed = error
+            logger.critical("log write failed, this process stops being primary: %s", error)
+        except BaseException as error:  # noqa: BLE001 - record, then let the owner stop
+            self.failed = error
+            logger.critical("log writer crashed", exc_info=error)
+            raise
+        finally:
+            self._writing = False
+            if self.failed is None:
+                self.idle.set()
+            else:
+                self.delivery_ready.set()
+
+    async def _write_one(self) -> None:
+        self.add_trim_points()
+        if self._switch_to is not None:
+            number, self._switch_to = self._switch_to, None
+            await self.store.create_chunk(self.lease, number)
+            self.chunk = number
+            self.chunk_offset = 0
+        sequence = self.next_sequence
+        data = self.builder.finish(instance_id=self.instance_id, epoch=self.lease.epoch,
+                                   sequence=sequence)
+        marks, self._pending_marks = self._pending_marks, {}
+        self.next_sequence = sequence + 1
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            waiter()
+        chunk = self.chunk
+        offset = self.chunk_offset
+        await self.store.append(self.lease, chunk, expected_offset=offset, data=data)
+        self.chunk_offset = offset + len(data)
+        self.pages_written += 1
+        self.bytes_written += len(data)
+        # Paired check: the page we just wrote must read back as what we meant to write.
+        page = decode_page(data, 0, f"chunk {chunk}", instance_id=self.instance_id)
+        self.delivery.append(DurablePage(chunk, page))
+        if len(self.delivery) >= self.delivery_pages_max:
+            self.delivery_room.clear()
+        self.delivery_ready.set()
+        if marks:
+            self._on_durable(marks)
+        if self.chunk_offset >= self.chunk_bytes_max:
+            self._on_chunk_full()
+
+    def take_delivered(self) -> DurablePage | None:
+        if not self.delivery:
+            self.delivery_ready.clear()
+            return None
+        page = self.delivery.popleft()
+        if len(self.delivery) < self.delivery_pages_max:
+            self.delivery_room.set()
+        return page
+
+    async def drain(self) -> None:
+        """Wait until nothing is left to write (used by tests and orderly shutdown)."""
+        while self._writing:
+            await self.idle.wait()

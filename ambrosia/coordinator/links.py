@@ -1,0 +1,364 @@
+"""Coordinator-to-coordinator links over TCP.
+
+Each ordered pair (sender, receiver) has its own connection, dialled by the sender. Data
+flows sender -> receiver; the receiver's control messages (ReplayFrom, Commit) flow back on
+the same socket. Because the sender always reads its control direction and never waits
+on anything to do so, acknowledgements can never be stuck behind full data buffers: the
+property the original got from a separate control connection. Data in the other direction
+uses the other pair's connection.
+
+Handshake: the sender sends Hello(sender, receiver, epoch); the receiver answers
+ReplayFrom(total, replayable): the last message it has accepted into its log pipeline
+(durable or in the page being written, since both will be durable unless the receiver
+dies, and if it dies it recovers to exactly what was durable). The sender drops
+everything up to there and sends from the next message. Data travels as DataBatch frames
+(first_seq, count, replayable count, packed messages); the receiver checks first_seq is
+the next it expects (anything else is a protocol error: close) and copies the payload
+into the current page without parsing it. After the page is durable the receiver sends
+Commit(last seq) and the sender frees its buffer.
+
+Any protocol error from a peer (oversize frame, garbage, unknown type, wrong sequence)
+closes that one connection with a logged reason; the coordinator keeps serving others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ambrosia.coordinator.outputs import OutputStream, Segment
+from ambrosia.errors import AmbrosiaError, FrameTooLargeError, ProtocolError
+from ambrosia.wire.messages import (
+    Commit,
+    DataBatch,
+    Direction,
+    Hello,
+    ReplayFrom,
+    decode_message_body,
+    encode,
+)
+from ambrosia.wire.varint import Incomplete, decode_zigzag_int, encode_zigzag_int, encode_zigzag_long
+
+logger = logging.getLogger("ambrosia.links")
+
+PROTOCOL_VERSION = 1
+TYPE_DATA_BATCH = 17
+_C2C = Direction.COORDINATOR_TO_COORDINATOR
+
+
+def data_batch_head(segment: Segment) -> bytes:
+    """Size prefix and fields of a DataBatch frame; the segment's bytes follow as is."""
+    fields = (
+        bytes((TYPE_DATA_BATCH,))
+        + encode_zigzag_long(segment.first_seq)
+        + encode_zigzag_int(segment.count)
+        + encode_zigzag_int(segment.count)
+    )
+    return encode_zigzag_int(len(fields) + len(segment.data)) + fields
+
+
+class FrameReader:
+    """Splits a byte stream into message bodies; a fixed buffer that is never resized.
+
+    Views handed out (``memoryview`` of type byte + data) are only valid until the next
+    ``compact``; callers copy what they keep.
+    """
+
+    def __init__(self, frame_bytes_max: int, buffer_bytes: int = 1 << 20) -> None:
+        self.frame_bytes_max = frame_bytes_max
+        self.buffer = bytearray(buffer_bytes)
+        self.start = 0
+        self.end = 0
+
+    def get_buffer(self) -> memoryview:
+        if self.end == len(self.buffer):
+            self.compact()
+            if self.end == len(self.buffer):
+                # One frame larger than the buffer: grow to hold it (bounded by the limit).
+                bigger = bytearray(min(len(self.buffer) * 2, self.frame_bytes_max + 16))
+                bigger[: self.end] = self.buffer[: self.end]
+                self.buffer = bigger
+        return memoryview(self.buffer)[self.end :]
+
+    def compact(self) -> None:
+        if self.start:
+            remaining = self.end - self.start
+            self.buffer[:remaining] = self.buffer[self.start : self.end]
+            self.start = 0
+            self.end = remaining
+
+    def next_frame(self) -> memoryview | None:
+        """The next complete message body (type + data), or None if more bytes are needed."""
+        try:
+            size, body_start = decode_zigzag_int(self.buffer, self.start)
+        except Incomplete:
+            return None
+        if body_start > self.end:
+            return None
+        if size <= 0:
+            raise ProtocolError(f"frame size {size} is not positive")
+        if size > self.frame_bytes_max:
+            raise FrameTooLargeError(size, self.frame_bytes_max)
+        body_end = body_start + size
+        if body_end > self.end:
+            if body_end - self.start > len(self.buffer):
+                self.compact()
+            return None
+        self.start = body_end
+        # Read-only, so decoded payloads are zero-copy slices of the buffer.
+        return memoryview(self.buffer).toreadonly()[body_start:body_end]
+
+
+def _decode(body: memoryview) -> Any:
+    return decode_message_body(body, _C2C)
+
+
+# -- receiver side ------------------------------------------------------------------------
+
+
+class IncomingLink(asyncio.BufferedProtocol):
+    """The receiving end of one sender's connection."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner  # the Runtime: accept_hello, try_accept, wait_for_room, closed
+        self.reader = FrameReader(owner.config.frame_bytes_max)
+        self.transport: asyncio.Transport | None = None
+        self.source: str | None = None
+        self.expected_seq = 0
+        self.paused = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.reader.end += nbytes
+        self._process()
+
+    def _process(self) -> None:
+        if self.closed:
+            return
+        try:
+            while not self.paused:
+                frame_start = self.reader.start
+                body = self.reader.next_frame()
+                if body is None:
+                    break
+                if body[0] == TYPE_DATA_BATCH and self.source is not None:
+                    if not self._data(body):
+                        # Re-read this frame once the page has room.
+                        del body
+                        self.reader.start = frame_start
+                        self._pause()
+                        break
+                else:
+                    self._control(_decode(body))
+                del body
+            self.reader.compact()
+        except ProtocolError as error:
+            self.fail(f"protocol error: {error}")
+        except AmbrosiaError as error:
+            self.fail(f"cannot accept input: {error}")
+
+    def _data(self, body: memoryview) -> bool:
+        batch = _decode(body)
+        assert isinstance(batch, DataBatch)
+        if batch.first_seq != self.expected_seq:
+            raise ProtocolError(
+                f"batch from {self.source} starts at {batch.first_seq}, expected {self.expected_seq}"
+            )
+        assert self.source is not None
+        if not self.owner.try_accept(
+            self.source, batch.first_seq, batch.count, batch.replayable_count, batch.payload
+        ):
+            return False
+        self.expected_seq = batch.first_seq + batch.count
+        return True
+
+    def _control(self, message: object) -> None:
+        if isinstance(message, Hello) and self.source is None:
+            self.source = message.sender
+            accepted = self.owner.accept_hello(self, message)
+            self.expected_seq = accepted + 1
+            self.send(ReplayFrom(accepted, accepted))
+            return
+        raise ProtocolError(f"unexpected {type(message).__name__} from {self.source or 'peer'}")
+
+    def _pause(self) -> None:
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.owner.wait_for_room(self._resume)
+
+    def _resume(self) -> None:
+        if self.closed:
+            return
+        self.paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self._process()
+
+    def send(self, message: Commit | ReplayFrom) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(encode(message))
+
+    def commit(self, seq: int) -> None:
+        self.send(Commit(seq, seq))
+
+    def fail(self, reason: str) -> None:
+        logger.warning("closing connection from %s: %s", self.source or "unknown peer", reason)
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.owner.incoming_closed(self)
+
+
+# -- sender side --------------------------------------------------------------------------
+
+
+class OutgoingProtocol(asyncio.Protocol):
+    """The sending end: writes DataBatch frames, reads ReplayFrom and Commit."""
+
+    def __init__(self, link: OutgoingLink) -> None:
+        self.link = link
+        self.reader = FrameReader(1 << 16, 1 << 16)
+        self.transport: asyncio.Transport | None = None
+        self.ready = False
+        self.writable = True
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.link.config.socket_buffer_bytes)
+        link = self.link
+        transport.write(encode(Hello(PROTOCOL_VERSION, link.sender, link.stream.destination,
+                                     link.epoch)))
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        try:
+            view = reader.get_buffer()
+            while len(view) < len(data):
+                reader.compact()
+                view = reader.get_buffer()
+                if len(view) < len(data):
+                    raise FrameTooLargeError(len(data), len(reader.buffer))
+            view[: len(data)] = data
+            del view
+            reader.end += len(data)
+            while (body := reader.next_frame()) is not None:
+                message = _decode(body)
+                del body
+                self._control(message)
+            reader.compact()
+        except ProtocolError as error:
+            logger.warning("closing link to %s: %s", self.link.stream.destination, error)
+            if self.transport is not None:
+                self.transport.close()
+
+    def _control(self, message: object) -> None:
+        stream = self.link.stream
+        if isinstance(message, ReplayFrom) and not self.ready:
+            stream.rewind(message.total)
+            self.ready = True
+            self.link.flush()
+        elif isinstance(message, Commit) and self.ready:
+            self.link.acked(message.seq)
+        else:
+            raise ProtocolError(f"unexpected {type(message).__name__} from {stream.destination}")
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        self.link.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ready = False
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class OutgoingLink:
+    """Keeps one destination connected: dial, handshake, send, reconnect with backoff."""
+
+    def __init__(
+        self,
+        *,
+        sender: str,
+        epoch: int,
+        stream: OutputStream,
+        config: Any,
+        resolve: Callable[[str], Awaitable[tuple[str, int]]],
+        on_ack: Callable[[OutputStream], None],
+    ) -> None:
+        self.sender = sender
+        self.epoch = epoch
+        self.stream = stream
+        self.config = config
+        self._resolve = resolve
+        self._on_ack = on_ack
+        self.protocol: OutgoingProtocol | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.batches_sent = 0
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def acked(self, seq: int) -> None:
+        self.stream.ack(seq)
+        self._on_ack(self.stream)
+
+    def flush(self) -> None:
+        protocol = self.protocol
+        if protocol is None or not protocol.ready or not protocol.writable:
+            return
+        transport = protocol.transport
+        assert transport is not None
+        for segment in self.stream.take_unsent():
+            transport.writelines((data_batch_head(segment), segment.data))
+            self.batches_sent += 1
+
+    async def _run(self) -> None:
+        delay = self.config.reconnect_delay_min_s
+        loop = asyncio.get_running_loop()
+        destination = self.stream.destination
+        while True:
+            try:
+                host, port = await self._resolve(destination)
+                _, protocol = await asyncio.wait_for(
+                    loop.create_connection(lambda: OutgoingProtocol(self), host, port),
+                    self.config.connect_timeout_s,
+                )
+                self.protocol = protocol
+                delay = self.config.reconnect_delay_min_s
+                await protocol.lost
+                logger.info("link to %s dropped; reconnecting", destination)
+            except (OSError, asyncio.TimeoutError, AmbrosiaError) as error:
+                logger.debug("cannot reach %s: %s", destination, error)
+            finally:
+                self.protocol = None
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.config.reconnect_delay_max_s)
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.close()

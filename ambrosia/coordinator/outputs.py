@@ -1,0 +1,198 @@
+"""Output streams: numbered, bounded, resendable output to one destination.
+
+Every ordered pair (this immortal, destination) numbers this immortal's messages 1, 2,
+3, ... Both sides count; numbers never travel per message. A stream keeps every message
+until the destination acknowledges it as durably logged (``ack``), so it can resend after
+a reconnection or a crash of either side:
+
+- ``open``: the batch being filled by the binding (a bytearray of framed messages).
+- ``unsent``: sealed batches not yet written to the current connection.
+- ``inflight``: batches written but not yet acknowledged.
+
+On a (re)connection the receiver names its resume point (``rewind``): everything up to it
+is dropped, the rest is sent again from the first message after it. Messages at or below
+``drop_through`` are not even buffered: replay after a crash regenerates output that the
+receiver already has (known from logged trim points or from the receiver), and dropping it
+is the sender-side deduplication of the protocol. The receiver never deduplicates.
+
+The stream is bounded by ``buffer_bytes_max``: when it holds more, it tells its owner
+(``on_blocked``) and the dispatcher stops running handlers until acknowledgements free
+space. One handler's output may overshoot the bound; the next handler waits.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ambrosia.wire.varint import decode_zigzag_long
+
+
+@dataclass(slots=True)
+class Segment:
+    """A sealed batch: ``count`` framed messages numbered from ``first_seq``."""
+
+    first_seq: int
+    count: int
+    data: bytes | bytearray
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.count - 1
+
+
+def skip_messages(data: bytes | bytearray | memoryview, count: int) -> int:
+    """Byte offset just after the first ``count`` framed messages of ``data``."""
+    position = 0
+    for _ in range(count):
+        size, position = decode_zigzag_long(data, position)
+        position += size
+    return position
+
+
+class OutputStream:
+    """Output to one destination; see the module docstring."""
+
+    def __init__(
+        self,
+        destination: str,
+        *,
+        buffer_bytes_max: int,
+        batch_bytes_max: int,
+        on_dirty: Callable[[OutputStream], None],
+        on_blocked: Callable[[OutputStream], None],
+        on_unblocked: Callable[[OutputStream], None],
+    ) -> None:
+        self.destination = destination
+        self.buffer_bytes_max = buffer_bytes_max
+        self.batch_bytes_max = batch_bytes_max
+        self._on_dirty = on_dirty
+        self._on_blocked = on_blocked
+        self._on_unblocked = on_unblocked
+        self.next_seq = 0  # number of the last message produced
+        self.drop_through = 0
+        self.acked_through = 0
+        self.open = bytearray()
+        self.open_first_seq = 1
+        self.open_count = 0
+        self.unsent: deque[Segment] = deque()
+        self.inflight: deque[Segment] = deque()
+        self.buffered_bytes = 0
+        self.dirty = False
+        self.blocked = False
+        self.trim_logged = 0  # highest ack already written into a log page
+
+    # -- producing (the hot path) ------------------------------------------------------
+
+    def add(self, head: bytes, body: bytes) -> None:
+        """Append one framed message (``head`` + ``body``)."""
+        seq = self.next_seq + 1
+        self.next_seq = seq
+        if seq <= self.drop_through:
+            return
+        open_batch = self.open
+        if not self.open_count:
+            self.open_first_seq = seq
+        open_batch += head
+        open_batch += body
+        self.open_count += 1
+        self.buffered_bytes += len(head) + len(body)
+        if len(open_batch) >= self.batch_bytes_max:
+            self.seal()
+        if not self.dirty:
+            self.dirty = True
+            self._on_dirty(self)
+        if self.buffered_bytes > self.buffer_bytes_max and not self.blocked:
+            self.blocked = True
+            self._on_blocked(self)
+
+    def seal(self) -> None:
+        """Close the open batch so it can be sent."""
+        if self.open_count:
+            self.unsent.append(Segment(self.open_first_seq, self.open_count, self.open))
+            self.open = bytearray()
+            self.open_count = 0
+
+    def take_unsent(self) -> list[Segment]:
+        """Seal and return what the current connection has not been sent; mark it in flight."""
+        self.seal()
+        self.dirty = False
+        segments = list(self.unsent)
+        self.unsent.clear()
+        self.inflight.extend(segments)
+        return segments
+
+    # -- acknowledgements and reconnection ----------------------------------------------
+
+    def ack(self, through: int) -> None:
+        """The destination durably logged everything up to ``through``."""
+        if through <= self.acked_through:
+            return
+        self.acked_through = through
+        self.drop_through = max(self.drop_through, through)
+        self._drop_front(self.inflight, through)
+        self._drop_front(self.unsent, through)
+        if through >= self.open_first_seq and self.open_count:
+            self._trim_open(through)
+        self._check_unblocked()
+
+    def rewind(self, resume_after: int) -> None:
+        """A new connection: the receiver has everything up to ``resume_after``."""
+        self.inflight.extend(self.unsent)
+        self.unsent = self.inflight
+        self.inflight = deque()
+        if resume_after < self.acked_through:
+            # The receiver lost what it had acknowledged: its log is behind ours. We cannot
+            # resend what we freed, so keep going and let the audit report it.
+            resume_after = self.acked_through
+        self.acked_through = resume_after
+        self.drop_through = max(self.drop_through, resume_after)
+        self._drop_front(self.unsent, resume_after)
+        if self.open_count and resume_after >= self.open_first_seq:
+            self._trim_open(resume_after)
+        self.dirty = bool(self.unsent or self.open_count)
+        self._check_unblocked()
+
+    def _drop_front(self, segments: deque[Segment], through: int) -> None:
+        while segments and segments[0].first_seq <= through:
+            segment = segments[0]
+            if segment.last_seq <= through:
+                segments.popleft()
+                self.buffered_bytes -= len(segment.data)
+                continue
+            drop = through - segment.first_seq + 1
+            cut = skip_messages(segment.data, drop)
+            segments[0] = Segment(through + 1, segment.count - drop, segment.data[cut:])
+            self.buffered_bytes -= cut
+            break
+
+    def _trim_open(self, through: int) -> None:
+        drop = min(through - self.open_first_seq + 1, self.open_count)
+        cut = skip_messages(self.open, drop)
+        del self.open[:cut]
+        self.buffered_bytes -= cut
+        self.open_count -= drop
+        self.open_first_seq += drop
+
+    def _check_unblocked(self) -> None:
+        if self.blocked and self.buffered_bytes <= self.buffer_bytes_max:
+            self.blocked = False
+            self._on_unblocked(self)
+
+    # -- checkpoints ----------------------------------------------------------------
+
+    def snapshot(self) -> tuple[int, int, list[Segment]]:
+        """(next_seq, acked_through, every unacknowledged segment in order)."""
+        segments = [*self.inflight, *self.unsent]
+        if self.open_count:
+            segments.append(Segment(self.open_first_seq, self.open_count, bytes(self.open)))
+        return self.next_seq, self.acked_through, segments
+
+    def restore(self, next_seq: int, acked_through: int, segments: list[Segment]) -> None:
+        self.next_seq = next_seq
+        self.acked_through = acked_through
+        self.drop_through = max(self.drop_through, acked_through)
+        self.unsent = deque(segments)
+        self.buffered_bytes = sum(len(segment.data) for segment in segments)
+        self.dirty = bool(segments)

@@ -1,0 +1,531 @@
+"""The coordinator of one immortal, with its binding in the same process.
+
+Start-up is recovery; a first start is recovery from an empty log:
+
+1. take the writer lease (one writer per instance, fenced by the store);
+2. load the latest checkpoint (on a first start: write checkpoint 0 of the freshly
+   constructed state first), scan and audit the chunks after it;
+3. restore connection state: input high-water marks (checkpoint + logged groups), output
+   buffers (checkpoint) and what receivers already consumed (logged trim points), so
+   regenerated output that was consumed is dropped instead of buffered;
+4. start a NEW chunk (the old last chunk may end in a torn write that cloud stores cannot
+   truncate), start the committer, the peer listener and the outgoing links;
+5. replay the logged pages through the dispatcher (impulses refused meanwhile);
+6. become primary: log the first-start call if it never was, ask for a checkpoint,
+   run ``on_become_primary``.
+
+After that, durable pages flow from the committer to the dispatcher in order, outputs
+flow to peers, acknowledgements free them and are logged as trim points, and a
+checkpoint is taken at a quiescent page boundary whenever the current chunk passes
+``checkpoint_log_bytes`` or one is requested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ambrosia.backends.base import Lease, LogStore, Meta
+from ambrosia.binding import state as state_codec
+from ambrosia.binding.dispatcher import Dispatcher
+from ambrosia.binding.immortal import Immortal
+from ambrosia.coordinator.checkpoint import (
+    CheckpointState,
+    OutputState,
+    decode_checkpoint,
+    encode_checkpoint,
+)
+from ambrosia.coordinator.committer import Committer
+from ambrosia.coordinator.links import IncomingLink, OutgoingLink
+from ambrosia.coordinator.outputs import OutputStream
+from ambrosia.errors import AmbrosiaError, LogGapError, ProtocolError
+from ambrosia.log.page import ChunkScan, Page, check_sequence, instance_id_for, scan_chunk
+from ambrosia.wire.messages import Hello
+
+logger = logging.getLogger("ambrosia.coordinator")
+
+IMPULSE_SOURCE = "@impulses"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Limits and knobs of one coordinator (unit last in every name)."""
+
+    page_bytes_max: int = 8 * MiB
+    delivery_pages_max: int = 4
+    output_buffer_bytes_max: int = 32 * MiB
+    batch_bytes_max: int = 1 * MiB
+    message_bytes_max: int = 4 * MiB
+    frame_bytes_max: int = 16 * MiB
+    socket_buffer_bytes: int = 4 * MiB
+    checkpoint_log_bytes: int = 256 * MiB
+    checkpoints_kept: int = 2
+    reconnect_delay_min_s: float = 0.02
+    reconnect_delay_max_s: float = 1.0
+    connect_timeout_s: float = 5.0
+    lease_wait_s: float = 30.0
+    lease_renew_interval_s: float = 10.0
+    impulse_backlog_max: int = 100_000
+
+
+Resolver = Callable[[str], Awaitable[tuple[str, int]]]
+
+
+class Runtime:
+    """One immortal: coordinator and binding in one process, on one event loop."""
+
+    def __init__(
+        self,
+        *,
+        instance: str,
+        app_factory: Callable[[], Immortal],
+        store: LogStore,
+        listen: tuple[str, int],
+        resolve: Resolver,
+        config: Config | None = None,
+    ) -> None:
+        self.instance = instance
+        self.app_factory = app_factory
+        self.store = store
+        self.listen_address = listen
+        self._resolve = resolve
+        self.config = config or Config()
+        self.instance_id = instance_id_for(instance)
+        self.lease: Lease | None = None
+        self.meta_version: str | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.committer: Committer | None = None
+        self.streams: dict[str, OutputStream] = {}
+        self.links: dict[str, OutgoingLink] = {}
+        self.incoming: dict[str, IncomingLink] = {}
+        self.delivered: dict[str, int] = {}
+        self.delivered_sequence = -1
+        self.server: asyncio.Server | None = None
+        self.bound_port = 0
+        self._dirty: set[OutputStream] = set()
+        self._flush_scheduled = False
+        self._impulse_backlog: list[bytes] = []
+        self._replay_pages: list[tuple[int, Page]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self.checkpoints: list[tuple[int, int]] = []  # (number, resume_chunk) kept
+        self.stopped = asyncio.Event()
+        self.failure: BaseException | None = None
+        self.primary = asyncio.Event()
+        self.replayed_pages = 0
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        store = self.store
+        self.lease = await store.acquire_lease(wait_s=self.config.lease_wait_s)
+        logger.info("%s: lease taken, epoch %d", self.instance, self.lease.epoch)
+        app = self.app_factory()
+        self.dispatcher = Dispatcher(self.instance, app, self._open_stream, self._log_impulse)
+        meta, self.meta_version = await store.read_meta()
+        if meta is None or meta.checkpoint is None:
+            checkpoint = await self._first_checkpoint()
+        else:
+            where = f"checkpoint {meta.checkpoint} of {self.instance}"
+            checkpoint = decode_checkpoint(await store.read_checkpoint(meta.checkpoint), where)
+            self._restore(checkpoint)
+        self.checkpoints = [(checkpoint.number, checkpoint.resume_chunk)]
+        pages, last_chunk = await self._scan(checkpoint)
+        accepted = dict(checkpoint.inputs)
+        trims: dict[str, int] = {}
+        for _, page in pages:
+            for group in page.groups:
+                accepted[group.source] = group.last_seq
+            for destination, seq in page.trims:
+                trims[destination] = max(trims.get(destination, 0), seq)
+        self.delivered = dict(checkpoint.inputs)
+        next_sequence = pages[-1][1].sequence + 1 if pages else checkpoint.resume_sequence
+        self.delivered_sequence = checkpoint.resume_sequence - 1
+        for destination, seq in trims.items():
+            self._open_stream(destination).ack(seq)
+        self_stream = self._open_stream(self.instance)
+        self_stream.drop_through = max(self_stream.drop_through, accepted.get(self.instance, 0))
+        fresh = meta is None or meta.checkpoint is None
+        new_chunk = 0 if fresh else max(last_chunk, checkpoint.number) + 1
+        await store.create_chunk(self.lease, new_chunk)
+        self.committer = Committer(
+            store,
+            self.lease,
+            instance_id=self.instance_id,
+            chunk=new_chunk,
+            next_sequence=next_sequence,
+            page_bytes_max=self.config.page_bytes_max,
+            delivery_pages_max=self.config.delivery_pages_max,
+            on_durable=self._on_durable,
+            collect_trims=self._collect_trims,
+            accepted=accepted,
+            chunk_bytes_max=self.config.checkpoint_log_bytes,
+            on_chunk_full=self._request_checkpoint,
+        )
+        self._replay_pages = pages
+        loop = asyncio.get_running_loop()
+        host, port = self.listen_address
+        self.server = await loop.create_server(lambda: IncomingLink(self), host, port)
+        self.bound_port = self.server.sockets[0].getsockname()[1]
+        for stream in list(self.streams.values()):
+            self._start_link(stream)
+        self._tasks.append(loop.create_task(self._deliver_loop()))
+        self._tasks.append(loop.create_task(self._renew_loop()))
+
+    async def _first_checkpoint(self) -> CheckpointState:
+        assert self.lease is not None and self.dispatcher is not None
+        chunks = await self.store.list_chunks()
+        if any(chunk.size_bytes for chunk in chunks):
+            raise LogGapError(
+                f"{self.instance}: the log has pages but no metadata record; refusing to start "
+                "over it (restore the metadata or remove the log)"
+            )
+        state = self._snapshot(number=0, resume_sequence=0, resume_chunk=0)
+        await self.store.write_checkpoint(self.lease, 0, encode_checkpoint(state))
+        self.meta_version = await self.store.swap_meta(
+            self.lease, expected=self.meta_version, new=Meta(checkpoint=0, epoch=self.lease.epoch)
+        )
+        return state
+
+    def _restore(self, checkpoint: CheckpointState) -> None:
+        assert self.dispatcher is not None
+        app = self.app_factory()
+        state_codec.load_attributes(app, checkpoint.app, resolve_proxy=self.dispatcher.resolve_proxy)
+        self.dispatcher.replace_app(app)
+        self.dispatcher.restore_binding_state(checkpoint.binding)
+        for destination, output in checkpoint.outputs.items():
+            stream = self._open_stream(destination)
+            stream.restore(output.next_seq, output.acked_through, output.segments)
+
+    async def _scan(self, checkpoint: CheckpointState) -> tuple[list[tuple[int, Page]], int]:
+        """Read and audit every chunk from the checkpoint's resume chunk on."""
+        chunks = [c for c in await self.store.list_chunks() if c.number >= checkpoint.resume_chunk]
+        scans: list[tuple[int, ChunkScan]] = []
+        for chunk in chunks:
+            data = await self.store.read_chunk(chunk.number)
+            where = f"{self.store.url} {self.instance} chunk {chunk.number}"
+            scan = scan_chunk(data, where=where, instance_id=self.instance_id,
+                              page_bytes_max=self.config.page_bytes_max)
+            if scan.torn_tail:
+                logger.warning("%s: torn write cut off: %s", where, scan.torn_reason)
+            scans.append((chunk.number, scan))
+        check_sequence(scans)
+        pages = [
+            (number, page)
+            for number, scan in scans
+            for page in scan.pages
+            if page.sequence >= checkpoint.resume_sequence
+        ]
+        if pages and pages[0][1].sequence != checkpoint.resume_sequence:
+            raise LogGapError(
+                f"{self.instance}: checkpoint {checkpoint.number} resumes at page "
+                f"{checkpoint.resume_sequence} but the log continues at page {pages[0][1].sequence}"
+            )
+        last_chunk = max((c.number for c in chunks), default=-1)
+        return pages, last_chunk
+
+    # -- output streams ------------------------------------------------------------------
+
+    def _open_stream(self, destination: str) -> OutputStream:
+        stream = self.streams.get(destination)
+        if stream is not None:
+            return stream
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
+        stream = OutputStream(
+            destination,
+            buffer_bytes_max=self.config.output_buffer_bytes_max,
+            batch_bytes_max=self.config.batch_bytes_max,
+            on_dirty=self._on_dirty,
+            on_blocked=dispatcher.stream_blocked,
+            on_unblocked=dispatcher.stream_unblocked,
+        )
+        self.streams[destination] = stream
+        if self.committer is not None:
+            self._start_link(stream)
+        return stream
+
+    def _start_link(self, stream: OutputStream) -> None:
+        if stream.destination == self.instance or stream.destination in self.links:
+            return
+        assert self.lease is not None
+        link = OutgoingLink(
+            sender=self.instance,
+            epoch=self.lease.epoch,
+            stream=stream,
+            config=self.config,
+            resolve=self._resolve,
+            on_ack=self._on_ack,
+        )
+        self.links[stream.destination] = link
+        link.start()
+
+    def _on_dirty(self, stream: OutputStream) -> None:
+        self._dirty.add(stream)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for stream in dirty:
+            if stream.destination == self.instance:
+                self._flush_self(stream)
+            else:
+                link = self.links.get(stream.destination)
+                if link is not None:
+                    link.flush()
+
+    def _flush_self(self, stream: OutputStream) -> None:
+        """Self-calls go straight into the log, numbered like any other input."""
+        committer = self.committer
+        if committer is None:
+            return
+        stream.seal()
+        while stream.unsent:
+            segment = stream.unsent[0]
+            if not committer.try_add(self.instance, segment.first_seq, segment.count,
+                                     segment.count, segment.data):
+                committer.wait_for_room(lambda: self._on_dirty(stream))
+                return
+            stream.inflight.append(stream.unsent.popleft())
+        stream.dirty = False
+
+    def _on_ack(self, stream: OutputStream) -> None:
+        """Acknowledged output: its trim point rides on the next page written."""
+
+    def _collect_trims(self) -> list[tuple[str, int]]:
+        trims = []
+        for stream in self.streams.values():
+            if stream.acked_through > stream.trim_logged and stream.destination != self.instance:
+                trims.append((stream.destination, stream.acked_through))
+                stream.trim_logged = stream.acked_through
+        return trims
+
+    # -- input ---------------------------------------------------------------------------
+
+    def accept_hello(self, link: IncomingLink, hello: Hello) -> int:
+        if hello.receiver != self.instance:
+            raise ProtocolError(f"peer {hello.sender} thinks it is talking to {hello.receiver}")
+        if hello.sender in (self.instance, IMPULSE_SOURCE):
+            raise ProtocolError(f"peer claims the reserved name {hello.sender!r}")
+        previous = self.incoming.get(hello.sender)
+        if previous is not None and previous is not link:
+            previous.close()
+        self.incoming[hello.sender] = link
+        assert self.committer is not None
+        return self.committer.accepted.get(hello.sender, 0)
+
+    def try_accept(self, source: str, first_seq: int, count: int, replayable: int,
+                   payload: bytes | memoryview) -> bool:
+        assert self.committer is not None
+        return self.committer.try_add(source, first_seq, count, replayable, payload)
+
+    def wait_for_room(self, callback: Callable[[], None]) -> None:
+        assert self.committer is not None
+        self.committer.wait_for_room(callback)
+
+    def incoming_closed(self, link: IncomingLink) -> None:
+        if link.source is not None and self.incoming.get(link.source) is link:
+            del self.incoming[link.source]
+
+    def _on_durable(self, marks: dict[str, int]) -> None:
+        for source, seq in marks.items():
+            if source == self.instance:
+                self.streams[self.instance].ack(seq)
+            elif source != IMPULSE_SOURCE:
+                link = self.incoming.get(source)
+                if link is not None:
+                    link.commit(seq)
+
+    def _log_impulse(self, message: bytes) -> None:
+        committer = self.committer
+        assert committer is not None
+        if len(self._impulse_backlog) >= self.config.impulse_backlog_max:
+            raise AmbrosiaError(f"{self.instance}: impulse backlog full; slow the input down")
+        self._impulse_backlog.append(message)
+        self._drain_impulses()
+
+    def _drain_impulses(self) -> None:
+        committer = self.committer
+        assert committer is not None
+        while self._impulse_backlog:
+            message = self._impulse_backlog[0]
+            seq = committer.accepted.get(IMPULSE_SOURCE, 0) + 1
+            if not committer.try_add(IMPULSE_SOURCE, seq, 1, 0, message):
+                committer.wait_for_room(self._drain_impulses)
+                return
+            self._impulse_backlog.pop(0)
+
+    # -- delivery --------------------------------------------------------------------------
+
+    async def _deliver_loop(self) -> None:
+        dispatcher = self.dispatcher
+        committer = self.committer
+        assert dispatcher is not None and committer is not None
+        try:
+            dispatcher.replaying = True
+            for _, page in self._replay_pages:
+                await self._deliver(page)
+                self.replayed_pages += 1
+            self._replay_pages = []
+            dispatcher.replaying = False
+            dispatcher.is_primary = True
+            if not dispatcher.started:
+                self._log_first_start()
+            self._request_checkpoint()
+            self.primary.set()
+            logger.info("%s: primary (replayed %d pages)", self.instance, self.replayed_pages)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._become_primary()))
+            while True:
+                durable = committer.take_delivered()
+                if durable is None:
+                    if committer.failed is not None:
+                        raise committer.failed
+                    await committer.delivery_ready.wait()
+                    continue
+                await self._deliver(durable.page)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            self.failure = error
+            logger.critical("%s: stopping: %s", self.instance, error)
+            self.stopped.set()
+
+    async def _become_primary(self) -> None:
+        assert self.dispatcher is not None
+        try:
+            await self.dispatcher.app.on_become_primary()
+        except Exception:
+            logger.exception("%s: on_become_primary failed", self.instance)
+
+    def _log_first_start(self) -> None:
+        assert self.dispatcher is not None
+        message = self.dispatcher.first_start_message()
+        stream = self.streams[self.instance]
+        stream.add(message, b"")
+
+    async def _deliver(self, page: Page) -> None:
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
+        delivered = self.delivered
+        for group in page.groups:
+            data = group.messages
+            end = len(data)
+            position = dispatcher.dispatch(group.source, data, 0, end)
+            while position < end:
+                await dispatcher.unblocked.wait()
+                position = dispatcher.dispatch(group.source, data, position, end)
+            delivered[group.source] = group.last_seq
+        self.delivered_sequence = page.sequence
+        if dispatcher.checkpoint_requested and dispatcher.quiescent and self._checkpoint_task is None:
+            self._start_checkpoint()
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _request_checkpoint(self) -> None:
+        assert self.dispatcher is not None
+        self.dispatcher.checkpoint_requested = True
+
+    def _snapshot(self, *, number: int, resume_sequence: int, resume_chunk: int) -> CheckpointState:
+        assert self.dispatcher is not None and self.lease is not None
+        outputs = {}
+        for destination, stream in self.streams.items():
+            next_seq, acked, segments = stream.snapshot()
+            outputs[destination] = OutputState(next_seq, acked, segments)
+        return CheckpointState(
+            instance=self.instance,
+            number=number,
+            epoch=self.lease.epoch,
+            resume_sequence=resume_sequence,
+            resume_chunk=resume_chunk,
+            inputs=dict(self.delivered),
+            outputs=outputs,
+            binding=dict(self.dispatcher.binding_state()),
+            app=state_codec.dump_attributes(self.dispatcher.app, exclude=set()),
+        )
+
+    def _start_checkpoint(self) -> None:
+        committer = self.committer
+        dispatcher = self.dispatcher
+        assert committer is not None and dispatcher is not None
+        dispatcher.checkpoint_requested = False
+        number = committer.chunk + 1
+        resume_sequence = self.delivered_sequence + 1
+        # Pages after the snapshot that were already sealed went to the current chunk.
+        resume_chunk = committer.chunk if committer.next_sequence > resume_sequence else number
+        state = self._snapshot(number=number, resume_sequence=resume_sequence,
+                               resume_chunk=resume_chunk)
+        committer.switch_chunk(number)
+        task = asyncio.get_running_loop().create_task(self._write_checkpoint(state))
+        self._checkpoint_task = task
+
+    async def _write_checkpoint(self, state: CheckpointState) -> None:
+        assert self.lease is not None
+        try:
+            data = encode_checkpoint(state)
+            await self.store.write_checkpoint(self.lease, state.number, data)
+            self.meta_version = await self.store.swap_meta(
+                self.lease,
+                expected=self.meta_version,
+                new=Meta(checkpoint=state.number, epoch=self.lease.epoch),
+            )
+            self.checkpoints.append((state.number, state.resume_chunk))
+            logger.info("%s: checkpoint %d written (%d bytes)", self.instance, state.number, len(data))
+            kept = self.checkpoints[-self.config.checkpoints_kept :]
+            if len(self.checkpoints) > len(kept):
+                self.checkpoints = kept
+                await self.store.delete_before(self.lease, min(chunk for _, chunk in kept))
+        except AmbrosiaError as error:
+            logger.critical("%s: checkpoint failed: %s", self.instance, error)
+            self.failure = error
+            self.stopped.set()
+        finally:
+            self._checkpoint_task = None
+
+    # -- lease -----------------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_renew_interval_s)
+            assert self.lease is not None
+            try:
+                self.lease = await self.store.renew_lease(self.lease)
+            except AmbrosiaError as error:
+                logger.critical("%s: lease lost, stopping: %s", self.instance, error)
+                self.failure = error
+                self.stopped.set()
+                return
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop_tasks()
+        for task in self._tasks:
+            task.cancel()
+        for link in self.links.values():
+            link.close()
+        for incoming in list(self.incoming.values()):
+            incoming.close()
+        if self.server is not None:
+            self.server.close()
+        if self.committer is not None and self.committer.failed is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.committer.drain(), 5)
+        if self._checkpoint_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._checkpoint_task, 5)
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.lease is not None:
+            with contextlib.suppress(Exception):
+                await self.store.release_lease(self.lease)
+        await self.store.close()
