@@ -39,10 +39,12 @@ def _run(args: argparse.Namespace) -> int:
     from ambrosia.host import load_app, serve
 
     app = load_app(args.app) if args.app else None
-    config = Config(checkpoint_log_bytes=args.checkpoint_log_bytes,
-                    checkpoints_kept=args.checkpoints_kept)
-    return asyncio.run(serve(args.name, app, catalog_url=args.catalog, log_url=args.log,
-                             config=config))
+    config = Config(
+        checkpoint_log_bytes=args.checkpoint_log_bytes, checkpoints_kept=args.checkpoints_kept
+    )
+    return asyncio.run(
+        serve(args.name, app, catalog_url=args.catalog, log_url=args.log, config=config)
+    )
 
 
 def _log(args: argparse.Namespace) -> int:
@@ -67,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--address", required=True, help="HOST:PORT its coordinator listens on")
     register.add_argument("--log", required=True, help="log URL, e.g. file:///var/lib/ambrosia")
     register.add_argument("--app", help="module:Class of the immortal")
-    register.add_argument("--replace", action="store_true",
-                          help="overwrite a registration with different settings")
+    register.add_argument(
+        "--replace", action="store_true", help="overwrite a registration with different settings"
+    )
     register.set_defaults(handler=_register)
 
     listing = commands.add_parser("list", help="list registered instances")
@@ -78,8 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("name")
     run.add_argument("--app", help="module:Class (default: the registered one)")
     run.add_argument("--log", help="override the registered log URL")
-    run.add_argument("--checkpoint-log-bytes", type=int, default=256 * 1024 * 1024,
-                     help="checkpoint when the current chunk passes this size")
+    run.add_argument(
+        "--checkpoint-log-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="checkpoint when the current chunk passes this size",
+    )
     run.add_argument("--checkpoints-kept", type=int, default=2)
     run.set_defaults(handler=_run)
 

@@ -100,13 +100,14 @@ async def open_store(url: str, instance: str, **options: object) -> LogStore:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        if error.name == module_name or extra is None:
+        missing = error.name or ""
+        if extra is None or missing == "ambrosia" or missing.startswith("ambrosia."):
             raise ConfigError(
                 f"log store backend {scheme!r} is not available in this installation: {error}"
             ) from error
         raise ConfigError(
             f"log store scheme {scheme!r} needs a package that is not installed "
-            f"({error.name}): pip install 'ambrosia[{extra}]'"
+            f"({missing}): pip install 'ambrosia[{extra}]'"
         ) from error
     opener = cast(Callable[..., Awaitable[LogStore]], module.open)
     return await opener(split._replace(scheme=scheme), instance, **options)

@@ -251,13 +251,17 @@ def _compute_cost(options: argparse.Namespace, results: Results) -> None:
     ]
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
 def _config(options: argparse.Namespace) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    for key, value in vars(options).items():
-        if key in {"out", "json", "func"}:
-            continue
-        config[key] = str(value) if isinstance(value, Path) else value
-    return config
+    return {key: _plain(value) for key, value in vars(options).items()
+            if key not in {"out", "json"}}
 
 
 def _execute(options: argparse.Namespace) -> int:
@@ -265,6 +269,9 @@ def _execute(options: argparse.Namespace) -> int:
     out_dir: Path = options.out or Path("results") / f"{stamp}-{options.command}"
     workdir = out_dir / "work"
     results = Results(command=options.command, config=_config(options))
+    measuring = options.command != "cost" or options.results is None
+    if measuring and "ambrosia" in options.systems:
+        _ambrosia_side()  # fail before any measurement, not after the gRPC half
     progress = Progress()
     status = 0
     try:

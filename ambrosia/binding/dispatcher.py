@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from ambrosia.binding import codec
 from ambrosia.binding.immortal import (
+    _SIZE_PREFIX,
+    _SIZE_TABLE_MAX,
     KIND_ASYNC,
     KIND_FORK,
     KIND_IMPULSE,
@@ -53,7 +55,12 @@ from ambrosia.errors import (
     ProtocolError,
     RemoteCallError,
 )
-from ambrosia.wire.varint import Incomplete, decode_zigzag_long, encode_zigzag_int, encode_zigzag_long
+from ambrosia.wire.varint import (
+    Incomplete,
+    decode_zigzag_long,
+    encode_zigzag_int,
+    encode_zigzag_long,
+)
 
 if TYPE_CHECKING:
     from ambrosia.coordinator.outputs import OutputStream
@@ -63,10 +70,6 @@ logger = logging.getLogger("ambrosia.binding")
 TYPE_RPC = 0
 RESERVED_CALL = 0
 RESERVED_RESULT = 1
-
-# Frame sizes below this come from a table: one lookup instead of a varint encode.
-_SIZE_TABLE_MAX = 1 << 14
-_SIZE_PREFIX: tuple[bytes, ...] = tuple(encode_zigzag_int(n) for n in range(_SIZE_TABLE_MAX))
 
 
 def frame_prefix(size: int) -> bytes:
@@ -192,6 +195,15 @@ class Dispatcher:
 
     # -- outgoing calls ----------------------------------------------------------------
 
+    def stream_for(self, destination: str) -> OutputStream:
+        return self._stream(destination)
+
+    def raw_fork_head(self, info: MethodInfo) -> bytes:
+        """Head of a fork carrying one raw bytes argument (empty for impulse methods)."""
+        if info.is_impulse:
+            return b""
+        return self._header(info.method_id, KIND_FORK) + b"\x00"
+
     def _stream(self, destination: str) -> OutputStream:
         stream = self._streams.get(destination)
         if stream is None:
@@ -228,9 +240,7 @@ class Dispatcher:
         size = len(header) + len(body)
         self._stream(destination).add(frame_prefix(size) + header, body)
 
-    def call_async(
-        self, destination: str, info: MethodInfo, args: tuple[Any, ...]
-    ) -> PendingCall:
+    def call_async(self, destination: str, info: MethodInfo, args: tuple[Any, ...]) -> PendingCall:
         self._require_handler("async call")
         if info.is_impulse:
             raise BindingError(f"{info.name} is an impulse handler: call it with .impulse(...)")
@@ -264,7 +274,9 @@ class Dispatcher:
         body = codec.encode_args(args)
         self._log_impulse(frame_prefix(len(header) + len(body)) + header + body)
 
-    def _send_result(self, reply: tuple[str, int], value: object, error: BaseException | None) -> None:
+    def _send_result(
+        self, reply: tuple[str, int], value: object, error: BaseException | None
+    ) -> None:
         destination, call_id = reply
         if error is None:
             try:
@@ -307,6 +319,8 @@ class Dispatcher:
         self.in_handler = True
         try:
             while position < end:
+                # Sizes and method ids almost always take one or two varint bytes: decode
+                # those inline, fall back to the general decoder otherwise.
                 size = data[position]
                 if size < 0x80:
                     size >>= 1
@@ -314,13 +328,17 @@ class Dispatcher:
                 else:
                     size, start = decode_zigzag_long(data, position)
                 stop = start + size
-                if size < 4 or stop > end or data[start] != TYPE_RPC:
+                if size < 4 or stop > end or data[start]:
                     self._malformed(source, position, "bad frame")
                     return end
                 method = data[start + 2]
                 if method < 0x80:
                     method = (method >> 1) ^ -(method & 1)
                     cursor = start + 3
+                elif data[start + 3] < 0x80:
+                    method = (method & 0x7F) | (data[start + 3] << 7)
+                    method = (method >> 1) ^ -(method & 1)
+                    cursor = start + 4
                 else:
                     method, cursor = decode_zigzag_long(data, start + 2)
                 if data[start + 1] == RESERVED_RESULT:
@@ -329,18 +347,16 @@ class Dispatcher:
                     handler = handlers.get(method)
                     if handler is None:
                         self._malformed(source, position, f"no handler for method id {method}")
+                    elif data[cursor] != KIND_ASYNC and data[cursor + 1] == 0 and not handler[1]:
+                        # Fast path: one raw bytes argument to a plain handler.
+                        try:
+                            handler[0](bytes(data[cursor + 2 : stop]))
+                        except Exception:
+                            self._handler_failed(source)
+                    elif data[cursor] == KIND_ASYNC:
+                        self._dispatch_async(source, handler, bytes(data[cursor + 1 : stop]))
                     else:
-                        kind = data[cursor]
-                        if kind == KIND_ASYNC:
-                            self._dispatch_async(source, handler, bytes(data[cursor + 1 : stop]))
-                        elif data[cursor + 1] == 0 and not handler[1]:
-                            # Fast path: one raw bytes argument to a plain handler.
-                            try:
-                                handler[0](bytes(data[cursor + 2 : stop]))
-                            except Exception:
-                                self._handler_failed(source)
-                        else:
-                            self._dispatch_fork(source, handler, bytes(data[cursor + 1 : stop]))
+                        self._dispatch_fork(source, handler, bytes(data[cursor + 1 : stop]))
                 position = stop
                 if blocked:
                     return position
@@ -354,13 +370,20 @@ class Dispatcher:
     def _malformed(self, source: str, position: int, reason: str) -> None:
         logger.error(
             "%s: skipping the rest of a logged batch from %s at byte %d: %s",
-            self.instance, source, position, reason,
+            self.instance,
+            source,
+            position,
+            reason,
         )
 
     def _handler_failed(self, source: str) -> None:
         self.handler_errors += 1
-        logger.error("%s: handler failed on a call from %s\n%s", self.instance, source,
-                     traceback.format_exc())
+        logger.error(
+            "%s: handler failed on a call from %s\n%s",
+            self.instance,
+            source,
+            traceback.format_exc(),
+        )
 
     def _dispatch_fork(self, source: str, handler: Handler, args_data: bytes) -> None:
         try:

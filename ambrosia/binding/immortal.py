@@ -28,9 +28,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ambrosia.errors import BindingError
+from ambrosia.wire.varint import encode_zigzag_int
 
 if TYPE_CHECKING:
     from ambrosia.binding.dispatcher import Dispatcher, PendingCall
+
+# Frame sizes below this come from a table: one lookup instead of a varint encode.
+_SIZE_TABLE_MAX = 1 << 14
+_SIZE_PREFIX: tuple[bytes, ...] = tuple(encode_zigzag_int(n) for n in range(_SIZE_TABLE_MAX))
 
 KIND_ASYNC = 0
 KIND_FORK = 1
@@ -68,7 +73,7 @@ def _mark(function: Callable[..., Any], *, method_id: int | None, is_impulse: bo
 def rpc(function: F) -> F: ...
 @overload
 def rpc(*, id: int | None = None) -> Callable[[F], F]: ...
-def rpc(function: Any = None, *, id: int | None = None) -> Any:  # noqa: A002
+def rpc(function: Any = None, *, id: int | None = None) -> Any:
     """Mark a method as callable by other immortals (fork or awaited)."""
 
     def decorate(inner: F) -> F:
@@ -82,7 +87,7 @@ def rpc(function: Any = None, *, id: int | None = None) -> Any:  # noqa: A002
 def impulse(function: F) -> F: ...
 @overload
 def impulse(*, id: int | None = None) -> Callable[[F], F]: ...
-def impulse(function: Any = None, *, id: int | None = None) -> Any:  # noqa: A002
+def impulse(function: Any = None, *, id: int | None = None) -> Any:
     """Mark a method as an impulse handler: logged input from the outside world."""
 
     def decorate(inner: F) -> F:
@@ -244,19 +249,31 @@ class Proxy(Generic[T]):
 
 
 class BoundMethod:
-    """``proxy.method``: call it to await a result, ``.fork`` to fire and forget."""
+    """``proxy.method``: call it to await a result, ``.fork`` to fire and forget.
 
-    __slots__ = ("_destination", "_dispatcher", "_info", "_prefix_fork")
+    Keep one around (``send = proxy.method.fork``) to stream calls: the fork of a single
+    ``bytes`` argument is the hot path and costs a few attribute reads and two appends.
+    """
+
+    __slots__ = ("_destination", "_dispatcher", "_info", "_raw_head", "_stream")
 
     def __init__(self, dispatcher: Dispatcher, destination: str, info: MethodInfo) -> None:
         self._dispatcher = dispatcher
         self._destination = destination
         self._info = info
+        self._stream = dispatcher.stream_for(destination)
+        self._raw_head = dispatcher.raw_fork_head(info)
 
     def __call__(self, *args: Any) -> PendingCall:
         return self._dispatcher.call_async(self._destination, self._info, args)
 
     def fork(self, *args: Any) -> None:
+        if len(args) == 1 and type(args[0]) is bytes and self._dispatcher.in_handler:
+            body = args[0]
+            size = len(body) + len(self._raw_head)
+            if size < _SIZE_TABLE_MAX and self._raw_head:
+                self._stream.add(_SIZE_PREFIX[size] + self._raw_head, body)
+                return
         self._dispatcher.call_fork(self._destination, self._info, args)
 
     def impulse(self, *args: Any) -> None:

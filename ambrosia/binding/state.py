@@ -359,7 +359,7 @@ def _position_of(container: Iterable[object], item: object) -> int:
     return -1
 
 
-_SIMPLE_KEY_TYPES = (str, int, float, bool, type(None), bytes)
+_SIMPLE_KEY_TYPES = (str, int, float, bool, type(None), bytes, tuple)
 
 
 def _key_segment(key: object, position: int) -> str:
@@ -382,10 +382,7 @@ def _describe_unsupported(value: object) -> str:
     if isinstance(value, io.IOBase):
         return f"open file ({cls.__qualname__}) is not serializable"
     if isinstance(value, enum.Enum):
-        return (
-            f"enum {_default_type_name(cls)} is not registered; decorate it with "
-            "@register_type"
-        )
+        return f"enum {_default_type_name(cls)} is not registered; decorate it with @register_type"
     if dataclasses.is_dataclass(cls):
         return (
             f"dataclass {_default_type_name(cls)} is not registered; decorate it with "
@@ -964,9 +961,7 @@ class _Loader:
                     raise self.fail(f"invalid zone name flag {has_name}")
             else:
                 raise self.fail(f"invalid zone kind {zone_kind}")
-            return datetime(
-                year, month, day, hour, minute, second, microsecond, zone, fold=fold
-            )
+            return datetime(year, month, day, hour, minute, second, microsecond, zone, fold=fold)
         except (ValueError, OverflowError) as error:
             raise self.fail(f"invalid datetime: {error}") from None
 

@@ -144,9 +144,7 @@ async def open_catalog(url: str, **options: Any) -> Catalog:
             raise ConfigError(f"catalog module {module_name} defines no open(url, **options)")
         return cast(Catalog, await opener(parts, **options))
     known = ", ".join(sorted(["sqlite", *_PLUGIN_SCHEMES]))
-    raise ConfigError(
-        f"unknown catalog scheme {parts.scheme!r} in {url!r}; known schemes: {known}"
-    )
+    raise ConfigError(f"unknown catalog scheme {parts.scheme!r} in {url!r}; known schemes: {known}")
 
 
 def run_with_catalog(

@@ -126,8 +126,11 @@ def validate_log_url(log_url: str) -> str:
             "give them to the process through its environment"
         )
     secret_keys = sorted(
-        {key for key, _ in parse_qsl(parts.query, keep_blank_values=True)
-         if key.lower() in _SECRET_QUERY_KEYS}
+        {
+            key
+            for key, _ in parse_qsl(parts.query, keep_blank_values=True)
+            if key.lower() in _SECRET_QUERY_KEYS
+        }
     )
     if secret_keys:
         raise ConfigError(

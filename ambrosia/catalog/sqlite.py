@@ -168,9 +168,7 @@ class _Database:
                 return existing
             if not replace:
                 raise RegistrationConflictError(record.name, "; ".join(differences))
-            stored = record.with_timestamps(
-                created=existing.created, updated=record.updated or now
-            )
+            stored = record.with_timestamps(created=existing.created, updated=record.updated or now)
             cursor.execute(
                 "UPDATE instances SET address = ?, log_url = ?, app = ?, current_version = ?, "
                 "upgrade_version = ?, replicas = ?, created = ?, updated = ? WHERE name = ?",

@@ -39,8 +39,9 @@ from ambrosia.wire.messages import (
     ReplayFrom,
     decode_message_body,
     encode,
+    encode_data_batch_head,
 )
-from ambrosia.wire.varint import Incomplete, decode_zigzag_int, encode_zigzag_int, encode_zigzag_long
+from ambrosia.wire.varint import Incomplete, decode_zigzag_int
 
 logger = logging.getLogger("ambrosia.links")
 
@@ -50,14 +51,14 @@ _C2C = Direction.COORDINATOR_TO_COORDINATOR
 
 
 def data_batch_head(segment: Segment) -> bytes:
-    """Size prefix and fields of a DataBatch frame; the segment's bytes follow as is."""
-    fields = (
-        bytes((TYPE_DATA_BATCH,))
-        + encode_zigzag_long(segment.first_seq)
-        + encode_zigzag_int(segment.count)
-        + encode_zigzag_int(segment.count)
+    """Size prefix and fields of a DataBatch frame; the segment's bytes follow as is.
+
+    Every message a stream carries is replayable: impulses never cross a link here (they
+    are logged by the immortal that receives them from the outside world).
+    """
+    return encode_data_batch_head(
+        segment.first_seq, segment.count, segment.count, len(segment.data)
     )
-    return encode_zigzag_int(len(fields) + len(segment.data)) + fields
 
 
 class FrameReader:
@@ -246,8 +247,9 @@ class OutgoingProtocol(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=self.link.config.socket_buffer_bytes)
         link = self.link
-        transport.write(encode(Hello(PROTOCOL_VERSION, link.sender, link.stream.destination,
-                                     link.epoch)))
+        transport.write(
+            encode(Hello(PROTOCOL_VERSION, link.sender, link.stream.destination, link.epoch))
+        )
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -350,7 +352,7 @@ class OutgoingLink:
                 delay = self.config.reconnect_delay_min_s
                 await protocol.lost
                 logger.info("link to %s dropped; reconnecting", destination)
-            except (OSError, asyncio.TimeoutError, AmbrosiaError) as error:
+            except (TimeoutError, OSError, AmbrosiaError) as error:
                 logger.debug("cannot reach %s: %s", destination, error)
             finally:
                 self.protocol = None

@@ -79,6 +79,7 @@ class OutputStream:
         self.unsent: deque[Segment] = deque()
         self.inflight: deque[Segment] = deque()
         self.buffered_bytes = 0
+        # True while a flush of this stream is scheduled with the owner (on_dirty called).
         self.dirty = False
         self.blocked = False
         self.trim_logged = 0  # highest ack already written into a log page
@@ -151,7 +152,6 @@ class OutputStream:
         self._drop_front(self.unsent, resume_after)
         if self.open_count and resume_after >= self.open_first_seq:
             self._trim_open(resume_after)
-        self.dirty = bool(self.unsent or self.open_count)
         self._check_unblocked()
 
     def _drop_front(self, segments: deque[Segment], through: int) -> None:
@@ -195,4 +195,7 @@ class OutputStream:
         self.drop_through = max(self.drop_through, acked_through)
         self.unsent = deque(segments)
         self.buffered_bytes = sum(len(segment.data) for segment in segments)
-        self.dirty = bool(segments)
+
+    @property
+    def has_unsent(self) -> bool:
+        return bool(self.unsent or self.open_count)

@@ -33,17 +33,13 @@ from ambrosia.backends.base import Lease, LogStore, Meta
 from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.binding.immortal import Immortal
-from ambrosia.coordinator.checkpoint import (
-    CheckpointState,
-    OutputState,
-    decode_checkpoint,
-    encode_checkpoint,
-)
+from ambrosia.coordinator.checkpoint import CheckpointState, OutputState, encode_checkpoint
 from ambrosia.coordinator.committer import Committer
 from ambrosia.coordinator.links import IncomingLink, OutgoingLink
 from ambrosia.coordinator.outputs import OutputStream
+from ambrosia.coordinator.recovery import read_checkpoint, read_log
 from ambrosia.errors import AmbrosiaError, LogGapError, ProtocolError
-from ambrosia.log.page import ChunkScan, Page, check_sequence, instance_id_for, scan_chunk
+from ambrosia.log.page import Page, instance_id_for
 from ambrosia.wire.messages import Hello
 
 logger = logging.getLogger("ambrosia.coordinator")
@@ -71,6 +67,7 @@ class Config:
     lease_wait_s: float = 30.0
     lease_renew_interval_s: float = 10.0
     impulse_backlog_max: int = 100_000
+    persist: bool = True  # False skips the log write: only to measure what durability costs
 
 
 Resolver = Callable[[str], Awaitable[tuple[str, int]]]
@@ -131,11 +128,11 @@ class Runtime:
         if meta is None or meta.checkpoint is None:
             checkpoint = await self._first_checkpoint()
         else:
-            where = f"checkpoint {meta.checkpoint} of {self.instance}"
-            checkpoint = decode_checkpoint(await store.read_checkpoint(meta.checkpoint), where)
+            checkpoint = await read_checkpoint(store, meta.checkpoint)
             self._restore(checkpoint)
         self.checkpoints = [(checkpoint.number, checkpoint.resume_chunk)]
-        pages, last_chunk = await self._scan(checkpoint)
+        reading = await read_log(store, checkpoint, self.config.page_bytes_max)
+        pages, last_chunk = reading.pages, reading.last_chunk
         accepted = dict(checkpoint.inputs)
         trims: dict[str, int] = {}
         for _, page in pages:
@@ -149,7 +146,6 @@ class Runtime:
         for destination, seq in trims.items():
             self._open_stream(destination).ack(seq)
         self_stream = self._open_stream(self.instance)
-        self_stream.drop_through = max(self_stream.drop_through, accepted.get(self.instance, 0))
         fresh = meta is None or meta.checkpoint is None
         new_chunk = 0 if fresh else max(last_chunk, checkpoint.number) + 1
         await store.create_chunk(self.lease, new_chunk)
@@ -166,8 +162,13 @@ class Runtime:
             accepted=accepted,
             chunk_bytes_max=self.config.checkpoint_log_bytes,
             on_chunk_full=self._request_checkpoint,
+            persist=self.config.persist,
         )
         self._replay_pages = pages
+        # Self-calls restored from the checkpoint that never reached the log go in first.
+        self_stream.ack(accepted.get(self.instance, 0))
+        if self_stream.has_unsent:
+            self._on_dirty(self_stream)
         loop = asyncio.get_running_loop()
         host, port = self.listen_address
         self.server = await loop.create_server(lambda: IncomingLink(self), host, port)
@@ -195,39 +196,14 @@ class Runtime:
     def _restore(self, checkpoint: CheckpointState) -> None:
         assert self.dispatcher is not None
         app = self.app_factory()
-        state_codec.load_attributes(app, checkpoint.app, resolve_proxy=self.dispatcher.resolve_proxy)
+        state_codec.load_attributes(
+            app, checkpoint.app, resolve_proxy=self.dispatcher.resolve_proxy
+        )
         self.dispatcher.replace_app(app)
         self.dispatcher.restore_binding_state(checkpoint.binding)
         for destination, output in checkpoint.outputs.items():
             stream = self._open_stream(destination)
             stream.restore(output.next_seq, output.acked_through, output.segments)
-
-    async def _scan(self, checkpoint: CheckpointState) -> tuple[list[tuple[int, Page]], int]:
-        """Read and audit every chunk from the checkpoint's resume chunk on."""
-        chunks = [c for c in await self.store.list_chunks() if c.number >= checkpoint.resume_chunk]
-        scans: list[tuple[int, ChunkScan]] = []
-        for chunk in chunks:
-            data = await self.store.read_chunk(chunk.number)
-            where = f"{self.store.url} {self.instance} chunk {chunk.number}"
-            scan = scan_chunk(data, where=where, instance_id=self.instance_id,
-                              page_bytes_max=self.config.page_bytes_max)
-            if scan.torn_tail:
-                logger.warning("%s: torn write cut off: %s", where, scan.torn_reason)
-            scans.append((chunk.number, scan))
-        check_sequence(scans)
-        pages = [
-            (number, page)
-            for number, scan in scans
-            for page in scan.pages
-            if page.sequence >= checkpoint.resume_sequence
-        ]
-        if pages and pages[0][1].sequence != checkpoint.resume_sequence:
-            raise LogGapError(
-                f"{self.instance}: checkpoint {checkpoint.number} resumes at page "
-                f"{checkpoint.resume_sequence} but the log continues at page {pages[0][1].sequence}"
-            )
-        last_chunk = max((c.number for c in chunks), default=-1)
-        return pages, last_chunk
 
     # -- output streams ------------------------------------------------------------------
 
@@ -290,8 +266,9 @@ class Runtime:
         stream.seal()
         while stream.unsent:
             segment = stream.unsent[0]
-            if not committer.try_add(self.instance, segment.first_seq, segment.count,
-                                     segment.count, segment.data):
+            if not committer.try_add(
+                self.instance, segment.first_seq, segment.count, segment.count, segment.data
+            ):
                 committer.wait_for_room(lambda: self._on_dirty(stream))
                 return
             stream.inflight.append(stream.unsent.popleft())
@@ -322,8 +299,9 @@ class Runtime:
         assert self.committer is not None
         return self.committer.accepted.get(hello.sender, 0)
 
-    def try_accept(self, source: str, first_seq: int, count: int, replayable: int,
-                   payload: bytes | memoryview) -> bool:
+    def try_accept(
+        self, source: str, first_seq: int, count: int, replayable: int, payload: bytes | memoryview
+    ) -> bool:
         assert self.committer is not None
         return self.committer.try_add(source, first_seq, count, replayable, payload)
 
@@ -424,7 +402,11 @@ class Runtime:
                 position = dispatcher.dispatch(group.source, data, position, end)
             delivered[group.source] = group.last_seq
         self.delivered_sequence = page.sequence
-        if dispatcher.checkpoint_requested and dispatcher.quiescent and self._checkpoint_task is None:
+        if (
+            dispatcher.checkpoint_requested
+            and dispatcher.quiescent
+            and self._checkpoint_task is None
+        ):
             self._start_checkpoint()
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -460,8 +442,9 @@ class Runtime:
         resume_sequence = self.delivered_sequence + 1
         # Pages after the snapshot that were already sealed went to the current chunk.
         resume_chunk = committer.chunk if committer.next_sequence > resume_sequence else number
-        state = self._snapshot(number=number, resume_sequence=resume_sequence,
-                               resume_chunk=resume_chunk)
+        state = self._snapshot(
+            number=number, resume_sequence=resume_sequence, resume_chunk=resume_chunk
+        )
         committer.switch_chunk(number)
         task = asyncio.get_running_loop().create_task(self._write_checkpoint(state))
         self._checkpoint_task = task
@@ -477,7 +460,9 @@ class Runtime:
                 new=Meta(checkpoint=state.number, epoch=self.lease.epoch),
             )
             self.checkpoints.append((state.number, state.resume_chunk))
-            logger.info("%s: checkpoint %d written (%d bytes)", self.instance, state.number, len(data))
+            logger.info(
+                "%s: checkpoint %d written (%d bytes)", self.instance, state.number, len(data)
+            )
             kept = self.checkpoints[-self.config.checkpoints_kept :]
             if len(self.checkpoints) > len(kept):
                 self.checkpoints = kept

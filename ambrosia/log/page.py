@@ -640,14 +640,19 @@ def scan_chunk(
     return ChunkScan(tuple(pages), offset, False, None)
 
 
-def check_sequence(chunks: Sequence[tuple[int, ChunkScan]]) -> int | None:
+def check_sequence(
+    chunks: Sequence[tuple[int, ChunkScan]], *, first_sequence: int | None = None
+) -> int | None:
     """Audit scanned chunks, in order, as one log; returns the last good page's sequence.
 
     Raises LogGapError when a chunk number is skipped or a page sequence number does
     not continue the previous good page's, and LogCorruptError when an epoch goes
     down. A torn tail before a later chunk is fine: after recovery the next writer
     starts a new chunk that continues from the last good page. Empty chunks (created,
-    nothing written yet) are fine anywhere.
+    nothing written yet) are fine anywhere. ``first_sequence``, when the caller knows
+    it (0 for a log that starts at chunk 0; otherwise from the checkpoint the log
+    starts at), is the sequence the first page must have: without it, losing every
+    page before the first surviving one cannot be seen.
     """
     previous_chunk: int | None = None
     previous_page: Page | None = None
@@ -660,7 +665,13 @@ def check_sequence(chunks: Sequence[tuple[int, ChunkScan]]) -> int | None:
             )
         previous_chunk = chunk_number
         for page in scan.pages:
-            if previous_page is not None:
+            if previous_page is None:
+                if first_sequence is not None and page.sequence != first_sequence:
+                    raise LogGapError(
+                        f"the first page (chunk {chunk_number} offset {page.offset}) has "
+                        f"sequence {page.sequence}, expected {first_sequence}"
+                    )
+            else:
                 if page.sequence != previous_page.sequence + 1:
                     raise LogGapError(
                         f"page sequence {page.sequence} (chunk {chunk_number} offset "

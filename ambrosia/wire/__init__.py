@@ -56,6 +56,7 @@ from ambrosia.wire.messages import (
     decode_message_body,
     decode_messages,
     encode,
+    encode_data_batch_head,
     encode_into,
 )
 from ambrosia.wire.varint import (
@@ -112,6 +113,7 @@ __all__ = [
     "decode_zigzag_int",
     "decode_zigzag_long",
     "encode",
+    "encode_data_batch_head",
     "encode_into",
     "encode_log_record",
     "encode_log_record_header",

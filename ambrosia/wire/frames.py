@@ -58,13 +58,22 @@ import xxhash
 
 from ambrosia.errors import FrameTooLargeError, ProtocolError
 from ambrosia.wire.messages import (
+    _DECODERS,
     CheckpointHeader,
     Direction,
     Message,
+    _decode_body,
     _PackedIterator,
-    decode_message_body,
 )
-from ambrosia.wire.varint import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, BytesLike, Incomplete
+from ambrosia.wire.varint import (
+    _DECODE_ONE_BYTE,
+    INT32_MAX,
+    INT32_MIN,
+    INT64_MAX,
+    INT64_MIN,
+    BytesLike,
+    Incomplete,
+)
 from ambrosia.wire.varint import decode_zigzag_int as _decode_zigzag_int
 
 __all__ = [
@@ -250,13 +259,14 @@ class _StreamDecoder:
 class MessageDecoder(_StreamDecoder):
     """Decode a stream of size-prefixed messages spoken in ``direction``."""
 
-    __slots__ = ("direction",)
+    __slots__ = ("_decoders", "direction")
 
     def __init__(
         self, direction: Direction, *, frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
     ) -> None:
         super().__init__(frame_bytes_max)
         self.direction = direction
+        self._decoders = _DECODERS[direction]
 
     def next_event(self) -> MessageEvent | StreamSignal:
         """The next message or checkpoint event, NEED_DATA, or END_OF_STREAM."""
@@ -282,10 +292,15 @@ class MessageDecoder(_StreamDecoder):
         offset = self._offset
         if offset == len(buffer):
             return self._signal_boundary()
-        try:
-            size, start = _decode_zigzag_int(buffer, offset)
-        except Incomplete:
-            return self._signal_incomplete()
+        first = buffer[offset]
+        if first < 0x80:  # one-byte size: most messages
+            size = _DECODE_ONE_BYTE[first]
+            start = offset + 1
+        else:
+            try:
+                size, start = _decode_zigzag_int(buffer, offset)
+            except Incomplete:
+                return self._signal_incomplete()
         if size <= 0:
             raise ProtocolError(f"message size {size} is not positive")
         if size > self.frame_bytes_max:
@@ -293,7 +308,10 @@ class MessageDecoder(_StreamDecoder):
         end = start + size
         if end > len(buffer):
             return self._signal_incomplete()
-        message = decode_message_body(self._get_view()[start:end], self.direction)
+        view = self._view
+        if view is None:
+            view = self._view = memoryview(buffer)
+        message = _decode_body(view[start:end], self._decoders, self.direction)
         self._offset = end
         if type(message) is CheckpointHeader:
             self._begin_checkpoint(message.length)

@@ -136,6 +136,7 @@ __all__ = [
     "decode_message_body",
     "decode_messages",
     "encode",
+    "encode_data_batch_head",
     "encode_into",
 ]
 
@@ -401,8 +402,12 @@ def _decode_rpc_fields(body: memoryview, position: int) -> tuple[int, int, RpcKi
 
 
 def _decode_incoming_rpc(body: memoryview, direction: Direction) -> Message:
-    reserved, method_id, kind, args = _decode_rpc_fields(body, 1)
-    return IncomingRpc(method_id, kind, args, reserved)
+    # The hot path of every binding: _decode_rpc_fields inlined.
+    method_id, position = decode_zigzag_int(body, 2)
+    kind_byte = body[position]
+    if kind_byte > 2:
+        raise ProtocolError(f"unknown rpc kind {kind_byte}")
+    return IncomingRpc(method_id, _RPC_KINDS[kind_byte], body[position + 1 :].tobytes(), body[1])
 
 
 def _decode_outgoing_rpc(body: memoryview, direction: Direction) -> Message:
@@ -567,8 +572,16 @@ def decode_message_body(body: memoryview, direction: Direction) -> Message:
 
     ``body`` must span exactly the message. Only ProtocolError subclasses escape.
     """
+    return _decode_body(body, _DECODERS[direction], direction)
+
+
+def _decode_body(
+    body: memoryview, decoders: dict[int, _BodyDecoder], direction: Direction
+) -> Message:
+    # Callers on the hot path look the direction's table up once (hashing an Enum
+    # member runs Python code), then come here per message.
     try:
-        decoder = _DECODERS[direction].get(body[0])
+        decoder = decoders.get(body[0])
     except IndexError:
         raise ProtocolError("message of size 0 has no type byte") from None
     if decoder is None:
@@ -590,7 +603,7 @@ class _PackedIterator:
     never nest another batch: no recursion a hostile peer could deepen.
     """
 
-    __slots__ = ("_direction", "_position", "_rpc_only", "_view")
+    __slots__ = ("_decoders", "_direction", "_position", "_rpc_only", "_view")
 
     def __init__(
         self, view: memoryview, position: int, direction: Direction, *, rpc_only: bool = False
@@ -598,6 +611,7 @@ class _PackedIterator:
         self._view = view
         self._position = position
         self._direction = direction
+        self._decoders = _DECODERS[direction]
         self._rpc_only = rpc_only
 
     def __iter__(self) -> _PackedIterator:
@@ -622,7 +636,7 @@ class _PackedIterator:
         if self._rpc_only and view[start] != MessageType.RPC:
             raise ProtocolError(f"a batch holds a message of type {view[start]}")
         self._position = end
-        return decode_message_body(view[start:end], self._direction)
+        return _decode_body(view[start:end], self._decoders, self._direction)
 
 
 def decode_messages(data: BytesLike, direction: Direction) -> list[Message]:
@@ -805,23 +819,36 @@ def _write_hello(out: bytearray, message: Message) -> None:
     )
 
 
-def _write_data_batch(out: bytearray, message: Message) -> None:
-    assert isinstance(message, DataBatch)
-    if message.first_seq < 1:
-        raise ValueError(f"DataBatch first sequence number {message.first_seq} is below 1")
-    if not 0 <= message.replayable_count <= message.count:
+def encode_data_batch_head(
+    first_seq: int, count: int, replayable_count: int, payload_bytes: int
+) -> bytes:
+    """Size prefix, type and fields of a DataBatch whose payload is sent separately.
+
+    The head followed by ``payload_bytes`` bytes of packed RPCs is a complete DataBatch:
+    a sender can write both without joining them into one buffer.
+    """
+    if first_seq < 1:
+        raise ValueError(f"DataBatch first sequence number {first_seq} is below 1")
+    if not 0 <= replayable_count <= count:
         raise ValueError(
-            f"DataBatch counts (count {message.count}, replayable {message.replayable_count})"
+            f"DataBatch counts (count {count}, replayable {replayable_count})"
             " must satisfy 0 <= replayable <= count"
         )
-    _write_fields(
-        out,
-        MessageType.DATA_BATCH,
-        encode_zigzag_long(message.first_seq),
-        encode_zigzag_int(message.count),
-        encode_zigzag_int(message.replayable_count),
-        message.payload,
+    fields = (
+        bytes((MessageType.DATA_BATCH,))
+        + encode_zigzag_long(first_seq)
+        + encode_zigzag_int(count)
+        + encode_zigzag_int(replayable_count)
     )
+    return encode_zigzag_int(len(fields) + payload_bytes) + fields
+
+
+def _write_data_batch(out: bytearray, message: Message) -> None:
+    assert isinstance(message, DataBatch)
+    out += encode_data_batch_head(
+        message.first_seq, message.count, message.replayable_count, len(message.payload)
+    )
+    out += message.payload
 
 
 def _write_empty(out: bytearray, message: Message) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from ambrosia.backends import LogStore, open_store
+from ambrosia.backends import LogStore, Meta, open_store
 from ambrosia.backends.file import FileLogStore
 from ambrosia.backends.memory import MemoryLogStore, forget
 from ambrosia.errors import (
@@ -38,7 +38,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> object:
         forget(name)
 
 
-@pytest.mark.parametrize(("name", "check"), CONFORMANCE_CHECKS, ids=[n for n, _ in CONFORMANCE_CHECKS])
+@pytest.mark.parametrize(
+    ("name", "check"), CONFORMANCE_CHECKS, ids=[n for n, _ in CONFORMANCE_CHECKS]
+)
 def test_conformance(store_url: str, name: str, check: Check) -> None:
     async def make_store(instance: str) -> LogStore:
         return await open_store(store_url, instance)
@@ -84,7 +86,7 @@ def test_open_store_picks_the_backend_by_scheme(tmp_path: Path) -> None:
     ],
 )
 def test_open_store_refuses_bad_urls(url: str, message: str) -> None:
-    with pytest.raises(ConfigError, match="accepted|must be|needs") as caught:
+    with pytest.raises(ConfigError) as caught:
         anyio.run(open_store, url, "alpha")
     assert message in str(caught.value)
 
@@ -244,9 +246,7 @@ def test_file_store_append_does_not_block_the_event_loop(tmp_path: Path) -> None
     anyio.run(main)
 
 
-def _meta(epoch: int) -> object:
-    from ambrosia.backends import Meta
-
+def _meta(epoch: int) -> Meta:
     return Meta(checkpoint=None, epoch=epoch)
 
 

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -181,54 +182,61 @@ async def test_invalid_name_lookups_are_config_errors(tmp_path: Path) -> None:
 _WORKER = textwrap.dedent(
     """
     import sys
+    import time
     import anyio
     from ambrosia.catalog import InstanceRecord, open_catalog
     from ambrosia.errors import RegistrationConflictError
 
-    async def main(url, worker, count):
+    async def main(url, worker, count, start_at):
         catalog = await open_catalog(url)
         try:
-            outcomes = []
+            # All workers begin together, so their transactions overlap.
+            time.sleep(max(0.0, start_at - time.time()))
+            won = []
             for index in range(count):
-                # Every worker registers the shared names identically (no-ops after the
-                # first) and its own names once.
+                # Same settings from everyone: the first registers, the rest are no-ops.
                 await catalog.register(InstanceRecord(
                     f"shared-{index:03d}", "127.0.0.1:7000", "file:///logs/shared"))
                 await catalog.register(InstanceRecord(
                     f"own-{worker}-{index:03d}", "127.0.0.1:7001", "file:///logs/own"))
-            try:
-                await catalog.register(InstanceRecord(
-                    "contested", f"127.0.0.1:{8000 + int(worker)}", "file:///logs/contested"))
-                outcomes.append("won")
-            except RegistrationConflictError:
-                outcomes.append("conflict")
-            print(" ".join(outcomes))
+                # Different settings from everyone: exactly one may win each name.
+                try:
+                    await catalog.register(InstanceRecord(
+                        f"contested-{index:03d}", f"127.0.0.1:{8000 + worker}", "file:///c"))
+                    won.append(str(index))
+                except RegistrationConflictError:
+                    pass
+            print(" ".join(won))
         finally:
             await catalog.close()
 
-    anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    anyio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
     """
 )
 
 
-async def test_two_processes_register_concurrently(tmp_path: Path) -> None:
+async def test_processes_register_concurrently(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'catalog.db'}"
-    count = 40
+    count = 60
+    worker_count = 3
+    start_at = time.time() + 1.0
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", _WORKER, url, str(worker), str(count)],
+            [sys.executable, "-c", _WORKER, url, str(worker), str(count), str(start_at)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for worker in range(2)
+        for worker in range(worker_count)
     ]
-    outcomes = []
-    for process in workers:
+    winners: dict[str, int] = {}
+    for worker, process in enumerate(workers):
         stdout, stderr = process.communicate(timeout=60)
         assert process.returncode == 0, stderr
-        outcomes.append(stdout.strip())
-    assert sorted(outcomes) == ["conflict", "won"]
+        for index in stdout.split():
+            assert f"contested-{int(index):03d}" not in winners
+            winners[f"contested-{int(index):03d}"] = worker
+    assert len(winners) == count
 
     catalog = await open_catalog(url)
     try:
@@ -237,9 +245,7 @@ async def test_two_processes_register_concurrently(tmp_path: Path) -> None:
         await catalog.close()
     names = [item.name for item in records]
     assert names == sorted(names)
-    assert len([name for name in names if name.startswith("shared-")]) == count
-    assert len([name for name in names if name.startswith("own-0-")]) == count
-    assert len([name for name in names if name.startswith("own-1-")]) == count
-    contested = next(item for item in records if item.name == "contested")
-    winner = outcomes.index("won")
-    assert contested.address == f"127.0.0.1:{8000 + winner}"
+    assert len(names) == count * (2 + worker_count)
+    for item in records:
+        if item.name in winners:
+            assert item.address == f"127.0.0.1:{8000 + winners[item.name]}"

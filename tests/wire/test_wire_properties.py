@@ -255,7 +255,7 @@ def test_data_batch_payload_holds_the_packed_rpcs(batch: DataBatch) -> None:
 # -- streams --------------------------------------------------------------------------
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), directions)
 def test_any_split_gives_the_same_events(data: st.DataObject, direction: Direction) -> None:
     messages = data.draw(st.lists(messages_for(direction, checkpoint_length_max=30), max_size=8))
@@ -315,7 +315,7 @@ def assert_split_invariant(
     assert run(make(), split(stream, cuts)) == whole
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(directions, st.binary(max_size=120), st.lists(st.integers(0, 200), max_size=8))
 def test_random_bytes_decode_or_raise_protocol_error(
     direction: Direction, stream: bytes, cuts: list[int]
@@ -323,7 +323,7 @@ def test_random_bytes_decode_or_raise_protocol_error(
     assert_split_invariant(lambda: MessageDecoder(direction, frame_bytes_max=4096), stream, cuts)
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), directions)
 def test_mutated_streams_decode_or_raise_protocol_error(
     data: st.DataObject, direction: Direction
@@ -336,7 +336,7 @@ def test_mutated_streams_decode_or_raise_protocol_error(
     assert_split_invariant(lambda: MessageDecoder(direction), bytes(stream), cuts)
 
 
-@settings(max_examples=200)
+@settings(max_examples=120)
 @given(
     st.binary(max_size=100),
     st.integers(INT32_MIN, INT32_MAX),
@@ -351,7 +351,7 @@ def test_random_record_bodies_decode_or_raise_protocol_error(
     assert_split_invariant(LogRecordDecoder, stream, cuts)
 
 
-@settings(max_examples=200)
+@settings(max_examples=120)
 @given(st.binary(max_size=120), st.lists(st.integers(0, 200), max_size=8))
 def test_random_bytes_as_log_records(stream: bytes, cuts: list[int]) -> None:
     assert_split_invariant(lambda: LogRecordDecoder(frame_bytes_max=4096), stream, cuts)

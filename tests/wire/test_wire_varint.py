@@ -17,6 +17,7 @@ from ambrosia.wire.varint import (
     decode_zigzag_long,
     encode_zigzag_int,
     encode_zigzag_long,
+    zigzag_int_size,
 )
 
 
@@ -48,6 +49,12 @@ def test_int_round_trip(value: int, before: bytes, after: bytes, kind: type) -> 
     assert 1 <= len(encoded) <= 5
     data = kind(before + encoded + after)
     assert decode_zigzag_int(data, len(before)) == (value, len(before) + len(encoded))
+
+
+@settings(max_examples=200)
+@given(int32s)
+def test_int_size_predicts_the_encoding(value: int) -> None:
+    assert zigzag_int_size(value) == len(encode_zigzag_int(value))
 
 
 @settings(max_examples=300)

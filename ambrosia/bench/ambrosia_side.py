@@ -1,0 +1,301 @@
+"""The ambrosia half of ambrosia-bench: two immortals in two processes.
+
+Throughput (the paper's Figure 5): ``BenchClient`` streams fork calls carrying a byte
+array to ``BenchServer``, which counts calls and bytes as part of its logged state. The
+client works in steps, the paper's way: each step sends a burst of forks and forks a
+self-call for the next step, so the client's own log paces it and back-pressure from
+the bounded output buffer applies between steps. The server reports its counters on
+standard output (a background task, outside the logged state) and the harness computes
+the rate over the measurement window after the warm-up.
+
+Ping (the paper's Table 1): one outstanding awaited call at a time; each round trip is
+logged by the server (the call) and by the client (the result) before the client's
+handler resumes. The client measures each round trip with ``perf_counter_ns`` and prints
+the samples at the end; those timings are benchmark output, not immortal state.
+
+Each measurement point runs a fresh pair of instances with their own log directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from ambrosia.bench.report import (
+    PartialRun,
+    PingResult,
+    ThroughputPoint,
+    latency_summary,
+    throughput_point,
+)
+from ambrosia.binding.immortal import Immortal, rpc
+
+BURST_BYTES = 1 << 20
+BURST_MESSAGES_MAX = 20_000
+REPORT_INTERVAL_S = 0.2
+
+
+class BenchServer(Immortal):
+    def __init__(self) -> None:
+        self.calls = 0
+        self.bytes = 0
+
+    @rpc
+    def receive(self, payload: bytes) -> None:
+        self.calls += 1
+        self.bytes += len(payload)
+
+    @rpc
+    def ping(self, payload: bytes) -> bytes:
+        return payload
+
+    async def on_become_primary(self) -> None:
+        self.start_task(self._report())
+
+    async def _report(self) -> None:
+        while True:
+            line = json.dumps({"t": time.monotonic(), "calls": self.calls, "bytes": self.bytes})
+            print(line, flush=True)
+            await asyncio.sleep(REPORT_INTERVAL_S)
+
+
+class BenchClient(Immortal):
+    """Configured from the environment on first start only; after that, from its log."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.steps = 0
+        self.pings_left = 0
+
+    async def on_first_start(self) -> None:
+        mode = os.environ.get("AMBROSIA_BENCH_MODE", "throughput")
+        size = int(os.environ.get("AMBROSIA_BENCH_SIZE", "16"))
+        if mode == "throughput":
+            self.this.step.fork(size)
+        else:
+            count = int(os.environ.get("AMBROSIA_BENCH_COUNT", "1000"))
+            await self._ping(size, count)
+
+    @rpc
+    def step(self, size: int) -> None:
+        self.steps += 1
+        send = self.proxy(BenchServer, "server").receive.fork
+        payload = bytes(size)
+        for _ in range(max(1, min(BURST_MESSAGES_MAX, BURST_BYTES // size))):
+            send(payload)
+        self.this.step.fork(size)
+
+    async def _ping(self, size: int, count: int) -> None:
+        server = self.proxy(BenchServer, "server")
+        payload = bytes(size)
+        samples: list[int] = []
+        for _ in range(count):
+            started = time.perf_counter_ns()
+            await server.ping(payload)
+            samples.append(time.perf_counter_ns() - started)
+        if not self.replaying:
+            print(json.dumps({"samples_ns": samples}), flush=True)
+
+
+# -- the harness ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class _Pair:
+    """A server and a client process with their own catalog and log."""
+
+    def __init__(self, workdir: Path, log_url: str | None, persist: bool, env: dict[str, str]):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.catalog = f"sqlite://{workdir / 'catalog.db'}"
+        log = log_url or f"file://{workdir / 'log'}"
+        self.env = {**os.environ, "AMBROSIA_CATALOG": self.catalog, **env}
+        self.persist = persist
+        for name in ("server", "client"):
+            self._ambrosia(
+                "register",
+                name,
+                "--address",
+                f"127.0.0.1:{_free_port()}",
+                "--log",
+                log,
+                "--replace",
+            )
+        self.processes: list[subprocess.Popen[str]] = []
+        self.stderr = open(workdir / "stderr.log", "a")  # noqa: SIM115 - closed in stop()
+
+    def _ambrosia(self, *args: str) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "ambrosia.cli", *args],
+            env=self.env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def start(self, name: str, app: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "ambrosia.bench.ambrosia_side", "run", name, app]
+        if not self.persist:
+            command.append("--no-persist")
+        process = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.PIPE, stderr=self.stderr, text=True
+        )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+        for process in self.processes:
+            process.wait()
+        self.stderr.close()
+
+
+def _read_json(stream: IO[str], deadline: float) -> dict[str, Any]:
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            raise RuntimeError("benchmark process exited early")
+        line = line.strip()
+        if line.startswith("{"):
+            decoded: dict[str, Any] = json.loads(line)
+            return decoded
+    raise TimeoutError("benchmark process stopped reporting")
+
+
+def _measure_size(
+    size: int,
+    *,
+    duration_s: float,
+    warmup_s: float,
+    log_url: str | None,
+    persist: bool,
+    workdir: Path,
+    on_progress: Callable[[str, float], None],
+) -> ThroughputPoint:
+    pair = _Pair(
+        workdir / f"throughput-{size}",
+        log_url,
+        persist,
+        {"AMBROSIA_BENCH_MODE": "throughput", "AMBROSIA_BENCH_SIZE": str(size)},
+    )
+    try:
+        server = pair.start("server", "ambrosia.bench.ambrosia_side:BenchServer")
+        pair.start("client", "ambrosia.bench.ambrosia_side:BenchClient")
+        assert server.stdout is not None
+        deadline = time.monotonic() + 60 + warmup_s + duration_s
+        first = _read_json(server.stdout, deadline)
+        while first["calls"] == 0:
+            first = _read_json(server.stdout, deadline)
+        warm_until = first["t"] + warmup_s
+        start = first
+        while start["t"] < warm_until:
+            start = _read_json(server.stdout, deadline)
+        end = start
+        while end["t"] < start["t"] + duration_s:
+            end = _read_json(server.stdout, deadline)
+            elapsed = end["t"] - start["t"]
+            if elapsed > 0:
+                on_progress(f"ambrosia {size} B", (end["calls"] - start["calls"]) / elapsed)
+        return throughput_point(
+            "ambrosia", size, end["calls"] - start["calls"], end["t"] - start["t"]
+        )
+    finally:
+        pair.stop()
+
+
+def run_throughput(
+    sizes: list[int],
+    *,
+    duration_s: float,
+    warmup_s: float,
+    log_url: str | None,
+    persist: bool,
+    workdir: Path,
+    on_progress: Callable[[str, float], None],
+) -> list[ThroughputPoint]:
+    points: list[ThroughputPoint] = []
+    try:
+        for size in sizes:
+            points.append(
+                _measure_size(
+                    size,
+                    duration_s=duration_s,
+                    warmup_s=warmup_s,
+                    log_url=log_url,
+                    persist=persist,
+                    workdir=workdir,
+                    on_progress=on_progress,
+                )
+            )
+    except KeyboardInterrupt:
+        raise PartialRun(points) from None
+    return points
+
+
+def run_ping(
+    *,
+    count: int,
+    warmup: int,
+    log_url: str | None,
+    workdir: Path,
+    on_progress: Callable[[str, float], None],
+    size: int = 16,
+) -> PingResult:
+    pair = _Pair(
+        workdir / "ping",
+        log_url,
+        True,
+        {
+            "AMBROSIA_BENCH_MODE": "ping",
+            "AMBROSIA_BENCH_SIZE": str(size),
+            "AMBROSIA_BENCH_COUNT": str(count + warmup),
+        },
+    )
+    try:
+        pair.start("server", "ambrosia.bench.ambrosia_side:BenchServer")
+        client = pair.start("client", "ambrosia.bench.ambrosia_side:BenchClient")
+        assert client.stdout is not None
+        on_progress("ambrosia ping", 0.0)
+        result = _read_json(client.stdout, time.monotonic() + 60 + count * 0.05)
+        samples: list[int] = result["samples_ns"][warmup:]
+        return latency_summary("ambrosia", samples)
+    finally:
+        pair.stop()
+
+
+def _run_process(name: str, app: str, persist: bool) -> int:
+    from ambrosia.coordinator.runtime import Config
+    from ambrosia.host import load_app, serve
+
+    return asyncio.run(serve(name, load_app(app), config=Config(persist=persist)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ambrosia.bench.ambrosia_side")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run")
+    run.add_argument("name")
+    run.add_argument("app")
+    run.add_argument("--no-persist", action="store_true")
+    args = parser.parse_args(argv)
+    return _run_process(args.name, args.app, not args.no_persist)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Run immortals as real OS processes: register, start, SIGKILL, restart, watch status.
+
+Used by the crash tests and example tests; usable by applications for their own.
+Each ``Deployment`` has its own catalog and log location under one directory, so tests
+never share state. Processes are started with ``python -m ambrosia.cli run`` exactly as a
+user would start them, and killed by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Deployment:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        log_url: str | None = None,
+        env: dict[str, str] | None = None,
+        run_args: tuple[str, ...] = (),
+    ) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.status_dir = directory / "status"
+        self.status_dir.mkdir(exist_ok=True)
+        self.catalog_url = f"sqlite://{directory / 'catalog.db'}"
+        self.log_url = log_url or f"file://{directory / 'log'}"
+        self.env = {
+            **os.environ,
+            "AMBROSIA_CATALOG": self.catalog_url,
+            "AMBROSIA_STATUS_DIR": str(self.status_dir),
+            **(env or {}),
+        }
+        self.run_args = run_args
+        self.apps: dict[str, str] = {}
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.starts: dict[str, int] = {}
+
+    def cli(self, *args: str, input_text: str | None = None) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "ambrosia.cli", *args],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+            input=input_text,
+        )
+        return done.stdout
+
+    def register(self, name: str, app: str) -> None:
+        self.cli(
+            "register",
+            name,
+            "--address",
+            f"127.0.0.1:{free_port()}",
+            "--log",
+            self.log_url,
+            "--app",
+            app,
+        )
+        self.apps[name] = app
+
+    def start(self, name: str, *, stdin: int | None = None) -> subprocess.Popen[bytes]:
+        assert name not in self.processes or self.processes[name].poll() is not None
+        count = self.starts.get(name, 0) + 1
+        self.starts[name] = count
+        log = open(self.directory / f"{name}.{count}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ambrosia.cli", "run", name, *self.run_args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=stdin,
+        )
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def kill(self, name: str) -> None:
+        process = self.processes.get(name)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+
+    def terminate(self, name: str, timeout_s: float = 10.0) -> int:
+        process = self.processes[name]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+        return process.returncode
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.kill(name)
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        try:
+            decoded: dict[str, Any] = json.loads((self.status_dir / f"{name}.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return decoded
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            for name, process in self.processes.items():
+                code = process.poll()
+                if code not in (None, -signal.SIGKILL, 0):
+                    raise AssertionError(f"{name} exited with {code}: {self.output(name)[-3000:]}")
+            time.sleep(0.02)
+        raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+
+    def output(self, name: str) -> str:
+        count = self.starts.get(name, 0)
+        path = self.directory / f"{name}.{count}.log"
+        return path.read_text(errors="replace") if path.exists() else ""

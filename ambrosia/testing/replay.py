@@ -1,0 +1,68 @@
+"""Replay a log from a checkpoint, offline, and return the state it produces.
+
+The determinism check of the crash tests and the core of time-travel debugging: restore
+checkpoint N, dispatch every later page in log order as a non-primary (impulses refused,
+outputs collected and discarded), and hand back the application object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ambrosia.backends import open_store
+from ambrosia.binding import state as state_codec
+from ambrosia.binding.dispatcher import Dispatcher
+from ambrosia.binding.immortal import Immortal
+from ambrosia.coordinator.outputs import OutputStream
+from ambrosia.coordinator.recovery import read_checkpoint, read_log
+from ambrosia.log.page import PAGE_BYTES_MAX_DEFAULT
+
+
+async def replay(
+    log_url: str,
+    instance: str,
+    app_factory: Callable[[], Immortal],
+    *,
+    checkpoint: int | None = None,
+) -> Immortal:
+    """The application object after replaying ``instance``'s log from ``checkpoint``.
+
+    ``checkpoint`` None means the latest one recorded in the metadata.
+    """
+    store = await open_store(log_url, instance)
+    try:
+        if checkpoint is None:
+            meta, _ = await store.read_meta()
+            if meta is None or meta.checkpoint is None:
+                raise LookupError(f"{instance} has no checkpoint to replay from")
+            checkpoint = meta.checkpoint
+        state = await read_checkpoint(store, checkpoint)
+        reading = await read_log(store, state, PAGE_BYTES_MAX_DEFAULT)
+    finally:
+        await store.close()
+
+    def sink(destination: str) -> OutputStream:
+        return OutputStream(
+            destination,
+            buffer_bytes_max=1 << 62,
+            batch_bytes_max=1 << 62,
+            on_dirty=lambda stream: None,
+            on_blocked=lambda stream: None,
+            on_unblocked=lambda stream: None,
+        )
+
+    def refuse(message: bytes) -> None:
+        raise AssertionError("replay does not log impulses")
+
+    dispatcher = Dispatcher(instance, app_factory(), sink, refuse)
+    app = app_factory()
+    state_codec.load_attributes(app, state.app, dispatcher.resolve_proxy)
+    dispatcher.replace_app(app)
+    dispatcher.restore_binding_state(state.binding)
+    dispatcher.replaying = True
+    for _, page in reading.pages:
+        for group in page.groups:
+            end = len(group.messages)
+            position = dispatcher.dispatch(group.source, group.messages, 0, end)
+            assert position == end, "replay sinks never block"
+    return app

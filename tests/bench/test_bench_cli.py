@@ -1,0 +1,143 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ambrosia.bench import cli, report
+from ambrosia.bench.report import Results, throughput_point
+
+CONFIGS = Path(__file__).resolve().parents[2] / "bench_configs"
+
+
+def _synthetic_results(path: Path) -> None:
+    report.write_json(path, Results(
+        command="throughput",
+        config={},
+        throughput=[
+            throughput_point("grpc", 16, 20_625, 1.0),       # 0.33 MB/s
+            throughput_point("ambrosia", 16, 312_500, 1.0),  # 5 MB/s
+            throughput_point("grpc", 1024, 19_531, 1.0),
+        ],
+    ))
+
+
+def test_cost_from_results_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _synthetic_results(tmp_path / "in.json")
+    status = cli.main(["cost", "--results", str(tmp_path / "in.json"),
+                       "--out", str(tmp_path / "out"), "--json", str(tmp_path / "copy.json")])
+    assert status == 0
+    document = orjson.loads((tmp_path / "out" / "results.json").read_bytes())
+    rows = {(row["design"], row["size_bytes"]): row["usd_per_month_per_mb_per_s"]
+            for row in document["cost"]}
+    # Hand-computed in test_cost.py for the same rates.
+    assert rows[("ambrosia-vm", 16)] == pytest.approx(34.0691)
+    assert rows[("grpc-vm", 16)] == pytest.approx(514.8544)
+    assert rows[("serverless-azure", 16)] == pytest.approx(85.575206640625)
+    assert ("serverless-aws", 1024) in rows and ("ambrosia-vm", 1024) not in rows
+    assert (tmp_path / "out" / "figure6-cost.png").stat().st_size > 0
+    assert (tmp_path / "copy.json").exists()
+    assert "USD per month per MB/s" in capsys.readouterr().out
+
+
+def test_throughput_grpc_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["throughput", "--systems", "grpc", "--sizes", "16", "--duration", "0.5",
+                       "--warmup", "0.1", "--out", str(tmp_path)])
+    assert status == 0
+    document = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert document["complete"] is True
+    assert document["config"]["sizes"] == [16]
+    [row] = document["throughput"]
+    assert row["system"] == "grpc" and row["size_bytes"] == 16
+    assert row["messages_per_second"] > 0
+    assert (tmp_path / "figure5-throughput.png").stat().st_size > 0
+    assert "| 16 B |" in capsys.readouterr().out
+
+
+def test_run_config_file(tmp_path: Path) -> None:
+    _synthetic_results(tmp_path / "in.json")
+    config = tmp_path / "exp.toml"
+    config.write_text(
+        'command = "cost"\nresults = "in.json"\n'
+        f'prices = ["{CONFIGS / "prices-azure.toml"}"]\ningest_mb_per_s = 50\n'
+    )
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "out")]) == 0
+    document = orjson.loads((tmp_path / "out" / "results.json").read_bytes())
+    assert {row["design"] for row in document["cost"]} == {"serverless-azure"}
+    assert document["config"]["experiment"]["config"] == str(config)
+
+
+@pytest.mark.parametrize("name", ["figure5.toml", "table1.toml", "figure6.toml"])
+def test_shipped_configs_parse(name: str) -> None:
+    arguments = cli.config_arguments(CONFIGS / name)
+    options = cli._parser().parse_args(arguments)
+    assert options.command in {"throughput", "ping", "cost"}
+    assert options.systems == ["ambrosia", "grpc"]
+
+
+def test_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('command = "throughput"\nsizez = "16"\n')
+    assert cli.main(["run", str(config)]) == 1
+    assert "unknown keys ['sizez']" in capsys.readouterr().err
+
+
+def test_missing_ambrosia_side_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # None in sys.modules makes the import fail exactly as if the module were absent.
+    monkeypatch.setitem(sys.modules, "ambrosia.bench.ambrosia_side", None)
+    status = cli.main(["throughput", "--systems", "grpc,ambrosia", "--sizes", "16",
+                       "--out", str(tmp_path)])
+    assert status == 1
+    assert "--systems grpc" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()  # failed before measuring anything
+
+
+def _children(pid: int) -> set[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(child) for child in text.split()}
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc to find child processes")
+def test_ctrl_c_stops_children_and_writes_what_finished(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ambrosia.bench.cli", "throughput", "--systems", "grpc",
+         "--sizes", "16,32,64,128,256", "--duration", "1", "--warmup", "0",
+         "--out", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).resolve().parents[2])},
+    )
+    try:
+        children: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(children) < 2 and time.monotonic() < deadline and process.poll() is None:
+            children |= _children(process.pid)
+            time.sleep(0.05)
+        assert len(children) >= 2, "the gRPC server and client processes never started"
+        # Points take 1 s each: after 2.5 s at least one finished, not all five.
+        time.sleep(2.5)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert not [pid for pid in children if _running(pid)]
+    document = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert document["complete"] is False
+    assert 1 <= len(document["throughput"]) < 5
+    assert b"Interrupted" in out

@@ -1,0 +1,202 @@
+"""Every formula of the cost model against numbers worked out by hand.
+
+Shared arithmetic (paper scenario: 100 MB/s = 1e8 bytes/s for 730 hours):
+    seconds per month          = 730 * 3600            = 2,628,000
+    16 B:  messages per second = 1e8 / 16              = 6,250,000
+           messages per month  = 6.25e6 * 2.628e6      = 1.6425e13
+           messages per batch  = 262,144 // 16         = 16,384
+           invocations/month   = 6.25e6 / 16384 * 2.628e6 = 1,002,502,441.40625
+    64 KiB: messages per second = 1e8 / 65536          = 1,525.87890625
+           messages per month  = 1525.87890625 * 2.628e6 = 4,010,009,765.625
+           messages per batch  = 262,144 // 65,536     = 4
+           invocations/month   = the same 1,002,502,441.40625 (batches are full 256 KiB)
+"""
+
+from pathlib import Path
+
+import pytest
+
+from ambrosia.bench import cost
+from ambrosia.bench.report import CostPoint, throughput_point
+
+CONFIGS = Path(__file__).resolve().parents[2] / "bench_configs"
+PAPER = cost.Scenario(ingest_mb_per_s=100.0)
+HOURS = 730.0
+
+
+@pytest.fixture(scope="module")
+def azure() -> cost.AzurePrices:
+    sheet = cost.load_price_sheet(CONFIGS / "prices-azure.toml")
+    assert isinstance(sheet, cost.AzurePrices)
+    return sheet
+
+
+@pytest.fixture(scope="module")
+def aws() -> cost.AwsPrices:
+    sheet = cost.load_price_sheet(CONFIGS / "prices-aws.toml")
+    assert isinstance(sheet, cost.AwsPrices)
+    return sheet
+
+
+@pytest.fixture(scope="module")
+def vm() -> cost.VmPrices:
+    sheet = cost.load_price_sheet(CONFIGS / "prices-vm.toml")
+    assert isinstance(sheet, cost.VmPrices)
+    return sheet
+
+
+def test_sheets_hold_the_papers_inputs(azure: cost.AzurePrices, aws: cost.AwsPrices,
+                                       vm: cost.VmPrices) -> None:
+    assert azure.event_hubs.usd_per_million_events == 0.028
+    assert azure.event_hubs.dedicated_usd_per_month == 4999.77
+    assert azure.functions.usd_per_gb_second == 0.000016
+    assert azure.tables.usd_per_10k_transactions == 0.00036
+    assert aws.kinesis.usd_per_million_put_payload_units == 0.014
+    assert aws.dynamodb.usd_per_million_reads == 1.25
+    assert vm.vm_usd_per_month == 169.36
+    assert vm.storage_usd_per_month_per_100_mb_per_s == 19.71
+    for sheet in (azure, aws, vm):
+        assert "A.M.B.R.O.S.I.A" in sheet.source and sheet.date
+
+
+def test_rates() -> None:
+    assert cost.messages_per_second(16, PAPER) == 6_250_000
+    assert cost.invocations_per_second(16, 262_144, PAPER) == pytest.approx(381.4697265625)
+    # Messages bigger than a batch: one message per invocation.
+    assert cost.invocations_per_second(400_000, 262_144, PAPER) == pytest.approx(250.0)
+
+
+def test_event_hubs_dedicated_wins_at_16_bytes(azure: cost.AzurePrices) -> None:
+    # standard = 1.6425e13 / 1e6 * 0.028 = 459,900 + 100 TU * 0.015 * 730 = 1,095
+    #          = 460,995 > 4,999.77 dedicated
+    assert cost.event_hubs_usd_per_month(azure.event_hubs, 16, PAPER, HOURS) == 4999.77
+
+
+def test_event_hubs_standard_at_64_kib(azure: cost.AzurePrices) -> None:
+    # 4,010,009,765.625 / 1e6 * 0.028 = 112.2802734375; + 1,095 = 1,207.2802734375
+    value = cost.event_hubs_usd_per_month(azure.event_hubs, 65536, PAPER, HOURS)
+    assert value == pytest.approx(1207.2802734375)
+
+
+def test_event_hubs_bills_big_events_per_64_kb(azure: cost.AzurePrices) -> None:
+    # 100,000 B: 1e3 messages/s * 2.628e6 = 2.628e9, two billing units each = 5.256e9
+    # 5,256 * 0.028 = 147.168; + 1,095 = 1,242.168
+    value = cost.event_hubs_usd_per_month(azure.event_hubs, 100_000, PAPER, HOURS)
+    assert value == pytest.approx(1242.168)
+
+
+def test_throughput_units_round_up() -> None:
+    prices = cost.EventHubsPrices(0.0, 65536, 0.015, 1.0, 1e9)
+    # 2.5 MB/s needs 3 units: 3 * 0.015 * 730 = 32.85
+    assert cost.event_hubs_usd_per_month(
+        prices, 16, cost.Scenario(ingest_mb_per_s=2.5), HOURS
+    ) == pytest.approx(32.85)
+
+
+def test_functions(azure: cost.AzurePrices) -> None:
+    # 16 B: 1,002.50244140625 M executions * 0.20 = 200.50048828125
+    #       1.6425e13 events * 1e-4 s * 0.125 GB = 205,312,500 GB-s * 0.000016 = 3,285
+    value = cost.functions_usd_per_month(azure.functions, 16, PAPER, HOURS)
+    assert value == pytest.approx(3485.50048828125)
+    # 64 KiB: same executions 200.50048828125;
+    #         4,010,009,765.625 * 1e-4 * 0.125 = 50,125.1220703125 GB-s * 0.000016
+    #         = 0.802001953125
+    value = cost.functions_usd_per_month(azure.functions, 65536, PAPER, HOURS)
+    assert value == pytest.approx(201.302490234375)
+
+
+def test_tables(azure: cost.AzurePrices) -> None:
+    # 2 * 1,002,502,441.40625 = 2,005,004,882.8125 transactions / 1e4 * 0.00036
+    # = 72.18017578125; + 1 GB * 0.07
+    value = cost.tables_usd_per_month(azure.tables, 16, 262_144, PAPER, HOURS)
+    assert value == pytest.approx(72.25017578125)
+
+
+def test_serverless_azure_total_per_mb_per_s(azure: cost.AzurePrices) -> None:
+    # 4,999.77 + 3,485.50048828125 + 72.25017578125 = 8,557.5206640625 per 100 MB/s
+    assert cost.serverless_azure_usd_per_month(azure, 16, PAPER) == pytest.approx(
+        8557.5206640625
+    )
+
+
+def test_kinesis(aws: cost.AwsPrices) -> None:
+    # 16 B: 100 shards * 0.015 * 730 = 1,095; 1.6425e13 units / 1e6 * 0.014 = 229,950
+    assert cost.kinesis_usd_per_month(aws.kinesis, 16, PAPER, HOURS) == pytest.approx(231_045)
+    # 64 KiB: ceil(65536 / 25600) = 3 units per record
+    # 4,010,009,765.625 * 3 / 1e6 * 0.014 = 168.42041015625; + 1,095
+    assert cost.kinesis_usd_per_month(aws.kinesis, 65536, PAPER, HOURS) == pytest.approx(
+        1263.42041015625
+    )
+
+
+def test_dynamodb(aws: cost.AwsPrices) -> None:
+    # 1,002.50244140625 M invocations * (1.25 + 0.25) = 1,503.753662109375
+    value = cost.dynamodb_usd_per_month(aws.dynamodb, 16, 262_144, PAPER, HOURS)
+    assert value == pytest.approx(1503.753662109375)
+
+
+def test_serverless_aws_total(aws: cost.AwsPrices) -> None:
+    # 231,045 + 3,485.50048828125 + 1,503.753662109375 = 236,034.25415039062
+    assert cost.serverless_aws_usd_per_month(aws, 16, PAPER) == pytest.approx(
+        236_034.25415039062
+    )
+
+
+def test_vm_grpc(vm: cost.VmPrices) -> None:
+    # 0.33 MB/s per pair: ceil(100 / 0.33) = ceil(303.03) = 304 VMs * 169.36 = 51,485.44
+    assert cost.vm_usd_per_month(vm, 0.33, PAPER, logs_to_storage=False) == pytest.approx(
+        51_485.44
+    )
+    # Exactly 100/3 MB/s needs 3 VMs, not 4 (float division must not round up).
+    assert cost.vm_usd_per_month(vm, 100 / 3, PAPER, logs_to_storage=False) == pytest.approx(
+        3 * 169.36
+    )
+
+
+def test_vm_ambrosia_adds_storage_and_is_capped(vm: cost.VmPrices) -> None:
+    # 5 MB/s: 20 VMs * 169.36 = 3,387.2; + 100 MB/s of log bandwidth = 19.71
+    assert cost.vm_usd_per_month(vm, 5.0, PAPER, logs_to_storage=True) == pytest.approx(
+        3406.91
+    )
+    # 700 MB/s measured, capped at 96: ceil(100 / 96) = 2 VMs = 338.72; + 19.71
+    assert cost.vm_usd_per_month(vm, 700.0, PAPER, logs_to_storage=True) == pytest.approx(
+        358.43
+    )
+    with pytest.raises(ValueError, match="positive"):
+        cost.vm_usd_per_month(vm, 0.0, PAPER, logs_to_storage=True)
+
+
+def test_cost_points_per_mb_per_s(azure: cost.AzurePrices, aws: cost.AwsPrices,
+                                  vm: cost.VmPrices) -> None:
+    measured = cost.measured_rates([
+        throughput_point("grpc", 16, 20_625, 1.0),       # 0.33 MB/s
+        throughput_point("ambrosia", 16, 312_500, 1.0),  # 5 MB/s
+    ])
+    points = cost.cost_points([azure, aws, vm], [16, 1024], measured, PAPER)
+    by_key = {(p.design, p.size_bytes): p for p in points}
+    assert by_key[("serverless-azure", 16)] == CostPoint(
+        "serverless-azure", 16, pytest.approx(85.575206640625)  # type: ignore[arg-type]
+    )
+    assert by_key[("serverless-aws", 16)].usd_per_month_per_mb_per_s == pytest.approx(
+        2360.3425415039062
+    )
+    assert by_key[("grpc-vm", 16)].usd_per_month_per_mb_per_s == pytest.approx(514.8544)
+    assert by_key[("ambrosia-vm", 16)].usd_per_month_per_mb_per_s == pytest.approx(34.0691)
+    # No VM rows where nothing was measured.
+    assert ("grpc-vm", 1024) not in by_key and ("serverless-aws", 1024) in by_key
+
+
+def test_bad_sheets_are_refused(tmp_path: Path) -> None:
+    no_source = tmp_path / "a.toml"
+    no_source.write_text('design = "vm"\n')
+    with pytest.raises(ValueError, match="source and date"):
+        cost.load_price_sheet(no_source)
+    unknown = tmp_path / "b.toml"
+    unknown.write_text('design = "mainframe"\nsource = "x"\ndate = "2020"\n')
+    with pytest.raises(ValueError, match="mainframe"):
+        cost.load_price_sheet(unknown)
+    text = (CONFIGS / "prices-azure.toml").read_text().replace("state_gb", "state_gigs")
+    typo = tmp_path / "c.toml"
+    typo.write_text(text)
+    with pytest.raises(ValueError, match="state_gigs"):
+        cost.load_price_sheet(typo)
