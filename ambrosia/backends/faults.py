@@ -103,7 +103,9 @@ class FaultInjectingStore:
         threshold = rates.timeout
         if draw < threshold:
             self.counts.timeouts += 1
-            raise StorageUnavailableError(f"injected fault: {name} timed out before reaching the store")
+            raise StorageUnavailableError(
+                f"injected fault: {name} timed out before reaching the store"
+            )
         threshold += rates.unavailable
         if draw < threshold:
             self.counts.unavailable += 1

@@ -177,6 +177,10 @@ def _decode_meta(data: bytes, where: str) -> tuple[Meta, int]:
         raise LogCorruptError(where, 0, f"unreadable metadata record: {error}") from error
 
 
+inline_append_bytes_max = 64 * 1024
+"""Appends up to this size run on the caller's thread instead of a worker thread."""
+
+
 class FileLogStore:
     """The log of one instance in ``<root>/<instance>/``; see the module docstring."""
 
@@ -376,6 +380,12 @@ class FileLogStore:
         return fd
 
     async def append(self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes) -> None:
+        if len(data) <= inline_append_bytes_max:
+            # A small page costs one fdatasync (tens of microseconds); handing it to a
+            # worker thread and back costs more than that. Under load pages are large
+            # and go to the thread, so the event loop keeps filling the next one.
+            self._append_sync(lease, chunk, expected_offset, data)
+            return
         await self._run(self._append_sync, lease, chunk, expected_offset, data)
 
     def _append_sync(self, lease: Lease, chunk: int, expected_offset: int, data: bytes) -> None:

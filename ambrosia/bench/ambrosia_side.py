@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -294,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("app")
     run.add_argument("--no-persist", action="store_true")
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return _run_process(args.name, args.app, not args.no_persist)
 
 

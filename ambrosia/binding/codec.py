@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from ambrosia.binding import state as state_codec
+import ambrosia.binding.state as state_codec
 from ambrosia.errors import ProtocolError
 
 TAG_RAW = 0
@@ -57,7 +57,8 @@ def _json_safe(values: tuple[Any, ...]) -> bool:
 def encode_args(args: tuple[Any, ...]) -> bytes:
     """Tag and encode positional arguments (the RAW case is handled by the caller)."""
     if _json_safe(args):
-        return b"\x01" + orjson.dumps(args)
+        encoded: bytes = orjson.dumps(args)
+        return b"\x01" + encoded
     return b"\x02" + state_codec.dumps(args)
 
 

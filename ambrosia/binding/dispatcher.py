@@ -455,13 +455,13 @@ class Dispatcher:
             return
         if type(awaited) is not PendingCall:
             coroutine.close()
-            error = HandlerAwaitError(
+            refusal = HandlerAwaitError(
                 f"a handler of {self.instance} awaited {awaited!r}; handlers may only await "
                 "calls to immortals (use a self-call or an impulse to bring in outside events)"
             )
-            logger.error("%s", error)
+            logger.error("%s", refusal)
             if reply is not None:
-                self._send_result(reply, None, error)
+                self._send_result(reply, None, refusal)
             return
         awaited.waiter = (coroutine, reply)
         self._suspended += 1

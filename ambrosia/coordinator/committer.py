@@ -80,6 +80,7 @@ class Committer:
         self._room_waiters: list[Callable[[], None]] = []
         self._writing = False
         self._write_task: asyncio.Task[None] | None = None
+        self._work = asyncio.Event()
         self._switch_to: int | None = None
         self.failed: BaseException | None = None
         self.pages_written = 0
@@ -103,10 +104,11 @@ class Committer:
         expected = self.accepted.get(source, 0) + 1
         if first_seq != expected:
             raise AssertionError(f"{source}: group starts at {first_seq}, expected {expected}")
-        if self.builder.body_bytes + len(messages) + 300 > self.page_bytes_max:
-            if not self.builder.is_empty:
-                self._kick()
-                return False
+        if self.builder.body_bytes + len(messages) + 300 > self.page_bytes_max and (
+            not self.builder.is_empty
+        ):
+            self._kick()
+            return False
         self.builder.add_group(source, first_seq, count, replayable, messages)
         last = first_seq + count - 1
         self.accepted[source] = last
@@ -131,27 +133,34 @@ class Committer:
         if not self._writing and self.failed is None:
             self._writing = True
             self.idle.clear()
-            self._write_task = asyncio.get_running_loop().create_task(self._write_loop())
+            self._work.set()
+            if self._write_task is None:
+                self._write_task = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
+        """One long-lived writer: sleeps until there is input, writes until there is none."""
         try:
-            while not self.builder.group_count == 0:
-                if not self.delivery_room.is_set():
-                    await self.delivery_room.wait()
-                await self._write_one()
+            while True:
+                await self._work.wait()
+                self._work.clear()
+                while self.builder.group_count:
+                    if not self.delivery_room.is_set():
+                        await self.delivery_room.wait()
+                    await self._write_one()
+                self._writing = False
+                self.idle.set()
         except AmbrosiaError as error:
             self.failed = error
             logger.critical("log write failed, this process stops being primary: %s", error)
         except BaseException as error:
             self.failed = error
-            logger.critical("log writer crashed", exc_info=error)
+            if not isinstance(error, asyncio.CancelledError):
+                logger.critical("log writer crashed", exc_info=error)
             raise
         finally:
             self._writing = False
-            if self.failed is None:
-                self.idle.set()
-            else:
-                self.delivery_ready.set()
+            self.delivery_ready.set()
+            self.idle.set()
 
     async def _write_one(self) -> None:
         self.add_trim_points()
@@ -200,5 +209,9 @@ class Committer:
 
     async def drain(self) -> None:
         """Wait until nothing is left to write (used by tests and orderly shutdown)."""
-        while self._writing:
+        while self._writing and self.failed is None:
             await self.idle.wait()
+
+    def close(self) -> None:
+        if self._write_task is not None:
+            self._write_task.cancel()

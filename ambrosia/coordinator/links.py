@@ -245,6 +245,8 @@ class OutgoingProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # Set here, not when create_connection returns: the ReplayFrom may be read first.
+        self.link.protocol = self
         transport.set_write_buffer_limits(high=self.link.config.socket_buffer_bytes)
         link = self.link
         transport.write(
@@ -348,7 +350,6 @@ class OutgoingLink:
                     loop.create_connection(lambda: OutgoingProtocol(self), host, port),
                     self.config.connect_timeout_s,
                 )
-                self.protocol = protocol
                 delay = self.config.reconnect_delay_min_s
                 await protocol.lost
                 logger.info("link to %s dropped; reconnecting", destination)

@@ -24,9 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ambrosia.errors import ConfigError
 
@@ -41,7 +43,10 @@ __all__ = [
     "free_loopback_ports",
     "start_azurite",
     "start_moto_server",
+    "start_or_skip",
 ]
+
+_Emulator = TypeVar("_Emulator")
 
 # Azurite's development account: public, documented, accepted only by the emulator.
 AZURITE_ACCOUNT_NAME = "devstoreaccount1"
@@ -208,7 +213,7 @@ def start_azurite(
     repository_root: Path | None = None,
     startup_timeout_s: float = startup_timeout_s_default,
 ) -> Azurite:
-    """Start Azurite from ``<root>/node_modules/.bin/azurite``; EmulatorUnavailableError if absent."""
+    """Start ``<root>/node_modules/.bin/azurite``; EmulatorUnavailableError if it is absent."""
     root = repository_root or find_repository_root()
     executable = root / "node_modules" / ".bin" / "azurite"
     if not executable.exists():
@@ -257,3 +262,19 @@ def start_moto_server(*, startup_timeout_s: float = startup_timeout_s_default) -
     process = _spawn("moto", command, working_directory)
     process.wait_ready([port], startup_timeout_s)
     return MotoServer(process, port)
+
+
+def start_or_skip(start: Callable[[], _Emulator]) -> _Emulator:
+    """For pytest fixtures: start an emulator, or skip the test with the reason.
+
+    When the ``CI`` environment variable is set a missing emulator fails the test
+    instead: in CI no backend test may be skipped.
+    """
+    import pytest
+
+    try:
+        return start()
+    except EmulatorUnavailableError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"emulator required in CI: {error}")
+        pytest.skip(str(error))
