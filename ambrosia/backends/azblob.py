@@ -431,7 +431,9 @@ class AzureBlobLogStore:
                 raise OffsetMismatchError(where, 0, int(properties.size)) from None
         await self._take_blob_lease(blob, token, steal=False)
 
-    async def append(self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes) -> None:
+    async def append(
+        self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes | bytearray
+    ) -> None:
         token = self._require(lease)
         blob = self._blob(self._chunk_name(chunk))
         where = self._where(f"chunk {chunk}")

@@ -87,7 +87,9 @@ class LogStore(Protocol):
         """Create an empty chunk; idempotent if it exists and is empty."""
         ...
 
-    async def append(self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes) -> None:
+    async def append(
+        self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes | bytearray
+    ) -> None:
         """Append data durably at expected_offset of chunk; fenced by lease and offset."""
         ...
 

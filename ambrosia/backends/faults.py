@@ -138,7 +138,9 @@ class FaultInjectingStore:
     async def create_chunk(self, lease: Lease, number: int) -> None:
         await self._call("create_chunk", lambda: self._inner.create_chunk(lease, number))
 
-    async def append(self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes) -> None:
+    async def append(
+        self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes | bytearray
+    ) -> None:
         await self._call(
             "append",
             lambda: self._inner.append(lease, chunk, expected_offset=expected_offset, data=data),

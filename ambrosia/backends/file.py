@@ -92,7 +92,7 @@ def _translated(what: str) -> Iterator[None]:
         raise _storage_error(error, what) from error
 
 
-def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
     with memoryview(data) as view:
         written = 0
         while written < len(view):
@@ -379,7 +379,9 @@ class FileLogStore:
             self._close_old_chunks_sync(keep=number)
         return fd
 
-    async def append(self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes) -> None:
+    async def append(
+        self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes | bytearray
+    ) -> None:
         if len(data) <= inline_append_bytes_max:
             # A small page costs one fdatasync (tens of microseconds); handing it to a
             # worker thread and back costs more than that. Under load pages are large
@@ -388,7 +390,9 @@ class FileLogStore:
             return
         await self._run(self._append_sync, lease, chunk, expected_offset, data)
 
-    def _append_sync(self, lease: Lease, chunk: int, expected_offset: int, data: bytes) -> None:
+    def _append_sync(
+        self, lease: Lease, chunk: int, expected_offset: int, data: bytes | bytearray
+    ) -> None:
         path = self.chunk_path(chunk)
         with self._lock, _translated(f"append to {path}"):
             # The flock is ours for as long as our fd lives, so the epoch on disk cannot

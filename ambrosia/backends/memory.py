@@ -139,7 +139,9 @@ class MemoryLogStore:
         elif existing:
             raise OffsetMismatchError(self._where(number), 0, len(existing))
 
-    async def append(self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes) -> None:
+    async def append(
+        self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes | bytearray
+    ) -> None:
         await anyio.lowlevel.checkpoint()
         self._check_lease(lease)
         stored = self._chunk(chunk)

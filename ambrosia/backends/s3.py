@@ -536,7 +536,9 @@ class S3LogStore:
             raise OffsetMismatchError(self._where(f"chunk {number}"), 0, state.end)
         await self._plant_fence(number, token)
 
-    async def append(self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes) -> None:
+    async def append(
+        self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes | bytearray
+    ) -> None:
         token = self._require(lease)
         where = self._where(f"chunk {chunk}")
         end = self._ends.get(chunk)
@@ -565,7 +567,13 @@ class S3LogStore:
         self._ends[chunk] = expected_offset + len(data)
 
     async def _put_page(
-        self, key: str, data: bytes, fence_etag: str | None, token: str, where: str, offset: int
+        self,
+        key: str,
+        data: bytes | bytearray,
+        fence_etag: str | None,
+        token: str,
+        where: str,
+        offset: int,
     ) -> None:
         condition = {"IfMatch": fence_etag} if fence_etag else {"IfNoneMatch": "*"}
         try:

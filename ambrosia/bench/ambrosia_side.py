@@ -41,7 +41,7 @@ from ambrosia.bench.report import (
 )
 from ambrosia.binding.immortal import Immortal, rpc
 
-BURST_BYTES = 1 << 20
+BURST_BYTES = 8 << 20
 BURST_MESSAGES_MAX = 20_000
 REPORT_INTERVAL_S = 0.2
 

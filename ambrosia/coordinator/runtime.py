@@ -46,6 +46,7 @@ from ambrosia.wire.messages import Hello
 logger = logging.getLogger("ambrosia.coordinator")
 
 IMPULSE_SOURCE = "@impulses"
+_COPY_GROUP_BELOW_MESSAGE_BYTES = 1024
 MiB = 1024 * 1024
 
 
@@ -401,6 +402,10 @@ class Runtime:
         for group in page.groups:
             data = group.messages
             end = len(data)
+            if type(data) is not bytes and end < group.count * _COPY_GROUP_BELOW_MESSAGE_BYTES:
+                # Small messages: one copy of the group makes every per-message slice and
+                # index cheaper than on a memoryview. Large ones are copied once each anyway.
+                data = bytes(data)
             position = 0
             while position < end:
                 if dispatcher.blocked:

@@ -351,7 +351,7 @@ class PageBuilder:
                 self._trims[destination] = previous
             raise ValueError(f"trim point would take the page body over {self.page_bytes_max}")
 
-    def finish(self, *, instance_id: int, epoch: int, sequence: int) -> bytes:
+    def finish(self, *, instance_id: int, epoch: int, sequence: int) -> bytearray:
         """Return the complete page and reset the builder for the next page."""
         if not 0 <= instance_id <= _UINT32_MAX:
             raise ValueError(f"instance_id {instance_id} is not a u32")
@@ -385,9 +385,11 @@ class PageBuilder:
         )
         header_checksum = xxhash.xxh32_intdigest(bytes(buffer[:_HEADER_CHECKSUM_OFFSET]))
         _HEADER_CHECKSUM.pack_into(buffer, _HEADER_CHECKSUM_OFFSET, header_checksum)
-        page = bytes(buffer)
+        # Hand the buffer itself over (no copy of a page that may be megabytes) and
+        # start the next page in a fresh one.
+        self._buffer = bytearray(HEADER_BYTES)
         self.reset()
-        return page
+        return buffer
 
     def reset(self) -> None:
         """Drop everything added since the last finish."""
@@ -473,7 +475,7 @@ class _Header:
 
 
 def _intact_frame(
-    data: bytes, offset: int, where: str, page_bytes_max: int
+    data: bytes | bytearray, offset: int, where: str, page_bytes_max: int
 ) -> tuple[_Header | None, str]:
     """Check the frame of the page at offset.
 
@@ -514,7 +516,7 @@ def _intact_frame(
     return _Header(instance_id, epoch, sequence, body_length, group_count), ""
 
 
-def _decode_body(data: bytes, offset: int, header: _Header, where: str) -> Page:
+def _decode_body(data: bytes | bytearray, offset: int, header: _Header, where: str) -> Page:
     body_start = offset + HEADER_BYTES
     body = memoryview(data)[body_start : body_start + header.body_length]
     position = 0
@@ -562,7 +564,7 @@ def _decode_body(data: bytes, offset: int, header: _Header, where: str) -> Page:
 
 
 def decode_page(
-    data: bytes,
+    data: bytes | bytearray,
     offset: int = 0,
     where: str = "<bytes>",
     *,

@@ -282,14 +282,18 @@ def test_awaiting_handler_suspends_and_resumes_when_its_result_is_dispatched() -
     alice, bob = pair()
     alice.deliver(
         "driver",
-        fork(CLIENT, "ask", 1) + fork(CLIENT, "tick", 2) + fork(CLIENT, "ask", 3)
+        fork(CLIENT, "ask", 1)
+        + fork(CLIENT, "tick", 2)
+        + fork(CLIENT, "ask", 3)
         + fork(CLIENT, "tick", 4),
     )
     # Both asks are suspended; the ticks ran meanwhile.
     assert alice.app.events == [("ask", 1), ("tick", 2), ("ask", 3), ("tick", 4)]
     assert not alice.dispatcher.quiescent
     outgoing = calls(alice.take("bob"))
-    assert [(m.method_id, m.rpc_kind) for m in outgoing] == [(SERVER["double"].method_id, RpcKind.ASYNC)] * 2
+    assert [(m.method_id, m.rpc_kind) for m in outgoing] == [
+        (SERVER["double"].method_id, RpcKind.ASYNC)
+    ] * 2
     bob.deliver("alice", b"".join(call(m.method_id, m.rpc_kind, m.args) for m in outgoing))
     answers = bob.take("alice")
     first, second = calls(answers)
@@ -300,7 +304,13 @@ def test_awaiting_handler_suspends_and_resumes_when_its_result_is_dispatched() -
     alice.deliver("driver", fork(CLIENT, "tick", 5))
     alice.deliver("bob", call(second.method_id, second.rpc_kind, second.args, second.reserved))
     assert alice.app.events == [
-        ("ask", 1), ("tick", 2), ("ask", 3), ("tick", 4), ("got", 1, 2), ("tick", 5), ("got", 3, 6),
+        ("ask", 1),
+        ("tick", 2),
+        ("ask", 3),
+        ("tick", 4),
+        ("got", 1, 2),
+        ("tick", 5),
+        ("got", 3, 6),
     ]
     assert alice.dispatcher.quiescent
     assert bob.app.log == [("double", 1), ("double", 3)]
@@ -324,7 +334,10 @@ def run_scenario() -> tuple[list[Any], list[tuple[str, bytes]], list[tuple[str, 
                 else:
                     feed("alice", out)  # a self-call is logged as its own group
 
-    feed("driver", fork(CLIENT, "ask_twice", 5) + fork(CLIENT, "ask", 1) + fork(CLIENT, "self_call", 9))
+    feed(
+        "driver",
+        fork(CLIENT, "ask_twice", 5) + fork(CLIENT, "ask", 1) + fork(CLIENT, "self_call", 9),
+    )
     back = bob.take("alice")
     first, second = calls(back)
     feed("bob", call(second.method_id, second.rpc_kind, second.args, second.reserved))
@@ -411,8 +424,11 @@ def test_awaiting_a_foreign_awaitable_is_refused_and_dispatch_goes_on(
     caplog.set_level(logging.ERROR, logger="ambrosia.binding")
     alice.deliver(
         "driver",
-        fork(CLIENT, "sleepy") + fork(CLIENT, "tick", 1) + async_call(CLIENT, "sleepy", 5)
-        + fork(CLIENT, "sleepy_after_call") + fork(CLIENT, "tick", 2),
+        fork(CLIENT, "sleepy")
+        + fork(CLIENT, "tick", 1)
+        + async_call(CLIENT, "sleepy", 5)
+        + fork(CLIENT, "sleepy_after_call")
+        + fork(CLIENT, "tick", 2),
     )
     assert alice.app.events == [("sleepy",), ("tick", 1), ("sleepy",), ("tick", 2)]
     assert sum("awaited" in record.getMessage() for record in caplog.records) == 2
@@ -493,7 +509,9 @@ def test_impulses_only_from_a_primary_outside_handlers() -> None:
     with pytest.raises(BindingError):
         alice.app.this.tick.impulse(1)
     # An impulse message dispatched like any input (kind IMPULSE) runs the handler.
-    alice.deliver("@impulses", call(CLIENT["poke"].method_id, KIND_IMPULSE, codec.encode_args((4,))))
+    alice.deliver(
+        "@impulses", call(CLIENT["poke"].method_id, KIND_IMPULSE, codec.encode_args((4,)))
+    )
     assert alice.app.events[-1] == ("poke", 4)
 
 
@@ -512,44 +530,15 @@ def test_calls_outside_handlers_are_refused() -> None:
     assert alice.dispatcher.next_call_id == 1
 
 
-def test_method_id_collisions_raise_at_class_definition() -> None:
-    with pytest.raises(BindingError, match="share method id 42"):
-
-        class Explicit(Immortal):
-            @rpc(id=42)
-            def one(self) -> None: ...
-
-            @rpc(id=42)
-            def two(self) -> None: ...
-
-    # Two names whose default ids (derived from the name) collide.
-    from ambrosia.binding.immortal import _default_method_id
-
-    seen: dict[int, str] = {}
-    names = (f"m{index}" for index in range(100_000))
-    for name in names:
-        other = seen.setdefault(_default_method_id(name), name)
-        if other != name:
-            break
-    else:
-        raise AssertionError("no collision found")
-    namespace = {other: rpc(lambda self: None), name: rpc(lambda self: None)}
-    for key, function in namespace.items():
-        function.__name__ = key
-        function.__ambrosia_method__ = (_default_method_id(key), False)  # type: ignore[attr-defined]
-    with pytest.raises(BindingError, match="share method id"):
-        type("Colliding", (Immortal,), namespace)
-    with pytest.raises(BindingError):
-        rpc(id=0)(lambda self: None)
-
-
 # -- back-pressure ---------------------------------------------------------------------------------
 
 
 def test_a_full_stream_stops_dispatch_at_a_message_boundary() -> None:
     alice = Node("alice", Client(), buffer_bytes_max=1000)
     first = fork(CLIENT, "spray", 30, 100)  # ~3 KB of output: over the bound
-    group = first + fork(CLIENT, "tick", 1) + fork(CLIENT, "spray", 5, 100) + fork(CLIENT, "tick", 2)
+    group = (
+        first + fork(CLIENT, "tick", 1) + fork(CLIENT, "spray", 5, 100) + fork(CLIENT, "tick", 2)
+    )
     dispatcher = alice.dispatcher
     position = dispatcher.dispatch("driver", group, 0, len(group))
     assert position == len(first)
@@ -619,6 +608,8 @@ def test_undecodable_result_is_skipped() -> None:
 def test_malformed_error_result_is_skipped() -> None:
     alice = Node("alice", Client())
     alice.deliver("driver", fork(CLIENT, "ask", 1))
-    bad = call(0, KIND_ASYNC, encode_zigzag_long(1) + b"\x01" + codec.encode_args((1,)), RESERVED_RESULT)
+    bad = call(
+        0, KIND_ASYNC, encode_zigzag_long(1) + b"\x01" + codec.encode_args((1,)), RESERVED_RESULT
+    )
     alice.deliver("bob", bad + fork(CLIENT, "tick", 2))
     assert alice.app.events[-1] == ("tick", 2)

@@ -37,6 +37,11 @@ class Recorder(Immortal):
     def record(self, n: int) -> None:
         self._record(n)
 
+    @rpc
+    def record_awaited(self, n: int) -> int:
+        self._record(n)
+        return n * 3
+
 
 class Sender(Immortal):
     def __init__(self) -> None:

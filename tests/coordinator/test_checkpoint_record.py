@@ -18,12 +18,17 @@ from ambrosia.errors import LogCorruptError
 names = st.text(min_size=1, max_size=12)
 seqs = st.integers(0, 2**62)
 segments = st.builds(
-    Segment, seqs, st.integers(1, 1000), st.one_of(st.binary(max_size=64), st.binary().map(bytearray))
+    Segment,
+    seqs,
+    st.integers(1, 1000),
+    st.one_of(st.binary(max_size=64), st.binary().map(bytearray)),
 )
 outputs = st.builds(OutputState, seqs, seqs, st.lists(segments, max_size=4))
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 states = st.builds(
@@ -94,7 +99,11 @@ def test_every_single_byte_flip_and_every_truncation_is_corruption() -> None:
         resume_sequence=41,
         resume_chunk=2,
         inputs={"client": 17, "@impulses": 2},
-        outputs={"client": OutputState(9, 5, [Segment(6, 2, b"\x04ab\x04cd"), Segment(8, 2, b"\x02x\x02y")])},
+        outputs={
+            "client": OutputState(
+                9, 5, [Segment(6, 2, b"\x04ab\x04cd"), Segment(8, 2, b"\x02x\x02y")]
+            )
+        },
         binding={"next_call_id": 12, "started": True},
         app=b"\x01application state",
     )

@@ -8,7 +8,6 @@ import uuid
 
 from coordinator_peers import Pair, forget
 
-
 STALL_S = 2.0
 
 

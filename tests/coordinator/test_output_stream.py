@@ -23,7 +23,7 @@ def message(seq: int) -> tuple[bytes, bytes]:
 
 
 def split(data: bytes | bytearray) -> list[bytes]:
-    out = []
+    out: list[bytes] = []
     position = 0
     while position < len(data):
         size, start = decode_zigzag_long(data, position)
@@ -82,7 +82,7 @@ def add(stream: OutputStream, first: int, last: int) -> None:
 def remaining(stream: OutputStream) -> list[tuple[int, bytes]]:
     """Every buffered message as (seq, body), in stream order, checked segment by segment."""
     _, _, segments = stream.snapshot()
-    out = []
+    out: list[tuple[int, bytes]] = []
     for segment in segments:
         bodies = split(segment.data)
         assert len(bodies) == segment.count
@@ -91,7 +91,7 @@ def remaining(stream: OutputStream) -> list[tuple[int, bytes]]:
 
 
 def sent(segments: list[Segment]) -> list[tuple[int, bytes]]:
-    out = []
+    out: list[tuple[int, bytes]] = []
     for segment in segments:
         bodies = split(segment.data)
         assert len(bodies) == segment.count
@@ -247,9 +247,8 @@ def test_rewind_inside_a_segment_resends_the_rest_once_in_order() -> None:
     first = stream.take_unsent()
     assert len(first) >= 2, "the test needs several segments"
     add(stream, 13, 14)
-    middle = first[0].first_seq + first[0].count // 2  # inside the first segment
-    if middle == first[0].first_seq:
-        middle = first[0].first_seq
+    assert first[0].count >= 2
+    middle = first[0].first_seq + first[0].count // 2 - 1  # inside the first segment
     stream.rewind(middle)
     resent = stream.take_unsent()
     assert sent(resent) == expected(middle + 1, 14)
