@@ -372,8 +372,7 @@ def _render_watermarks(survey: _Survey) -> list[str]:
         for destination, output in sorted(latest.outputs.items()):
             if destination not in trims and destination != survey.instance:
                 outputs.append(
-                    f"    {destination}: {output.acked_through} "
-                    f"(from checkpoint {latest.number})"
+                    f"    {destination}: {output.acked_through} (from checkpoint {latest.number})"
                 )
     lines += outputs or ["    none"]
     return lines

@@ -70,7 +70,9 @@ def run_cli(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[s
     )
 
 
-async def store_facts(log_url: str, instance: str) -> tuple[int, list[tuple[int, int]], dict[int, int]]:
+async def store_facts(
+    log_url: str, instance: str
+) -> tuple[int, list[tuple[int, int]], dict[int, int]]:
     """(latest checkpoint, [(chunk, size)], {checkpoint: size}) straight from the store."""
     store = await open_store(log_url, instance)
     try:
@@ -138,7 +140,9 @@ def test_watermarks_count_what_the_workload_did(deployment: Deployment) -> None:
 def test_pages_listing(deployment: Deployment) -> None:
     report = describe(deployment.log_url, "server", pages=True)
     counted = sum(int(n) for n in re.findall(r"\n  chunk \d+: \d+ bytes, (\d+) page\(s\)", report))
-    sequences = [int(n) for n in re.findall(r"\n  page (\d+): epoch 1, offset \d+, \d+ bytes", report)]
+    sequences = [
+        int(n) for n in re.findall(r"\n  page (\d+): epoch 1, offset \d+, \d+ bytes", report)
+    ]
     assert len(sequences) == counted > 0
     assert sequences == list(range(sequences[0], sequences[0] + counted))
     groups = re.findall(r"\n    group client (\d+)\.\.(\d+): (\d+) message\(s\)", report)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ambrosia.backends.base import Lease, LogStore
+from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
 from ambrosia.errors import AmbrosiaError
 from ambrosia.log.page import Page, PageBuilder, decode_page
 
@@ -56,9 +57,11 @@ class Committer:
         chunk_bytes_max: int,
         on_chunk_full: Callable[[], None],
         persist: bool = True,
+        retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
     ) -> None:
         self.store = store
         self.persist = persist  # False only for benchmarks that show what durability costs
+        self.retry_policy = retry_policy
         self.lease = lease
         self.instance_id = instance_id
         self.chunk = chunk
@@ -166,7 +169,9 @@ class Committer:
         self.add_trim_points()
         if self._switch_to is not None:
             number, self._switch_to = self._switch_to, None
-            await self.store.create_chunk(self.lease, number)
+            await call_with_retry(
+                lambda: self.store.create_chunk(self.lease, number), self.retry_policy
+            )
             self.chunk = number
             self.chunk_offset = 0
         sequence = self.next_sequence
@@ -181,7 +186,12 @@ class Committer:
         chunk = self.chunk
         offset = self.chunk_offset
         if self.persist:
-            await self.store.append(self.lease, chunk, expected_offset=offset, data=data)
+            # A retried append whose first attempt did land is recognised by the store
+            # (same bytes at the same offset) and succeeds: the ambiguous-write rule.
+            await call_with_retry(
+                lambda: self.store.append(self.lease, chunk, expected_offset=offset, data=data),
+                self.retry_policy,
+            )
             self.chunk_offset = offset + len(data)
         else:
             await asyncio.sleep(0)

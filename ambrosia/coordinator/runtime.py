@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ambrosia.backends.base import Lease, LogStore, Meta
+from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
 from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.binding.immortal import Immortal
@@ -39,7 +40,7 @@ from ambrosia.coordinator.committer import Committer
 from ambrosia.coordinator.links import IncomingLink, OutgoingLink
 from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.coordinator.recovery import read_checkpoint, read_log
-from ambrosia.errors import AmbrosiaError, LogGapError, ProtocolError
+from ambrosia.errors import AmbrosiaError, LogGapError, PreconditionFailedError, ProtocolError
 from ambrosia.log.page import Page, instance_id_for
 from ambrosia.wire.messages import Hello
 
@@ -70,6 +71,7 @@ class Config:
     lease_renew_interval_s: float = 10.0
     impulse_backlog_max: int = 100_000
     persist: bool = True  # False skips the log write: only to measure what durability costs
+    retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY
 
 
 Resolver = Callable[[str], Awaitable[tuple[str, int]]]
@@ -165,6 +167,7 @@ class Runtime:
             chunk_bytes_max=self.config.checkpoint_log_bytes,
             on_chunk_full=self._request_checkpoint,
             persist=self.config.persist,
+            retry_policy=self.config.retry_policy,
         )
         self._replay_pages = pages
         # Self-calls restored from the checkpoint that never reached the log go in first.
@@ -189,11 +192,27 @@ class Runtime:
                 "over it (restore the metadata or remove the log)"
             )
         state = self._snapshot(number=0, resume_sequence=0, resume_chunk=0)
-        await self.store.write_checkpoint(self.lease, 0, encode_checkpoint(state))
-        self.meta_version = await self.store.swap_meta(
-            self.lease, expected=self.meta_version, new=Meta(checkpoint=0, epoch=self.lease.epoch)
-        )
+        await self._store_checkpoint(0, encode_checkpoint(state))
         return state
+
+    async def _store_checkpoint(self, number: int, data: bytes) -> None:
+        """Write checkpoint ``number`` and point the metadata at it, retrying transients."""
+        lease = self.lease
+        assert lease is not None
+        policy = self.config.retry_policy
+        await call_with_retry(lambda: self.store.write_checkpoint(lease, number, data), policy)
+        new = Meta(checkpoint=number, epoch=lease.epoch)
+        try:
+            self.meta_version = await call_with_retry(
+                lambda: self.store.swap_meta(lease, expected=self.meta_version, new=new), policy
+            )
+        except PreconditionFailedError:
+            # An ambiguous swap that did land looks like a lost race on its retry: read
+            # back; only a record that is not ours is a real conflict.
+            current, version = await call_with_retry(self.store.read_meta, policy)
+            if current != new:
+                raise
+            self.meta_version = version
 
     def _restore(self, checkpoint: CheckpointState) -> None:
         assert self.dispatcher is not None
@@ -467,12 +486,7 @@ class Runtime:
         assert self.lease is not None
         try:
             data = encode_checkpoint(state)
-            await self.store.write_checkpoint(self.lease, state.number, data)
-            self.meta_version = await self.store.swap_meta(
-                self.lease,
-                expected=self.meta_version,
-                new=Meta(checkpoint=state.number, epoch=self.lease.epoch),
-            )
+            await self._store_checkpoint(state.number, data)
             self.checkpoints.append((state.number, state.resume_chunk))
             logger.info(
                 "%s: checkpoint %d written (%d bytes)", self.instance, state.number, len(data)

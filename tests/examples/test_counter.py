@@ -37,7 +37,9 @@ def printed_values(deployment: Deployment, name: str) -> list[str]:
 
 
 def log_bytes(deployment: Deployment, name: str) -> int:
-    return sum(path.stat().st_size for path in (deployment.directory / "log" / name).glob("chunk-*"))
+    return sum(
+        path.stat().st_size for path in (deployment.directory / "log" / name).glob("chunk-*")
+    )
 
 
 def sigkill(deployment: Deployment, name: str) -> int:
@@ -109,7 +111,5 @@ def run_counter_scenario(directory: Path, env: dict[str, str], seed: int) -> Non
 
 
 @pytest.mark.parametrize("seed", [7, 2026])
-def test_counter_survives_sigkills(
-    tmp_path: Path, example_env: dict[str, str], seed: int
-) -> None:
+def test_counter_survives_sigkills(tmp_path: Path, example_env: dict[str, str], seed: int) -> None:
     run_counter_scenario(tmp_path, example_env, seed)

@@ -9,6 +9,7 @@ through logged self-calls.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_forwarder_exactly_once_and_deterministic_reports(
     numbers = [number for number, _ in sink.reports]
     assert numbers == list(range(1, MESSAGES // REPORT_EVERY + 1))
     elapsed = [elapsed_s for _, elapsed_s in sink.reports]
-    assert all(later > earlier for earlier, later in zip(elapsed, elapsed[1:], strict=False))
+    assert all(later > earlier for earlier, later in itertools.pairwise(elapsed))
 
     # The forwarder handled the stream in more than one life: the kills hit mid-stream.
     lives = asyncio.run(epochs_with_input(deployment.log_url, "forwarder", "source"))
