@@ -1,4 +1,15 @@
-"""The ``ambrosia`` command: register, list, run and inspect immortals."""
+"""The ``ambrosia`` command: register, list, run and inspect immortals.
+
+Settings come from the command line, then the deployment file (``--config PATH``,
+``$AMBROSIA_CONFIG`` or ``./ambrosia.toml``; see ``ambrosia.deployment``), then the
+catalog registration, then built-in defaults.
+
+Exit codes: 0 done; 1 the immortal stopped on a fatal error (a lost lease, a failed
+write); 2 ``ambrosia: error: ...``, a setting is wrong (malformed URL or file, missing
+container, bucket or credentials, unreachable service, unknown instance) and nothing
+was started; 3 another process runs the instance and kept its lease for longer than
+``--lease-wait-s`` (a standby that gave up waiting; start it again to keep waiting).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +18,49 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ambrosia.catalog import Catalog, InstanceRecord, run_with_catalog
-from ambrosia.errors import AmbrosiaError
+from ambrosia.deployment import (
+    DeploymentFile,
+    command_line_coordinator_fields,
+    command_line_store_options,
+    load_deployment,
+    parse_option_assignment,
+)
+from ambrosia.errors import AmbrosiaError, ConfigError, LeaseHeldError
+
+EXIT_FATAL = 1
+EXIT_CONFIG = 2
+EXIT_LEASE_HELD = 3
+
+
+def _deployment(args: argparse.Namespace) -> DeploymentFile:
+    return load_deployment(args.config)
 
 
 def _register(args: argparse.Namespace) -> int:
-    record = InstanceRecord(name=args.name, address=args.address, log_url=args.log, app=args.app)
+    deployment = _deployment(args)
+    instance = deployment.instance(args.name)
+    log_url = deployment.log_for(args.name, args.log)
+    if log_url is None:
+        raise ConfigError(
+            f"no log URL for {args.name}: pass --log URL or set `log` in the deployment file"
+        )
+    address = args.address or instance.address
+    if address is None:
+        raise ConfigError(
+            f"no address for {args.name}: pass --address HOST:PORT or set "
+            f"instances.{args.name}.address in the deployment file"
+        )
+    record = InstanceRecord(
+        name=args.name, address=address, log_url=log_url, app=args.app or instance.app
+    )
 
     async def operation(catalog: Catalog) -> InstanceRecord:
         return await catalog.register(record, replace=args.replace)
 
-    stored = run_with_catalog(args.catalog, operation)
+    stored = run_with_catalog(deployment.catalog_for(args.catalog), operation)
     print(f"registered {stored.name} at {stored.address}, log {stored.log_url}")
     return 0
 
@@ -27,72 +69,146 @@ def _list(args: argparse.Namespace) -> int:
     async def operation(catalog: Catalog) -> list[InstanceRecord]:
         return await catalog.list()
 
-    records = run_with_catalog(args.catalog, operation)
+    records = run_with_catalog(_deployment(args).catalog_for(args.catalog), operation)
     print(f"{'NAME':<20} {'ADDRESS':<22} {'LOG':<40} APP")
     for record in records:
         print(f"{record.name:<20} {record.address:<22} {record.log_url:<40} {record.app or '-'}")
     return 0
 
 
+def _assignments(texts: Sequence[str], flag: str) -> dict[str, Any]:
+    return dict(parse_option_assignment(text, flag) for text in texts)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from ambrosia.coordinator.runtime import Config
     from ambrosia.host import load_app, serve
 
+    deployment = _deployment(args)
+    fields = _assignments(args.coordinator_options, "--coordinator-option")
+    for name in ("checkpoint_log_bytes", "checkpoints_kept", "lease_wait_s"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    if args.lease_renew_interval_s is not None:
+        fields["lease_renew_interval_s"] = args.lease_renew_interval_s
+    coordinator = command_line_coordinator_fields(fields)
+    store_options = command_line_store_options(_assignments(args.store_options, "--store-option"))
     app = load_app(args.app) if args.app else None
-    config = Config(
-        checkpoint_log_bytes=args.checkpoint_log_bytes, checkpoints_kept=args.checkpoints_kept
-    )
     return asyncio.run(
-        serve(args.name, app, catalog_url=args.catalog, log_url=args.log, config=config)
+        serve(
+            args.name,
+            app,
+            catalog_url=args.catalog,
+            log_url=args.log,
+            store_options=store_options,
+            deployment=deployment,
+            coordinator=coordinator,
+            create_storage=args.create_storage,
+        )
     )
 
 
 def _log(args: argparse.Namespace) -> int:
     from ambrosia.inspect import describe_log
 
-    async def operation(catalog: Catalog) -> str:
-        record = await catalog.get(args.name)
-        return await describe_log(args.log or record.log_url, args.name, pages=args.pages)
+    deployment = _deployment(args)
 
-    print(run_with_catalog(args.catalog, operation), end="")
+    async def operation(catalog: Catalog) -> str:
+        log_url = deployment.log_for(args.name, args.log)
+        if log_url is None:
+            log_url = (await catalog.get(args.name)).log_url
+        return await describe_log(log_url, args.name, pages=args.pages)
+
+    print(run_with_catalog(deployment.catalog_for(args.catalog), operation), end="")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ambrosia", description=__doc__)
-    parser.add_argument("--catalog", help="catalog URL (default: $AMBROSIA_CATALOG or ./.ambrosia)")
+    parser = argparse.ArgumentParser(prog="ambrosia", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--catalog",
+        help="catalog URL (default: $AMBROSIA_CATALOG, the deployment file, ./.ambrosia)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="deployment file (default: $AMBROSIA_CONFIG, else ./ambrosia.toml if present)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
+    # The same two options after the subcommand too; SUPPRESS keeps the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--catalog", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    register = commands.add_parser("register", help="register an immortal instance")
+    register = commands.add_parser(
+        "register", parents=[common], help="register an immortal instance"
+    )
     register.add_argument("name")
-    register.add_argument("--address", required=True, help="HOST:PORT its coordinator listens on")
-    register.add_argument("--log", required=True, help="log URL, e.g. file:///var/lib/ambrosia")
+    register.add_argument(
+        "--address", help="HOST:PORT its coordinator listens on (default: deployment file)"
+    )
+    register.add_argument(
+        "--log", help="log URL, e.g. file:///var/lib/ambrosia (default: deployment file)"
+    )
     register.add_argument("--app", help="module:Class of the immortal")
     register.add_argument(
         "--replace", action="store_true", help="overwrite a registration with different settings"
     )
     register.set_defaults(handler=_register)
 
-    listing = commands.add_parser("list", help="list registered instances")
+    listing = commands.add_parser("list", parents=[common], help="list registered instances")
     listing.set_defaults(handler=_list)
 
-    run = commands.add_parser("run", help="run (or recover) an immortal instance")
+    run = commands.add_parser("run", parents=[common], help="run (or recover) an immortal instance")
     run.add_argument("name")
-    run.add_argument("--app", help="module:Class (default: the registered one)")
-    run.add_argument("--log", help="override the registered log URL")
+    run.add_argument("--app", help="module:Class (default: deployment file, then registration)")
+    run.add_argument("--log", help="log URL (default: deployment file, then registration)")
+    run.add_argument(
+        "--create-storage",
+        "--create",
+        action="store_true",
+        help="create the log's container or bucket if it is missing",
+    )
+    run.add_argument(
+        "--store-option",
+        dest="store_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="log store option, e.g. lease_duration_s=15 (repeatable)",
+    )
+    run.add_argument(
+        "--coordinator-option",
+        dest="coordinator_options",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a field of ambrosia.coordinator.runtime.Config (repeatable)",
+    )
     run.add_argument(
         "--checkpoint-log-bytes",
         type=int,
-        default=256 * 1024 * 1024,
-        help="checkpoint when the current chunk passes this size",
+        help="checkpoint when the current chunk passes this size (default 256 MiB)",
     )
-    run.add_argument("--checkpoints-kept", type=int, default=2)
+    run.add_argument("--checkpoints-kept", type=int, help="checkpoints kept (default 2)")
+    run.add_argument(
+        "--lease-wait-s",
+        type=float,
+        help="how long to wait as a standby for another process's lease (default 30)",
+    )
+    run.add_argument(
+        "--lease-renew-interval-s",
+        type=float,
+        help="lease renewal period (default 10, or a third of the store's lease_duration_s)",
+    )
     run.set_defaults(handler=_run)
 
-    log = commands.add_parser("log", help="show an instance's chunks, pages and checkpoints")
+    log = commands.add_parser(
+        "log", parents=[common], help="show an instance's chunks, pages and checkpoints"
+    )
     log.add_argument("name")
-    log.add_argument("--log", help="override the registered log URL")
+    log.add_argument("--log", help="log URL (default: deployment file, then registration)")
     log.add_argument("--pages", action="store_true", help="list every page")
     log.set_defaults(handler=_log)
     return parser
@@ -106,9 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.handler(args)
+    except LeaseHeldError as error:
+        print(f"ambrosia: error: {args.name} is running elsewhere: {error}", file=sys.stderr)
+        return EXIT_LEASE_HELD
     except AmbrosiaError as error:
         print(f"ambrosia: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     return code
 
 

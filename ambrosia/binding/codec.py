@@ -23,6 +23,7 @@ Tags, chosen by the caller for each call:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -51,14 +52,20 @@ def _json_safe(values: tuple[Any, ...]) -> bool:
             return False
         if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
             return False
+        if kind is float and not math.isfinite(value):
+            return False  # JSON has no NaN or infinities (orjson would write null)
     return True
 
 
 def encode_args(args: tuple[Any, ...]) -> bytes:
     """Tag and encode positional arguments (the RAW case is handled by the caller)."""
     if _json_safe(args):
-        encoded: bytes = orjson.dumps(args)
-        return b"\x01" + encoded
+        try:
+            encoded: bytes = orjson.dumps(args)
+        except orjson.JSONEncodeError:
+            pass  # e.g. a string with a lone surrogate: the state codec keeps it
+        else:
+            return b"\x01" + encoded
     return b"\x02" + state_codec.dumps(args)
 
 

@@ -347,7 +347,12 @@ class Dispatcher:
                     handler = handlers.get(method)
                     if handler is None:
                         self._malformed(source, position, f"no handler for method id {method}")
-                    elif data[cursor] != KIND_ASYNC and data[cursor + 1] == 0 and not handler[1]:
+                    elif (
+                        data[cursor] != KIND_ASYNC
+                        and cursor + 1 < stop
+                        and data[cursor + 1] == 0
+                        and not handler[1]
+                    ):
                         # Fast path: one raw bytes argument to a plain handler.
                         try:
                             handler[0](bytes(data[cursor + 2 : stop]))
@@ -392,13 +397,13 @@ class Dispatcher:
             self._malformed(source, 0, str(error))
             return
         function, is_coroutine = handler
-        if is_coroutine:
-            self._drive(function(*args), None)
-            return
         try:
-            function(*args)
+            result = function(*args)
         except Exception:
             self._handler_failed(source)
+            return
+        if is_coroutine:
+            self._drive(result, None)
 
     def _dispatch_async(self, source: str, handler: Handler, args_data: bytes) -> None:
         call_id, cursor = decode_zigzag_long(args_data, 0)
@@ -409,16 +414,16 @@ class Dispatcher:
             self._send_result(reply, None, error)
             return
         function, is_coroutine = handler
-        if is_coroutine:
-            self._drive(function(*args), reply)
-            return
         try:
-            value = function(*args)
+            result = function(*args)
         except Exception as error:
             self._handler_failed(source)
             self._send_result(reply, None, error)
             return
-        self._send_result(reply, value, None)
+        if is_coroutine:
+            self._drive(result, reply)
+        else:
+            self._send_result(reply, result, None)
 
     def _dispatch_result(self, data: bytes | memoryview) -> None:
         call_id, cursor = decode_zigzag_long(data, 0)
@@ -428,11 +433,15 @@ class Dispatcher:
             return
         status = data[cursor]
         payload = bytes(data[cursor + 1 :])
-        if status == 0:
-            pending.value = codec.decode_value(payload, self.resolve_proxy)
-        else:
-            type_name, message = codec.decode_args(payload, self.resolve_proxy)
-            pending.error = RemoteCallError(str(type_name), str(message))
+        try:
+            if status == 0:
+                pending.value = codec.decode_value(payload, self.resolve_proxy)
+            else:
+                type_name, message = codec.decode_args(payload, self.resolve_proxy)
+                pending.error = RemoteCallError(str(type_name), str(message))
+        except (ProtocolError, BindingError, ValueError) as error:
+            # The awaiting handler still resumes (deterministically) and sees the defect.
+            pending.error = RemoteCallError(type(error).__name__, f"undecodable result: {error}")
         pending.done = True
         waiter = pending.waiter
         if waiter is not None:

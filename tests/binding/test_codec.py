@@ -249,19 +249,10 @@ def test_random_bytes_decode_or_raise_a_typed_error(data: bytes) -> None:
 # -- known gaps (the binding must fix them; the tests show the intended behaviour) -----------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codec bug: orjson writes NaN and infinities as null, so they arrive as None",
-)
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
 def test_non_finite_floats_round_trip(value: float) -> None:
     assert same(round_trip((value,)), (value,))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codec bug: a str with a lone surrogate makes orjson raise TypeError on encode "
-    "instead of falling back to the state codec (which keeps surrogates)",
-)
 def test_lone_surrogate_strings_round_trip() -> None:
     assert round_trip(("\ud800",)) == ("\ud800",)

@@ -576,22 +576,12 @@ def test_blocking_stops_after_a_handler_that_suspended() -> None:
 # -- known bugs: a logged message must never stop the dispatcher --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dispatcher bug: calling an async handler with the wrong number of arguments "
-    "raises TypeError out of dispatch (function(*args) is outside the try)",
-)
 def test_wrong_arity_call_to_an_async_handler_is_reported_not_raised() -> None:
     alice = Node("alice", Client())
     alice.deliver("driver", fork(CLIENT, "ask", 1, 2) + fork(CLIENT, "tick", 3))
     assert alice.app.events[-1] == ("tick", 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dispatcher bug: a result message whose value does not decode raises "
-    "ProtocolError out of dispatch instead of being reported and skipped",
-)
 def test_undecodable_result_is_skipped() -> None:
     alice = Node("alice", Client())
     alice.deliver("driver", fork(CLIENT, "ask", 1))
@@ -600,11 +590,6 @@ def test_undecodable_result_is_skipped() -> None:
     assert alice.app.events[-1] == ("tick", 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dispatcher bug: an error result whose payload is not [type, message] raises "
-    "ValueError out of dispatch",
-)
 def test_malformed_error_result_is_skipped() -> None:
     alice = Node("alice", Client())
     alice.deliver("driver", fork(CLIENT, "ask", 1))
