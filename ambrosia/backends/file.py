@@ -178,7 +178,9 @@ def _decode_meta(data: bytes, where: str) -> tuple[Meta, int]:
 
 
 inline_append_bytes_max = 64 * 1024
-"""Appends up to this size run on the caller's thread instead of a worker thread."""
+"""Appends up to this size may run on the caller's thread instead of a worker thread..."""
+inline_sync_s_max = 0.0005
+"""...as long as recent appends took less than this on average."""
 
 
 class FileLogStore:
@@ -193,6 +195,7 @@ class FileLogStore:
         self._lock_fd: int | None = None
         self._lease: Lease | None = None
         self._chunk_fds: dict[int, int] = {}
+        self._sync_s_average = 0.0
 
     # -- identity -----------------------------------------------------------------------
 
@@ -382,13 +385,23 @@ class FileLogStore:
     async def append(
         self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes | bytearray
     ) -> None:
-        if len(data) <= inline_append_bytes_max:
-            # A small page costs one fdatasync (tens of microseconds); handing it to a
-            # worker thread and back costs more than that. Under load pages are large
-            # and go to the thread, so the event loop keeps filling the next one.
-            self._append_sync(lease, chunk, expected_offset, data)
+        if len(data) <= inline_append_bytes_max and self._sync_s_average < inline_sync_s_max:
+            # A small page on an idle disk costs one fdatasync (tens of microseconds);
+            # handing it to a worker thread and back costs more than that. Large pages,
+            # or a disk whose syncs have become slow, go to the thread so the event loop
+            # keeps receiving and sending meanwhile.
+            self._timed_append(lease, chunk, expected_offset, data)
             return
-        await self._run(self._append_sync, lease, chunk, expected_offset, data)
+        await self._run(self._timed_append, lease, chunk, expected_offset, data)
+
+    def _timed_append(
+        self, lease: Lease, chunk: int, expected_offset: int, data: bytes | bytearray
+    ) -> None:
+        started = time.perf_counter()
+        self._append_sync(lease, chunk, expected_offset, data)
+        elapsed = time.perf_counter() - started
+        # Exponential average over roughly the last eight appends.
+        self._sync_s_average += (elapsed - self._sync_s_average) / 8
 
     def _append_sync(
         self, lease: Lease, chunk: int, expected_offset: int, data: bytes | bytearray

@@ -3,7 +3,8 @@
 Used by the crash tests and example tests; usable by applications for their own.
 Each ``Deployment`` has its own catalog and log location under one directory, so tests
 never share state. Processes are started with ``python -m ambrosia.cli run`` exactly as a
-user would start them, and killed by PID.
+user would start them, and killed by PID. Several processes may run one instance at once
+(a primary and its standbys): each start then gets its own label.
 """
 
 from __future__ import annotations
@@ -64,33 +65,50 @@ class Deployment:
         )
         return done.stdout
 
-    def register(self, name: str, app: str) -> None:
+    def register(
+        self, name: str, app: str, *, log_url: str | None = None, address: str | None = None
+    ) -> None:
         self.cli(
             "register",
             name,
             "--address",
-            f"127.0.0.1:{free_port()}",
+            address or f"127.0.0.1:{free_port()}",
             "--log",
-            self.log_url,
+            log_url or self.log_url,
             "--app",
             app,
         )
         self.apps[name] = app
 
-    def start(self, name: str, *, stdin: int | None = None) -> subprocess.Popen[bytes]:
-        assert name not in self.processes or self.processes[name].poll() is not None
-        count = self.starts.get(name, 0) + 1
-        self.starts[name] = count
-        log = open(self.directory / f"{name}.{count}.log", "wb")  # noqa: SIM115
+    def start(
+        self,
+        name: str,
+        *,
+        stdin: int | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        label: str | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``ambrosia run NAME``; ``label`` tells apart processes of one instance.
+
+        The process is known by its label (default: the instance name) to ``kill``,
+        ``terminate``, ``output`` and ``wait_for``; ``args`` and ``env`` add to the
+        deployment's run arguments and environment for this start only.
+        """
+        key = label or name
+        assert key not in self.processes or self.processes[key].poll() is not None
+        count = self.starts.get(key, 0) + 1
+        self.starts[key] = count
+        log = open(self.directory / f"{key}.{count}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "-m", "ambrosia.cli", "run", name, *self.run_args],
-            env=self.env,
+            [sys.executable, "-m", "ambrosia.cli", "run", name, *self.run_args, *args],
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=stdin,
         )
         log.close()
-        self.processes[name] = process
+        self.processes[key] = process
         return process
 
     def kill(self, name: str) -> None:
@@ -121,19 +139,32 @@ class Deployment:
             return None
         return decoded
 
-    def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout_s: float,
+        what: str,
+        *,
+        ignore: tuple[str, ...] = (),
+    ) -> None:
+        """Poll ``predicate``; fail at once if a process (but those in ``ignore``) failed."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if predicate():
                 return
             for name, process in self.processes.items():
                 code = process.poll()
-                if code not in (None, -signal.SIGKILL, 0):
+                if name not in ignore and code not in (None, -signal.SIGKILL, 0):
                     raise AssertionError(f"{name} exited with {code}: {self.output(name)[-3000:]}")
             time.sleep(0.02)
         raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
 
-    def output(self, name: str) -> str:
-        count = self.starts.get(name, 0)
+    def output(self, name: str, run: int | None = None) -> str:
+        """What process ``name`` (a label) printed in its last run, or in run ``run``."""
+        count = self.starts.get(name, 0) if run is None else run
         path = self.directory / f"{name}.{count}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def outputs(self, name: str) -> str:
+        """Everything process ``name`` (a label) printed, over all its runs."""
+        return "".join(self.output(name, run) for run in range(1, self.starts.get(name, 0) + 1))

@@ -49,6 +49,11 @@ def sigkill(deployment: Deployment, name: str) -> int:
     return int(running)
 
 
+def is_up(deployment: Deployment, name: str) -> bool:
+    """The current run of ``name`` has recovered and serves (its coordinator said so)."""
+    return f"{name}: primary (" in deployment.output(name)
+
+
 def wait_until(predicate: object, timeout_s: float) -> bool:
     assert callable(predicate)
     deadline = time.monotonic() + timeout_s
@@ -96,6 +101,12 @@ def run_counter_scenario(directory: Path, env: dict[str, str], seed: int) -> Non
 
         deployment.wait_for(finished, 15, "the client to print 2")
         assert printed_values(deployment, "client") == ["1", "2"]
+        # A process still starting up has no SIGTERM handler yet; let both come up.
+        deployment.wait_for(
+            lambda: all(is_up(deployment, name) for name in ("client", "server")),
+            15,
+            "both processes to be up",
+        )
         assert deployment.terminate("client") == 0
         assert deployment.terminate("server") == 0
     finally:

@@ -80,7 +80,14 @@ def test_forwarder_exactly_once_and_deterministic_reports(
         deployment.wait_for(
             lambda: len(sink_state().reports) == MESSAGES // REPORT_EVERY, 20, "every report"
         )
-        for name in ("source", "forwarder", "sink"):
+        # A process still starting up has no SIGTERM handler yet; let all come up.
+        names = ("source", "forwarder", "sink")
+        deployment.wait_for(
+            lambda: all(f"{name}: primary (" in deployment.output(name) for name in names),
+            15,
+            "every process to be up",
+        )
+        for name in names:
             assert deployment.terminate(name) == 0, deployment.output(name)
     finally:
         deployment.stop_all()

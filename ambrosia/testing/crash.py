@@ -1,0 +1,134 @@
+"""The crash scenario, parametrized: a chain workload under random SIGKILLs, then checks.
+
+A ``ChainClient`` sends calls 1..N to a ``ChainServer`` (see ``ambrosia.testing.workloads``)
+while the harness SIGKILLs the client, the server or both at random moments (seeded) and
+starts them again. Afterwards: the server saw exactly 1..N in order (hash chain), the
+client got every awaited result exactly once, both stop cleanly, and an offline replay
+of each log from its checkpoint rebuilds the same state.
+
+The parameters exist for the backends: a cloud store's lease outlives a SIGKILLed holder
+(the restarted process waits for it to expire), so a run there affords fewer kills, and a
+fault-injection run gives each process start its own environment (its fault seed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ambrosia.testing.harness import Deployment
+from ambrosia.testing.replay import replay
+from ambrosia.testing.workloads import ChainClient, ChainServer, expected_chain, is_async_call
+
+__all__ = ["CrashOutcome", "CrashSettings", "run_crash_scenario"]
+
+StartEnvironment = Callable[[str, int], dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class CrashSettings:
+    total_calls: int = 4000
+    kills: int = 12
+    pause_s: tuple[float, float] = (0.2, 1.2)  # between kills
+    restart_delay_s: tuple[float, float] = (0.0, 0.3)  # between a kill and the restart
+    run_args: tuple[str, ...] = ("--checkpoint-log-bytes", "65536")
+    kills_timeout_s: float = 240.0
+    finish_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class CrashOutcome:
+    deployment: Deployment
+    kills: int
+    server_status: dict[str, Any]
+    client_status: dict[str, Any]
+
+
+def run_crash_scenario(
+    directory: Path,
+    log_url: str | None,
+    seed: int,
+    *,
+    settings: CrashSettings | None = None,
+    env: dict[str, str] | None = None,
+    start_env: StartEnvironment | None = None,
+) -> CrashOutcome:
+    """Run the scenario; AssertionError with the evidence when exactly-once is broken.
+
+    ``start_env(name, start_number)`` gives extra environment for one process start.
+    """
+    settings = settings or CrashSettings()
+    total = settings.total_calls
+    rng = random.Random(seed)
+    deployment = Deployment(
+        directory,
+        log_url=log_url,
+        env={"AMBROSIA_CHAIN_TOTAL": str(total), **(env or {})},
+        run_args=settings.run_args,
+    )
+
+    def start(name: str) -> None:
+        extra = start_env(name, deployment.starts.get(name, 0) + 1) if start_env else None
+        deployment.start(name, env=extra)
+
+    deployment.register("server", "ambrosia.testing.workloads:ChainServer")
+    deployment.register("client", "ambrosia.testing.workloads:ChainClient")
+    try:
+        start("server")
+        start("client")
+        kills = 0
+        deadline = time.monotonic() + settings.kills_timeout_s
+        while kills < settings.kills:
+            assert time.monotonic() < deadline, "crash scenario took too long"
+            time.sleep(rng.uniform(*settings.pause_s))
+            status = deployment.status("client")
+            if status is not None and status["done"]:
+                break
+            victims = rng.choice([("client",), ("server",), ("client", "server")])
+            for victim in victims:
+                deployment.kill(victim)
+            kills += 1
+            time.sleep(rng.uniform(*settings.restart_delay_s))
+            for victim in victims:
+                start(victim)
+        assert kills >= settings.kills, f"the run finished after only {kills} kills; raise total"
+
+        def finished() -> bool:
+            server = deployment.status("server")
+            client = deployment.status("client")
+            return bool(server and client and client["done"] and server["count"] >= total)
+
+        deployment.wait_for(
+            finished,
+            settings.finish_timeout_s,
+            "the client to finish and the server to see every call",
+        )
+        server = deployment.status("server")
+        client = deployment.status("client")
+        assert server is not None and client is not None
+        assert server["out_of_order"] == []
+        assert server["count"] == total
+        assert server["chain"] == expected_chain(range(1, total + 1))
+        awaited = [n for n in range(1, total + 1) if is_async_call(n)]
+        assert client["bad_results"] == []
+        assert client["results"] == len(awaited)
+        assert client["result_chain"] == expected_chain(awaited)
+        assert deployment.terminate("server") == 0, deployment.output("server")[-3000:]
+        assert deployment.terminate("client") == 0, deployment.output("client")[-3000:]
+    finally:
+        deployment.stop_all()
+
+    # Replaying each log from its checkpoint gives the same final state.
+    replayed_server = asyncio.run(replay(deployment.log_url, "server", ChainServer))
+    assert isinstance(replayed_server, ChainServer)
+    assert (replayed_server.count, replayed_server.chain) == (server["count"], server["chain"])
+    replayed_client = asyncio.run(replay(deployment.log_url, "client", ChainClient))
+    assert isinstance(replayed_client, ChainClient)
+    assert replayed_client.done and replayed_client.results == len(awaited)
+    assert replayed_client.result_chain == client["result_chain"]
+    return CrashOutcome(deployment, kills, server, client)
