@@ -43,6 +43,9 @@ from ambrosia.binding.immortal import Immortal, rpc
 
 BURST_BYTES = 8 << 20
 STEP_CHAINS = 2
+
+PEAK_MEMORY_BYTES: dict[int, dict[str, int]] = {}
+"""Peak resident memory of the server and client processes, by message size."""
 BURST_MESSAGES_MAX = 20_000
 REPORT_INTERVAL_S = 0.2
 
@@ -127,6 +130,7 @@ class _Pair:
 
     def __init__(self, workdir: Path, log_url: str | None, persist: bool, env: dict[str, str]):
         workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
         self.catalog = f"sqlite://{workdir / 'catalog.db'}"
         log = log_url or f"file://{workdir / 'log'}"
         self.env = {**os.environ, "AMBROSIA_CATALOG": self.catalog, **env}
@@ -161,6 +165,19 @@ class _Pair:
         )
         self.processes.append(process)
         return process
+
+    def peak_memory(self) -> dict[str, int]:
+        """Peak resident set size (VmHWM) of each running process, in bytes."""
+        peaks = {}
+        for name, process in zip(("server", "client"), self.processes, strict=False):
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[name] = int(line.split()[1]) * 1024
+        return peaks
 
     def stop(self) -> None:
         for process in self.processes:
@@ -217,6 +234,9 @@ def _measure_size(
             elapsed = end["t"] - start["t"]
             if elapsed > 0:
                 on_progress(f"ambrosia {size} B", (end["calls"] - start["calls"]) / elapsed)
+        peaks = pair.peak_memory()
+        PEAK_MEMORY_BYTES[size] = peaks
+        (pair.workdir / "peak-memory.json").write_text(json.dumps(peaks))
         return throughput_point(
             "ambrosia", size, end["calls"] - start["calls"], end["t"] - start["t"]
         )
