@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import traceback
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ from ambrosia.errors import (
     ImpulseDuringRecoveryError,
     ProtocolError,
     RemoteCallError,
+    ReplayDivergenceError,
 )
 from ambrosia.wire.varint import (
     Incomplete,
@@ -382,6 +384,8 @@ class Dispatcher:
         )
 
     def _handler_failed(self, source: str) -> None:
+        if isinstance(sys.exc_info()[1], ReplayDivergenceError):
+            raise  # not the handler's failure: the log no longer matches the code
         self.handler_errors += 1
         logger.error(
             "%s: handler failed on a call from %s\n%s",

@@ -83,6 +83,9 @@ class OutputStream:
         self.dirty = False
         self.blocked = False
         self.trim_logged = 0  # highest ack already written into a log page
+        # Called with (seq, head) for each regenerated message dropped as already
+        # consumed; recovery uses it to check replay against the log.
+        self.on_drop: Callable[[int, bytes], None] | None = None
 
     # -- producing (the hot path) ------------------------------------------------------
 
@@ -91,6 +94,8 @@ class OutputStream:
         seq = self.next_seq + 1
         self.next_seq = seq
         if seq <= self.drop_through:
+            if self.on_drop is not None:
+                self.on_drop(seq, head)
             return
         open_batch = self.open
         if not self.open_count:

@@ -40,9 +40,16 @@ from ambrosia.coordinator.committer import Committer
 from ambrosia.coordinator.links import IncomingLink, OutgoingLink
 from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.coordinator.recovery import read_checkpoint, read_log
-from ambrosia.errors import AmbrosiaError, LogGapError, PreconditionFailedError, ProtocolError
+from ambrosia.errors import (
+    AmbrosiaError,
+    LogGapError,
+    PreconditionFailedError,
+    ProtocolError,
+    ReplayDivergenceError,
+)
 from ambrosia.log.page import Page, instance_id_for
 from ambrosia.wire.messages import Hello
+from ambrosia.wire.varint import decode_zigzag_long
 
 logger = logging.getLogger("ambrosia.coordinator")
 
@@ -75,6 +82,51 @@ class Config:
 
 
 Resolver = Callable[[str], Awaitable[tuple[str, int]]]
+
+
+class _SelfCallAudit:
+    """Checks replay against the log: a regenerated self-call must be the logged one.
+
+    Only the method and the kind are compared, not the arguments: the paper's idiom for
+    non-determinism (fork a self-call carrying ``time.time()``) regenerates different
+    arguments on replay on purpose, and the logged ones win. A different method at the
+    same position means the code no longer does what it did: replay has diverged.
+    """
+
+    def __init__(self, instance: str, pages: list[tuple[int, Page]]) -> None:
+        self.instance = instance
+        self.logged: dict[int, bytes] = {}
+        for _, page in pages:
+            for group in page.groups:
+                if group.source == instance:
+                    self._index(group.first_seq, group.messages)
+
+    def _index(self, first_seq: int, messages: bytes | memoryview) -> None:
+        position = 0
+        seq = first_seq
+        while position < len(messages):
+            size, start = decode_zigzag_long(messages, position)
+            self.logged[seq] = _call_head(messages, start)
+            position = start + size
+            seq += 1
+
+    def check(self, seq: int, head: bytes) -> None:
+        logged = self.logged.get(seq)
+        if logged is None:
+            return  # consumed before the checkpoint: nothing left to compare with
+        _, start = decode_zigzag_long(head, 0)
+        regenerated = _call_head(head, start)
+        if regenerated != logged:
+            raise ReplayDivergenceError(
+                f"{self.instance}: replay diverged at self-call {seq}: the log holds a call "
+                f"with head {logged.hex()}, replay produced {regenerated.hex()}"
+            )
+
+
+def _call_head(data: bytes | memoryview, start: int) -> bytes:
+    """Type, reserved byte, method id and kind of the RPC whose body starts at ``start``."""
+    _, kind_at = decode_zigzag_long(data, start + 2)
+    return bytes(data[start : kind_at + 1])
 
 
 class Runtime:
@@ -170,6 +222,7 @@ class Runtime:
             retry_policy=self.config.retry_policy,
         )
         self._replay_pages = pages
+        self_stream.on_drop = _SelfCallAudit(self.instance, pages).check
         # Self-calls restored from the checkpoint that never reached the log go in first.
         self_stream.ack(accepted.get(self.instance, 0))
         if self_stream.has_unsent:
@@ -375,6 +428,7 @@ class Runtime:
                 self.replayed_pages += 1
             self._replay_pages = []
             dispatcher.replaying = False
+            self.streams[self.instance].on_drop = None
             dispatcher.is_primary = True
             if not dispatcher.started:
                 self._log_first_start()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ambrosia.backends import open_store
 from ambrosia.testing.harness import Deployment
 from ambrosia.testing.replay import replay
 from ambrosia.testing.workloads import ChainClient, ChainServer, expected_chain, is_async_call
@@ -70,6 +71,11 @@ def run_crash_scenario(directory: Path, log_url: str | None, seed: int) -> None:
     finally:
         deployment.stop_all()
 
+    # Retention: only the last two checkpoints (the default) and the chunks they need remain.
+    for instance in ("server", "client"):
+        checkpoints = asyncio.run(_checkpoints(deployment.log_url, instance))
+        assert 1 <= len(checkpoints) <= 2, (instance, checkpoints)
+
     # Replaying each log from its checkpoint gives the same final state.
     replayed_server = asyncio.run(replay(deployment.log_url, "server", ChainServer))
     assert isinstance(replayed_server, ChainServer)
@@ -78,6 +84,14 @@ def run_crash_scenario(directory: Path, log_url: str | None, seed: int) -> None:
     assert isinstance(replayed_client, ChainClient)
     assert replayed_client.done and replayed_client.results == len(awaited)
     assert replayed_client.result_chain == client["result_chain"]
+
+
+async def _checkpoints(log_url: str, instance: str) -> list[int]:
+    store = await open_store(log_url, instance)
+    try:
+        return await store.list_checkpoints()
+    finally:
+        await store.close()
 
 
 def test_crash_file_backend(tmp_path: Path) -> None:

@@ -1,0 +1,70 @@
+"""Session-wide storage emulators for every test directory: real processes, stopped by PID.
+
+``azurite`` and ``moto_server`` start once per session on free loopback ports. Without an
+emulator the tests that need it are skipped with the reason, except in CI (the ``CI``
+environment variable is set), where a missing emulator fails the run.
+``azblob_env`` and ``s3_env`` put the endpoint and credentials into the environment
+(``monkeypatch``), where both the processes a test starts and the test itself (offline
+replay, log audits) find them, exactly as a deployment would.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# The repository root first on the import path, before anything imports ambrosia: the
+# examples (``examples.*``) live there, and an editable install whose finder still lists
+# ``ambrosia`` as a namespace package would otherwise hand out a package without its
+# ``__init__`` (``from ambrosia import Immortal`` fails) when pytest runs outside the root.
+REPOSITORY_ROOT = str(Path(__file__).resolve().parents[1])
+if sys.path[:1] != [REPOSITORY_ROOT]:
+    sys.path.insert(0, REPOSITORY_ROOT)
+
+from ambrosia.testing.emulators import (  # noqa: E402
+    Azurite,
+    MotoServer,
+    start_azurite,
+    start_moto_server,
+    start_or_skip,
+)
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    emulator = start_or_skip(start_azurite)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    emulator = start_or_skip(start_moto_server)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def azblob_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Azurite:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_URL", raising=False)
+    return azurite
+
+
+@pytest.fixture
+def s3_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    # moto accepts any credentials; they must exist for the credential chain to pass.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AMBROSIA_S3_ENDPOINT_URL", moto_server.endpoint_url)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_server
