@@ -173,7 +173,8 @@ class IncomingLink(asyncio.BufferedProtocol):
         assert isinstance(batch, DataBatch)
         if batch.first_seq != self.expected_seq:
             raise ProtocolError(
-                f"batch from {self.source} starts at {batch.first_seq}, expected {self.expected_seq}"
+                f"batch from {self.source} starts at {batch.first_seq}, "
+                f"expected {self.expected_seq}"
             )
         assert self.source is not None
         if not self.owner.try_accept(
