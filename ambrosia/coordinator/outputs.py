@@ -75,10 +75,12 @@ class OutputStream:
         self.acked_through = 0
         self.open = bytearray()
         self.open_first_seq = 1
-        self.open_count = 0
         self.unsent: deque[Segment] = deque()
         self.inflight: deque[Segment] = deque()
-        self.buffered_bytes = 0
+        self.sealed_bytes = 0  # bytes of unsent and in-flight segments
+        # ``add`` compares the open batch's length with this one number: it is the point
+        # where the batch must be sealed or the buffer bound is crossed, whichever is first.
+        self._check_at = 0
         # True while a flush of this stream is scheduled with the owner (on_dirty called).
         self.dirty = False
         self.blocked = False
@@ -86,6 +88,24 @@ class OutputStream:
         # Called with (seq, head) for each regenerated message dropped as already
         # consumed; recovery uses it to check replay against the log.
         self.on_drop: Callable[[int, bytes], None] | None = None
+        self._update_check_at()
+
+    @property
+    def open_count(self) -> int:
+        """Messages in the open batch: they are numbered open_first_seq..next_seq."""
+        return self.next_seq - self.open_first_seq + 1 if self.open else 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self.sealed_bytes + len(self.open)
+
+    @property
+    def has_unsent(self) -> bool:
+        return bool(self.unsent or self.open)
+
+    def _update_check_at(self) -> None:
+        room = max(self.buffer_bytes_max - self.sealed_bytes, 0) + 1
+        self._check_at = min(self.batch_bytes_max, room)
 
     # -- producing (the hot path) ------------------------------------------------------
 
@@ -98,27 +118,31 @@ class OutputStream:
                 self.on_drop(seq, head)
             return
         open_batch = self.open
-        if not self.open_count:
+        if not open_batch:
             self.open_first_seq = seq
         open_batch += head
         open_batch += body
-        self.open_count += 1
-        self.buffered_bytes += len(head) + len(body)
-        if len(open_batch) >= self.batch_bytes_max:
-            self.seal()
+        if len(open_batch) >= self._check_at:
+            self._limits_reached()
         if not self.dirty:
             self.dirty = True
             self._on_dirty(self)
+
+    def _limits_reached(self) -> None:
+        if len(self.open) >= self.batch_bytes_max:
+            self.seal()
         if self.buffered_bytes > self.buffer_bytes_max and not self.blocked:
             self.blocked = True
             self._on_blocked(self)
 
     def seal(self) -> None:
         """Close the open batch so it can be sent."""
-        if self.open_count:
-            self.unsent.append(Segment(self.open_first_seq, self.open_count, self.open))
+        if self.open:
+            count = self.next_seq - self.open_first_seq + 1
+            self.unsent.append(Segment(self.open_first_seq, count, self.open))
+            self.sealed_bytes += len(self.open)
             self.open = bytearray()
-            self.open_count = 0
+            self._update_check_at()
 
     def take_unsent(self) -> list[Segment]:
         """Seal and return what the current connection has not been sent; mark it in flight."""
@@ -139,7 +163,7 @@ class OutputStream:
         self.drop_through = max(self.drop_through, through)
         self._drop_front(self.inflight, through)
         self._drop_front(self.unsent, through)
-        if through >= self.open_first_seq and self.open_count:
+        if self.open and through >= self.open_first_seq:
             self._trim_open(through)
         self._check_unblocked()
 
@@ -155,7 +179,7 @@ class OutputStream:
         self.acked_through = resume_after
         self.drop_through = max(self.drop_through, resume_after)
         self._drop_front(self.unsent, resume_after)
-        if self.open_count and resume_after >= self.open_first_seq:
+        if self.open and resume_after >= self.open_first_seq:
             self._trim_open(resume_after)
         self._check_unblocked()
 
@@ -164,23 +188,22 @@ class OutputStream:
             segment = segments[0]
             if segment.last_seq <= through:
                 segments.popleft()
-                self.buffered_bytes -= len(segment.data)
+                self.sealed_bytes -= len(segment.data)
                 continue
             drop = through - segment.first_seq + 1
             cut = skip_messages(segment.data, drop)
             segments[0] = Segment(through + 1, segment.count - drop, segment.data[cut:])
-            self.buffered_bytes -= cut
+            self.sealed_bytes -= cut
             break
 
     def _trim_open(self, through: int) -> None:
         drop = min(through - self.open_first_seq + 1, self.open_count)
         cut = skip_messages(self.open, drop)
         del self.open[:cut]
-        self.buffered_bytes -= cut
-        self.open_count -= drop
         self.open_first_seq += drop
 
     def _check_unblocked(self) -> None:
+        self._update_check_at()
         if self.blocked and self.buffered_bytes <= self.buffer_bytes_max:
             self.blocked = False
             self._on_unblocked(self)
@@ -190,7 +213,7 @@ class OutputStream:
     def snapshot(self) -> tuple[int, int, list[Segment]]:
         """(next_seq, acked_through, every unacknowledged segment in order)."""
         segments = [*self.inflight, *self.unsent]
-        if self.open_count:
+        if self.open:
             segments.append(Segment(self.open_first_seq, self.open_count, bytes(self.open)))
         return self.next_seq, self.acked_through, segments
 
@@ -199,8 +222,5 @@ class OutputStream:
         self.acked_through = acked_through
         self.drop_through = max(self.drop_through, acked_through)
         self.unsent = deque(segments)
-        self.buffered_bytes = sum(len(segment.data) for segment in segments)
-
-    @property
-    def has_unsent(self) -> bool:
-        return bool(self.unsent or self.open_count)
+        self.sealed_bytes = sum(len(segment.data) for segment in segments)
+        self._update_check_at()

@@ -68,7 +68,7 @@ def test_crash_scenario_on_cloud(tmp_path: Path, cloud_log: tuple[str, str]) -> 
         log_url,
         seed=20261123,
         settings=CrashSettings(
-            total_calls=1500,
+            total_calls=700,
             kills=KILLS[backend],
             pause_s=(0.1, 0.6),
             run_args=("--checkpoint-log-bytes", "65536", *_run_args(backend)),
