@@ -5,10 +5,11 @@ Settings come from the command line, then the deployment file (``--config PATH``
 catalog registration, then built-in defaults.
 
 Exit codes: 0 done; 1 the immortal stopped on a fatal error (a lost lease, a failed
-write); 2 ``ambrosia: error: ...``, a setting is wrong (malformed URL or file, missing
-container, bucket or credentials, unreachable service, unknown instance) and nothing
-was started; 3 another process runs the instance and kept its lease for longer than
-``--lease-wait-s`` (a standby that gave up waiting; start it again to keep waiting).
+write); 2 ``ambrosia: error: ...``, refused to start: a setting is wrong (malformed URL
+or file, missing container, bucket or credentials, unreachable service, unknown
+instance, busy address) or the log cannot be used; 3 another process runs the instance
+and kept its lease for longer than ``--lease-wait-s`` (a standby that gave up waiting;
+start it again to keep waiting). See docs/storage.md.
 """
 
 from __future__ import annotations

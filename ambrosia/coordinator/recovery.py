@@ -6,10 +6,12 @@ Shared by recovery (the runtime), replay checks (``ambrosia.testing.replay``) an
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
 from ambrosia.backends.base import LogStore
+from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
 from ambrosia.coordinator.checkpoint import CheckpointState, decode_checkpoint
 from ambrosia.errors import LogGapError
 from ambrosia.log.page import ChunkScan, Page, check_sequence, instance_id_for, scan_chunk
@@ -27,18 +29,30 @@ class LogReading:
     last_chunk: int
 
 
-async def read_checkpoint(store: LogStore, number: int) -> CheckpointState:
+async def read_checkpoint(
+    store: LogStore, number: int, policy: RetryPolicy = DEFAULT_RETRY_POLICY
+) -> CheckpointState:
     where = f"{store.url} {store.instance} checkpoint {number}"
-    return decode_checkpoint(await store.read_checkpoint(number), where)
+    data = await call_with_retry(lambda: store.read_checkpoint(number), policy)
+    return decode_checkpoint(data, where)
 
 
-async def read_log(store: LogStore, checkpoint: CheckpointState, page_bytes_max: int) -> LogReading:
-    """Scan and audit every chunk from the checkpoint's resume chunk on."""
+async def read_log(
+    store: LogStore,
+    checkpoint: CheckpointState,
+    page_bytes_max: int,
+    policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+) -> LogReading:
+    """Scan and audit every chunk from the checkpoint's resume chunk on.
+
+    Transient storage errors are retried with ``policy``; what is read is never guessed.
+    """
     instance_id = instance_id_for(store.instance)
-    chunks = [c for c in await store.list_chunks() if c.number >= checkpoint.resume_chunk]
+    listed = await call_with_retry(store.list_chunks, policy)
+    chunks = [c for c in listed if c.number >= checkpoint.resume_chunk]
     scans: list[tuple[int, ChunkScan]] = []
     for chunk in chunks:
-        data = await store.read_chunk(chunk.number)
+        data = await call_with_retry(functools.partial(store.read_chunk, chunk.number), policy)
         where = f"{store.url} {store.instance} chunk {chunk.number}"
         scan = scan_chunk(data, where=where, instance_id=instance_id, page_bytes_max=page_bytes_max)
         if scan.torn_tail:

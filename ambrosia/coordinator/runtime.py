@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 from collections.abc import Awaitable, Callable
@@ -176,18 +177,21 @@ class Runtime:
 
     async def start(self) -> None:
         store = self.store
-        self.lease = await store.acquire_lease(wait_s=self.config.lease_wait_s)
+        policy = self.config.retry_policy
+        self.lease = await call_with_retry(
+            lambda: store.acquire_lease(wait_s=self.config.lease_wait_s), policy
+        )
         logger.info("%s: lease taken, epoch %d", self.instance, self.lease.epoch)
         app = self.app_factory()
         self.dispatcher = Dispatcher(self.instance, app, self._open_stream, self._log_impulse)
-        meta, self.meta_version = await store.read_meta()
+        meta, self.meta_version = await call_with_retry(store.read_meta, policy)
         if meta is None or meta.checkpoint is None:
             checkpoint = await self._first_checkpoint()
         else:
-            checkpoint = await read_checkpoint(store, meta.checkpoint)
+            checkpoint = await read_checkpoint(store, meta.checkpoint, policy)
             self._restore(checkpoint)
         self.checkpoints = [(checkpoint.number, checkpoint.resume_chunk)]
-        reading = await read_log(store, checkpoint, self.config.page_bytes_max)
+        reading = await read_log(store, checkpoint, self.config.page_bytes_max, policy)
         pages, last_chunk = reading.pages, reading.last_chunk
         accepted = dict(checkpoint.inputs)
         trims: dict[str, int] = {}
@@ -204,7 +208,8 @@ class Runtime:
         self_stream = self._open_stream(self.instance)
         fresh = meta is None or meta.checkpoint is None
         new_chunk = 0 if fresh else max(last_chunk, checkpoint.number) + 1
-        await store.create_chunk(self.lease, new_chunk)
+        lease = self.lease
+        await call_with_retry(lambda: store.create_chunk(lease, new_chunk), policy)
         self.committer = Committer(
             store,
             self.lease,
@@ -238,7 +243,7 @@ class Runtime:
 
     async def _first_checkpoint(self) -> CheckpointState:
         assert self.lease is not None and self.dispatcher is not None
-        chunks = await self.store.list_chunks()
+        chunks = await call_with_retry(self.store.list_chunks, self.config.retry_policy)
         if any(chunk.size_bytes for chunk in chunks):
             raise LogGapError(
                 f"{self.instance}: the log has pages but no metadata record; refusing to start "
@@ -548,13 +553,28 @@ class Runtime:
             kept = self.checkpoints[-self.config.checkpoints_kept :]
             if len(self.checkpoints) > len(kept):
                 self.checkpoints = kept
-                await self.store.delete_before(self.lease, min(chunk for _, chunk in kept))
+                await self._retain(min(chunk for _, chunk in kept))
         except AmbrosiaError as error:
             logger.critical("%s: checkpoint failed: %s", self.instance, error)
             self.failure = error
             self.stopped.set()
         finally:
             self._checkpoint_task = None
+
+    async def _retain(self, first_kept_chunk: int) -> None:
+        """Delete what the kept checkpoints no longer need; a failure only delays it."""
+        lease = self.lease
+        assert lease is not None
+        try:
+            await call_with_retry(
+                lambda: self.store.delete_before(lease, first_kept_chunk), self.config.retry_policy
+            )
+        except AmbrosiaError as error:
+            if not error.retriable:
+                raise
+            logger.warning(
+                "%s: retention postponed to the next checkpoint: %s", self.instance, error
+            )
 
     # -- lease -----------------------------------------------------------------------------
 
@@ -563,7 +583,9 @@ class Runtime:
             await asyncio.sleep(self.config.lease_renew_interval_s)
             assert self.lease is not None
             try:
-                self.lease = await self.store.renew_lease(self.lease)
+                self.lease = await call_with_retry(
+                    functools.partial(self.store.renew_lease, self.lease), self.config.retry_policy
+                )
             except AmbrosiaError as error:
                 logger.critical("%s: lease lost, stopping: %s", self.instance, error)
                 self.failure = error

@@ -3,8 +3,9 @@
 A ``ChainClient`` sends calls 1..N to a ``ChainServer`` (see ``ambrosia.testing.workloads``)
 while the harness SIGKILLs the client, the server or both at random moments (seeded) and
 starts them again. Afterwards: the server saw exactly 1..N in order (hash chain), the
-client got every awaited result exactly once, both stop cleanly, and an offline replay
-of each log from its checkpoint rebuilds the same state.
+client got every awaited result exactly once, both stop cleanly, retention kept only the
+last checkpoints, and an offline replay of each log from its checkpoint rebuilds the
+same state.
 
 The parameters exist for the backends: a cloud store's lease outlives a SIGKILLed holder
 (the restarted process waits for it to expire), so a run there affords fewer kills, and a
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ambrosia.backends import open_store
 from ambrosia.testing.harness import Deployment
 from ambrosia.testing.replay import replay
 from ambrosia.testing.workloads import ChainClient, ChainServer, expected_chain, is_async_call
@@ -44,6 +46,7 @@ class CrashSettings:
     # store whose lease outlives a killed holder, a kill during the restarted process's
     # lease wait would test nothing.
     progress_between_kills: bool = False
+    checkpoints_kept: int = 2  # what the processes run with (``--checkpoints-kept``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,14 @@ class CrashOutcome:
     kills: int
     server_status: dict[str, Any]
     client_status: dict[str, Any]
+
+
+async def _checkpoints(log_url: str, instance: str) -> list[int]:
+    store = await open_store(log_url, instance)
+    try:
+        return await store.list_checkpoints()
+    finally:
+        await store.close()
 
 
 def _client_sent(deployment: Deployment) -> int:
@@ -144,6 +155,11 @@ def run_crash_scenario(
         assert deployment.terminate("client") == 0, deployment.output("client")[-3000:]
     finally:
         deployment.stop_all()
+
+    # Retention: only the kept checkpoints (two by default) and the chunks they need remain.
+    for instance in ("server", "client"):
+        checkpoints = asyncio.run(_checkpoints(deployment.log_url, instance))
+        assert 1 <= len(checkpoints) <= settings.checkpoints_kept, (instance, checkpoints)
 
     # Replaying each log from its checkpoint gives the same final state.
     replayed_server = asyncio.run(replay(deployment.log_url, "server", ChainServer))
