@@ -10,7 +10,17 @@ Only after a page is durable does anything see it: it is queued for delivery to 
 binding (in page order) and each source is told how far its input is now durable (so it
 can acknowledge to the sender). Everything is bounded: the page by ``page_bytes_max``
 (``try_add`` refuses what does not fit and the caller stops reading its socket until
-``on_room``), and the delivery queue by ``delivery_pages_max`` (the next write waits).
+there is room).
+
+Logging never waits for the application. If the dispatcher falls behind (for example
+because its own output is blocked waiting for a peer's acknowledgements), durable pages
+keep being written and acknowledged; beyond ``delivery_pages_max`` pages held in memory
+the queue keeps only where each page lives, and the dispatcher reads it back from the
+log when it gets there. The log is the queue. That is what rules out the deadlock of two
+immortals whose output to each other is full: acknowledgements depend only on logging,
+never on dispatch. The backlog itself is bounded by ``delivery_backlog_bytes_max``
+(input stops being read beyond it). Without persistence (a benchmark switch) pages
+cannot be read back, so the writer waits for delivery room instead.
 
 A write that fails because the lease or the fence was lost stops the committer for good
 (``failed``): a stale primary must not keep writing or executing.
@@ -34,10 +44,12 @@ logger = logging.getLogger("ambrosia.committer")
 
 @dataclass(frozen=True, slots=True)
 class DurablePage:
-    """A page that is durable, with where it lives."""
+    """A page that is durable, with where it lives; ``page`` is None once spilled."""
 
     chunk: int
-    page: Page
+    offset: int
+    size_bytes: int
+    page: Page | None
 
 
 class Committer:
@@ -51,6 +63,7 @@ class Committer:
         next_sequence: int,
         page_bytes_max: int,
         delivery_pages_max: int,
+        delivery_backlog_bytes_max: int = 1 << 30,
         on_durable: Callable[[dict[str, int]], None],
         collect_trims: Callable[[], list[tuple[str, int]]],
         accepted: dict[str, int],
@@ -69,6 +82,9 @@ class Committer:
         self.next_sequence = next_sequence
         self.page_bytes_max = page_bytes_max
         self.delivery_pages_max = delivery_pages_max
+        self.delivery_backlog_bytes_max = delivery_backlog_bytes_max
+        self.backlog_bytes = 0
+        self._resident_pages = 0
         self._on_durable = on_durable
         self._collect_trims = collect_trims
         self.accepted = accepted  # source -> last seq copied into a page (durable or not)
@@ -111,6 +127,8 @@ class Committer:
             not self.builder.is_empty
         ):
             self._kick()
+            return False
+        if self.backlog_bytes > self.delivery_backlog_bytes_max:
             return False
         self.builder.add_group(source, first_seq, count, replayable, messages)
         last = first_seq + count - 1
@@ -180,9 +198,7 @@ class Committer:
         )
         marks, self._pending_marks = self._pending_marks, {}
         self.next_sequence = sequence + 1
-        waiters, self._room_waiters = self._room_waiters, []
-        for waiter in waiters:
-            waiter()
+        self._notify_room()
         chunk = self.chunk
         offset = self.chunk_offset
         if self.persist:
@@ -199,8 +215,14 @@ class Committer:
         self.bytes_written += len(data)
         # Paired check: the page we just wrote must read back as what we meant to write.
         page = decode_page(data, 0, f"chunk {chunk}", instance_id=self.instance_id)
-        self.delivery.append(DurablePage(chunk, page))
-        if len(self.delivery) >= self.delivery_pages_max:
+        resident = self._resident_pages < self.delivery_pages_max
+        if resident:
+            self._resident_pages += 1
+        elif not self.persist:
+            raise AssertionError("without persistence the writer waits for delivery room")
+        self.delivery.append(DurablePage(chunk, offset, len(data), page if resident else None))
+        self.backlog_bytes += len(data)
+        if not self.persist and len(self.delivery) >= self.delivery_pages_max:
             self.delivery_room.clear()
         self.delivery_ready.set()
         if marks:
@@ -212,10 +234,20 @@ class Committer:
         if not self.delivery:
             self.delivery_ready.clear()
             return None
-        page = self.delivery.popleft()
+        durable = self.delivery.popleft()
+        if durable.page is not None:
+            self._resident_pages -= 1
+        self.backlog_bytes -= durable.size_bytes
         if len(self.delivery) < self.delivery_pages_max:
             self.delivery_room.set()
-        return page
+        if self._room_waiters and self.backlog_bytes <= self.delivery_backlog_bytes_max:
+            self._notify_room()
+        return durable
+
+    def _notify_room(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            waiter()
 
     async def drain(self) -> None:
         """Wait until nothing is left to write (used by tests and orderly shutdown)."""

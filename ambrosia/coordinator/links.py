@@ -356,6 +356,9 @@ class OutgoingLink:
                 logger.info("link to %s dropped; reconnecting", destination)
             except (TimeoutError, OSError, AmbrosiaError) as error:
                 logger.debug("cannot reach %s: %s", destination, error)
+            except Exception:
+                # A resolver or protocol bug must not end the link for good: keep trying.
+                logger.exception("link to %s failed; retrying", destination)
             finally:
                 self.protocol = None
             await asyncio.sleep(delay * (0.5 + random.random()))

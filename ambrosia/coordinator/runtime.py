@@ -37,7 +37,7 @@ from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.binding.immortal import Immortal
 from ambrosia.coordinator.checkpoint import CheckpointState, OutputState, encode_checkpoint
-from ambrosia.coordinator.committer import Committer
+from ambrosia.coordinator.committer import Committer, DurablePage
 from ambrosia.coordinator.links import IncomingLink, OutgoingLink
 from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.coordinator.recovery import read_checkpoint, read_log
@@ -48,7 +48,7 @@ from ambrosia.errors import (
     ProtocolError,
     ReplayDivergenceError,
 )
-from ambrosia.log.page import Page, instance_id_for
+from ambrosia.log.page import Page, decode_page, instance_id_for
 from ambrosia.wire.messages import Hello
 from ambrosia.wire.varint import decode_zigzag_long
 
@@ -65,6 +65,7 @@ class Config:
 
     page_bytes_max: int = 8 * MiB
     delivery_pages_max: int = 4
+    delivery_backlog_bytes_max: int = 1024 * MiB
     output_buffer_bytes_max: int = 32 * MiB
     batch_bytes_max: int = 1 * MiB
     message_bytes_max: int = 4 * MiB
@@ -218,6 +219,7 @@ class Runtime:
             next_sequence=next_sequence,
             page_bytes_max=self.config.page_bytes_max,
             delivery_pages_max=self.config.delivery_pages_max,
+            delivery_backlog_bytes_max=self.config.delivery_backlog_bytes_max,
             on_durable=self._on_durable,
             collect_trims=self._collect_trims,
             accepted=accepted,
@@ -452,13 +454,28 @@ class Runtime:
                         raise committer.failed
                     await committer.delivery_ready.wait()
                     continue
-                await self._deliver(durable.page)
+                resident = durable.page
+                await self._deliver(resident or await self._read_back(durable))
         except asyncio.CancelledError:
             raise
         except BaseException as error:
             self.failure = error
             logger.critical("%s: stopping: %s", self.instance, error)
             self.stopped.set()
+
+    async def _read_back(self, durable: DurablePage) -> Page:
+        """A page that was spilled from the delivery queue: read it from the log."""
+        data = await call_with_retry(
+            functools.partial(
+                self.store.read_chunk,
+                durable.chunk,
+                offset=durable.offset,
+                length=durable.size_bytes,
+            ),
+            self.config.retry_policy,
+        )
+        where = f"{self.store.url} {self.instance} chunk {durable.chunk}"
+        return decode_page(data, 0, where, instance_id=self.instance_id)
 
     async def _become_primary(self) -> None:
         assert self.dispatcher is not None
