@@ -179,7 +179,7 @@ def _decode_meta(data: bytes, where: str) -> tuple[Meta, int]:
 
 inline_append_bytes_max = 64 * 1024
 """Appends up to this size may run on the caller's thread instead of a worker thread..."""
-inline_sync_s_max = 0.0005
+inline_sync_s_max = 0.002
 """...as long as recent appends took less than this on average."""
 
 
@@ -399,8 +399,9 @@ class FileLogStore:
     ) -> None:
         started = time.perf_counter()
         self._append_sync(lease, chunk, expected_offset, data)
-        elapsed = time.perf_counter() - started
-        # Exponential average over roughly the last eight appends.
+        # Exponential average over roughly the last eight appends; one slow outlier is
+        # capped so that it cannot by itself send the next appends to the thread.
+        elapsed = min(time.perf_counter() - started, inline_sync_s_max * 2)
         self._sync_s_average += (elapsed - self._sync_s_average) / 8
 
     def _append_sync(

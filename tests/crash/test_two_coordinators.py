@@ -31,7 +31,7 @@ pytestmark = pytest.mark.crash
 
 # backend -> (calls in the run, extra `ambrosia run` arguments)
 BACKENDS = {
-    "file": (1500, ()),
+    "file": (3000, ()),
     "azblob": (300, ("--create-storage", "--store-option", "lease_duration_s=15")),
     "s3": (300, ("--create-storage", "--store-option", "lease_duration_s=2")),
 }
@@ -93,11 +93,7 @@ def test_one_primary_one_standby_then_takeover(
             status = deployment.status("client")
             return int(status["sent"]) if status else 0
 
-        deployment.wait_for(lambda: client_sent() >= total // 3, 45, "a third of the calls")
-        assert len(primaries()) == 1, [deployment.outputs(label) for label in primaries()]
-        primary = primaries()[0]
-        standby = "server-b" if primary == "server-a" else "server-a"
-        assert deployment.processes[standby].poll() is None, deployment.outputs(standby)
+        deployment.wait_for(lambda: bool(primaries()), 45, "a primary")
 
         # A third process that will not wait long gives up with a clear message.
         late = deployment.start("server", args=("--lease-wait-s", "0.5"), label="server-c")
@@ -109,7 +105,17 @@ def test_one_primary_one_standby_then_takeover(
         assert "ambrosia: error: server is running elsewhere" in deployment.output("server-c")
         assert not lease_epochs(deployment, "server-c")
 
-        # The primary dies; the standby takes the lease over and finishes the run.
+        deployment.wait_for(
+            lambda: client_sent() >= total // 3, 45, "a third of the calls", ignore=("server-c",)
+        )
+        assert len(primaries()) == 1, [deployment.outputs(label) for label in primaries()]
+        primary = primaries()[0]
+        standby = "server-b" if primary == "server-a" else "server-a"
+        assert deployment.processes[standby].poll() is None, deployment.outputs(standby)
+
+        # The primary dies mid-run; the standby takes the lease over and finishes the run.
+        status = deployment.status("client")
+        assert status is not None and not status["done"], "the run ended too soon: raise total"
         deployment.kill(primary)
         killed_at = time.monotonic()
         deployment.wait_for(
