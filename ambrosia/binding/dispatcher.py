@@ -318,9 +318,30 @@ class Dispatcher:
         """
         handlers = self._handlers
         blocked = self.blocked
+        # Streams of calls usually repeat one shape: same size, same method, one raw
+        # bytes argument. After one such message is parsed, its head (size prefix through
+        # argument tag) is remembered; a following message that starts with exactly those
+        # bytes has the same size and target, so one ``startswith`` replaces the parse.
+        # Needs ``bytes`` (the runtime copies small-message groups into bytes first).
+        repeat_head = b""
+        repeat_size = 0
+        repeat_skip = 0
+        repeat_handler: Callable[..., Any] | None = None
+        startswith = data.startswith if type(data) is bytes else None
         self.in_handler = True
         try:
             while position < end:
+                if repeat_handler is not None and startswith is not None:
+                    if startswith(repeat_head, position) and position + repeat_size <= end:
+                        stop = position + repeat_size
+                        try:
+                            repeat_handler(data[position + repeat_skip : stop])
+                        except Exception:
+                            self._handler_failed(source)
+                        position = stop
+                        if blocked:
+                            return position
+                        continue
                 # Sizes and method ids almost always take one or two varint bytes: decode
                 # those inline, fall back to the general decoder otherwise.
                 size = data[position]
@@ -355,7 +376,11 @@ class Dispatcher:
                         and data[cursor + 1] == 0
                         and not handler[1]
                     ):
-                        # Fast path: one raw bytes argument to a plain handler.
+                        # One raw bytes argument to a plain handler.
+                        repeat_head = bytes(data[position : cursor + 2])
+                        repeat_size = stop - position
+                        repeat_skip = cursor + 2 - position
+                        repeat_handler = handler[0]
                         try:
                             handler[0](bytes(data[cursor + 2 : stop]))
                         except Exception:
