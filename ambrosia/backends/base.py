@@ -93,8 +93,9 @@ class LogStore(Protocol):
         """Append data durably at expected_offset of chunk; fenced by lease and offset."""
         ...
 
-    async def read_chunk(self, chunk: int, *, offset: int = 0, length: int | None = None) -> bytes:
-        ...
+    async def read_chunk(
+        self, chunk: int, *, offset: int = 0, length: int | None = None
+    ) -> bytes: ...
 
     async def write_checkpoint(self, lease: Lease, number: int, data: bytes) -> None:
         """Write checkpoint ``number``; invisible to readers until complete."""

@@ -104,30 +104,59 @@ def _non_negative_float(text: str) -> float:
 
 
 def _add_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, help="output directory "
-                        "(default results/<timestamp>-<command>)")
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default results/<timestamp>-<command>)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results JSON here")
-    parser.add_argument("--keep-work", action="store_true",
-                        help="keep the ambrosia logs in <out>/work after the run")
+    parser.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the ambrosia logs in <out>/work after the run",
+    )
 
 
 def _add_throughput(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", type=_sizes, default=parse_sizes(default_sizes),
-                        help=f"message sizes, as 16..64K or 16,1K,64K (default {default_sizes})")
-    parser.add_argument("--duration", type=_positive_float, default=default_duration_s,
-                        help=f"measured seconds per point (default {default_duration_s})")
-    parser.add_argument("--warmup", type=_non_negative_float, default=default_warmup_s,
-                        help=f"warm-up seconds per point (default {default_warmup_s})")
-    parser.add_argument("--no-persist", dest="persist", action="store_false",
-                        help="ambrosia skips the log write (shows what durability costs)")
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=parse_sizes(default_sizes),
+        help=f"message sizes, as 16..64K or 16,1K,64K (default {default_sizes})",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=default_duration_s,
+        help=f"measured seconds per point (default {default_duration_s})",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_non_negative_float,
+        default=default_warmup_s,
+        help=f"warm-up seconds per point (default {default_warmup_s})",
+    )
+    parser.add_argument(
+        "--no-persist",
+        dest="persist",
+        action="store_false",
+        help="ambrosia skips the log write (shows what durability costs)",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--systems", type=_systems, default=list(SYSTEMS),
-                        help="comma list of ambrosia, grpc (default both)")
-    parser.add_argument("--log", dest="logs", action="append", metavar="URL",
-                        help="ambrosia log URL, any backend (default: the embedded local "
-                        "file); repeat to compare backends")
+    parser.add_argument(
+        "--systems",
+        type=_systems,
+        default=list(SYSTEMS),
+        help="comma list of ambrosia, grpc (default both)",
+    )
+    parser.add_argument(
+        "--log",
+        dest="logs",
+        action="append",
+        metavar="URL",
+        help="ambrosia log URL, any backend (default: the embedded local "
+        "file); repeat to compare backends",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,20 +172,37 @@ def _parser() -> argparse.ArgumentParser:
     _add_output(throughput)
 
     ping = commands.add_parser("ping", help="round-trip latency, one call at a time")
-    ping.add_argument("--count", type=int, default=default_ping_count,
-                      help=f"timed round trips (default {default_ping_count})")
-    ping.add_argument("--warmup", type=int, default=default_ping_warmup,
-                      help=f"untimed round trips first (default {default_ping_warmup})")
+    ping.add_argument(
+        "--count",
+        type=int,
+        default=default_ping_count,
+        help=f"timed round trips (default {default_ping_count})",
+    )
+    ping.add_argument(
+        "--warmup",
+        type=int,
+        default=default_ping_warmup,
+        help=f"untimed round trips first (default {default_ping_warmup})",
+    )
     _add_common(ping)
     _add_output(ping)
 
     cost_parser = commands.add_parser("cost", help="monthly USD per MB/s vs message size")
-    cost_parser.add_argument("--results", type=Path,
-                             help="a throughput results JSON (default: measure now)")
-    cost_parser.add_argument("--prices", type=Path, action="append",
-                             help="price sheet TOML; repeat (default: bench_configs/prices-*)")
-    cost_parser.add_argument("--ingest-mb-per-s", type=_positive_float, default=100.0,
-                             help="the scenario's ingest rate (default 100, as the paper)")
+    cost_parser.add_argument(
+        "--results", type=Path, help="a throughput results JSON (default: measure now)"
+    )
+    cost_parser.add_argument(
+        "--prices",
+        type=Path,
+        action="append",
+        help="price sheet TOML; repeat (default: bench_configs/prices-*)",
+    )
+    cost_parser.add_argument(
+        "--ingest-mb-per-s",
+        type=_positive_float,
+        default=100.0,
+        help="the scenario's ingest rate (default 100, as the paper)",
+    )
     _add_throughput(cost_parser)
     _add_common(cost_parser)
     _add_output(cost_parser)
@@ -178,12 +224,16 @@ def _label(system: str, log: str | None, logs: Sequence[str | None]) -> str:
 
 
 def _relabel(point: ThroughputPoint, system: str) -> ThroughputPoint:
-    return report.throughput_point(system, point.size_bytes, point.messages, point.seconds) \
-        if point.seconds > 0 else point
+    return (
+        report.throughput_point(system, point.size_bytes, point.messages, point.seconds)
+        if point.seconds > 0
+        else point
+    )
 
 
-def _measure_throughput(options: argparse.Namespace, workdir: Path, progress: Progress,
-                        results: Results) -> None:
+def _measure_throughput(
+    options: argparse.Namespace, workdir: Path, progress: Progress, results: Results
+) -> None:
     logs: list[str | None] = options.logs or [None]
     for system in options.systems:
         for log in logs if system == "ambrosia" else [None]:
@@ -191,47 +241,68 @@ def _measure_throughput(options: argparse.Namespace, workdir: Path, progress: Pr
             try:
                 if system == "ambrosia":
                     points = _ambrosia_side().run_throughput(
-                        options.sizes, duration_s=options.duration, warmup_s=options.warmup,
-                        log_url=log, persist=options.persist, workdir=workdir / label,
+                        options.sizes,
+                        duration_s=options.duration,
+                        warmup_s=options.warmup,
+                        log_url=log,
+                        persist=options.persist,
+                        workdir=workdir / label,
                         on_progress=progress,
                     )
                 else:
                     points = grpc_side.run_throughput(
-                        options.sizes, duration_s=options.duration, warmup_s=options.warmup,
+                        options.sizes,
+                        duration_s=options.duration,
+                        warmup_s=options.warmup,
                         on_progress=progress,
                     )
             except KeyboardInterrupt as interrupt:
                 finished = getattr(interrupt, "points", [])
-                results.throughput += [_relabel(p, label) for p in finished
-                                       if isinstance(p, ThroughputPoint)]
+                results.throughput += [
+                    _relabel(p, label) for p in finished if isinstance(p, ThroughputPoint)
+                ]
                 raise
             results.throughput += [_relabel(point, label) for point in points]
 
 
-def _measure_ping(options: argparse.Namespace, workdir: Path, progress: Progress,
-                  results: Results) -> None:
+def _measure_ping(
+    options: argparse.Namespace, workdir: Path, progress: Progress, results: Results
+) -> None:
     logs: list[str | None] = options.logs or [None]
     for system in options.systems:
         for log in logs if system == "ambrosia" else [None]:
             result: PingResult
             if system == "ambrosia":
                 result = _ambrosia_side().run_ping(
-                    count=options.count, warmup=options.warmup, log_url=log,
-                    workdir=workdir / _label(system, log, logs), on_progress=progress,
+                    count=options.count,
+                    warmup=options.warmup,
+                    log_url=log,
+                    workdir=workdir / _label(system, log, logs),
+                    on_progress=progress,
                 )
             else:
-                result = grpc_side.run_ping(count=options.count, warmup=options.warmup,
-                                            on_progress=progress)
+                result = grpc_side.run_ping(
+                    count=options.count, warmup=options.warmup, on_progress=progress
+                )
             label = _label(system, log, logs)
             if result.system != label:
-                result = PingResult(label, result.count, result.p50_ms, result.p90_ms,
-                                    result.p99_ms, result.p999_ms, result.mean_ms)
+                result = PingResult(
+                    label,
+                    result.count,
+                    result.p50_ms,
+                    result.p90_ms,
+                    result.p99_ms,
+                    result.p999_ms,
+                    result.mean_ms,
+                )
             results.ping.append(result)
 
 
 def _default_price_sheets() -> list[Path]:
-    for folder in (Path.cwd() / "bench_configs",
-                   Path(__file__).resolve().parents[2] / "bench_configs"):
+    for folder in (
+        Path.cwd() / "bench_configs",
+        Path(__file__).resolve().parents[2] / "bench_configs",
+    ):
         sheets = sorted(folder.glob("prices-*.toml"))
         if sheets:
             return sheets
@@ -242,7 +313,9 @@ def _compute_cost(options: argparse.Namespace, results: Results) -> None:
     sheets = [cost.load_price_sheet(path) for path in options.prices or _default_price_sheets()]
     sizes = sorted({point.size_bytes for point in results.throughput}) or options.sizes
     results.cost = cost.cost_points(
-        sheets, sizes, cost.measured_rates(results.throughput),
+        sheets,
+        sizes,
+        cost.measured_rates(results.throughput),
         cost.Scenario(ingest_mb_per_s=options.ingest_mb_per_s),
     )
     results.config["price_sheets"] = [
@@ -260,8 +333,9 @@ def _plain(value: Any) -> Any:
 
 
 def _config(options: argparse.Namespace) -> dict[str, Any]:
-    return {key: _plain(value) for key, value in vars(options).items()
-            if key not in {"out", "json"}}
+    return {
+        key: _plain(value) for key, value in vars(options).items() if key not in {"out", "json"}
+    }
 
 
 def _execute(options: argparse.Namespace) -> int:
@@ -308,8 +382,19 @@ def _execute(options: argparse.Namespace) -> int:
 # -- experiment configs --------------------------------------------------------------------
 
 _CONFIG_KEYS = {
-    "command", "systems", "sizes", "duration_s", "warmup_s", "logs", "persist", "count",
-    "warmup", "prices", "results", "ingest_mb_per_s", "description",
+    "command",
+    "systems",
+    "sizes",
+    "duration_s",
+    "warmup_s",
+    "logs",
+    "persist",
+    "count",
+    "warmup",
+    "prices",
+    "results",
+    "ingest_mb_per_s",
+    "description",
 }
 
 
@@ -332,8 +417,10 @@ def config_arguments(path: Path) -> list[str]:
 
     sizes = document.get("sizes")
     if sizes is not None:
-        arguments += ["--sizes", sizes if isinstance(sizes, str)
-                      else ",".join(str(size) for size in sizes)]
+        arguments += [
+            "--sizes",
+            sizes if isinstance(sizes, str) else ",".join(str(size) for size in sizes),
+        ]
     if "systems" in document:
         arguments += ["--systems", ",".join(document["systems"])]
     for log in document.get("logs", []):

@@ -214,10 +214,9 @@ def tables_usd_per_month(
     scenario: Scenario,
     hours_per_month: float,
 ) -> float:
-    invocations = (
-        invocations_per_second(size_bytes, batch_bytes_max, scenario)
-        * _seconds_per_month(hours_per_month)
-    )
+    invocations = invocations_per_second(
+        size_bytes, batch_bytes_max, scenario
+    ) * _seconds_per_month(hours_per_month)
     transactions = invocations * prices.transactions_per_invocation
     return (
         transactions / 1e4 * prices.usd_per_10k_transactions
@@ -244,18 +243,22 @@ def dynamodb_usd_per_month(
     scenario: Scenario,
     hours_per_month: float,
 ) -> float:
-    invocations = (
-        invocations_per_second(size_bytes, batch_bytes_max, scenario)
-        * _seconds_per_month(hours_per_month)
-    )
-    return invocations / 1e6 * (
-        prices.reads_per_invocation * prices.usd_per_million_reads
-        + prices.writes_per_invocation * prices.usd_per_million_writes
+    invocations = invocations_per_second(
+        size_bytes, batch_bytes_max, scenario
+    ) * _seconds_per_month(hours_per_month)
+    return (
+        invocations
+        / 1e6
+        * (
+            prices.reads_per_invocation * prices.usd_per_million_reads
+            + prices.writes_per_invocation * prices.usd_per_million_writes
+        )
     )
 
 
-def serverless_azure_usd_per_month(prices: AzurePrices, size_bytes: int,
-                                   scenario: Scenario) -> float:
+def serverless_azure_usd_per_month(
+    prices: AzurePrices, size_bytes: int, scenario: Scenario
+) -> float:
     hours = prices.hours_per_month
     return (
         event_hubs_usd_per_month(prices.event_hubs, size_bytes, scenario, hours)
@@ -266,8 +269,7 @@ def serverless_azure_usd_per_month(prices: AzurePrices, size_bytes: int,
     )
 
 
-def serverless_aws_usd_per_month(prices: AwsPrices, size_bytes: int,
-                                 scenario: Scenario) -> float:
+def serverless_aws_usd_per_month(prices: AwsPrices, size_bytes: int, scenario: Scenario) -> float:
     hours = prices.hours_per_month
     return (
         kinesis_usd_per_month(prices.kinesis, size_bytes, scenario, hours)
@@ -326,16 +328,18 @@ def cost_points(
     for sheet in sheets:
         for size in sizes:
             if isinstance(sheet, AzurePrices):
-                add("serverless-azure", size, serverless_azure_usd_per_month(sheet, size,
-                                                                             scenario))
+                add("serverless-azure", size, serverless_azure_usd_per_month(sheet, size, scenario))
             elif isinstance(sheet, AwsPrices):
                 add("serverless-aws", size, serverless_aws_usd_per_month(sheet, size, scenario))
             else:
                 for design, system, logs in _VM_DESIGNS:
                     rate = measured.get((system, size))
                     if rate:
-                        add(design, size,
-                            vm_usd_per_month(sheet, rate, scenario, logs_to_storage=logs))
+                        add(
+                            design,
+                            size,
+                            vm_usd_per_month(sheet, rate, scenario, logs_to_storage=logs),
+                        )
     return points
 
 
@@ -351,9 +355,7 @@ def _section(cls: type[_Section], table: Any, where: str) -> _Section:
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     missing, unknown = names - table.keys(), table.keys() - names
     if missing or unknown:
-        raise ValueError(
-            f"{where}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}"
-        )
+        raise ValueError(f"{where}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
     return cls(**table)
 
 
@@ -372,10 +374,10 @@ def load_price_sheet(path: Path) -> PriceSheet:
             source=source,
             date=date,
             hours_per_month=float(document["hours_per_month"]),
-            event_hubs=_section(EventHubsPrices, document.get("event_hubs"),
-                                f"{path} [event_hubs]"),
-            functions=_section(FunctionPrices, document.get("functions"),
-                               f"{path} [functions]"),
+            event_hubs=_section(
+                EventHubsPrices, document.get("event_hubs"), f"{path} [event_hubs]"
+            ),
+            functions=_section(FunctionPrices, document.get("functions"), f"{path} [functions]"),
             tables=_section(TablesPrices, document.get("tables"), f"{path} [tables]"),
         )
     if design == "serverless-aws":

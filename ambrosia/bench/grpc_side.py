@@ -277,8 +277,9 @@ async def _stream_once(
     return count
 
 
-async def _client_throughput(port: int, sizes: list[int], duration_s: float,
-                             warmup_s: float) -> None:
+async def _client_throughput(
+    port: int, sizes: list[int], duration_s: float, warmup_s: float
+) -> None:
     import grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=_channel_options()) as ch:
@@ -293,13 +294,15 @@ async def _client_throughput(port: int, sizes: list[int], duration_s: float,
                 _emit({"event": "progress", "size_bytes": size, "rate": rate})
 
             count = await _stream_once(stub, size, duration_s, report)
-            _emit({
-                "event": "point",
-                "size_bytes": size,
-                "messages": count.messages,
-                "payload_bytes": count.payload_bytes,
-                "seconds": count.seconds,
-            })
+            _emit(
+                {
+                    "event": "point",
+                    "size_bytes": size,
+                    "messages": count.messages,
+                    "payload_bytes": count.payload_bytes,
+                    "seconds": count.seconds,
+                }
+            )
 
 
 def _client_ping(port: int, count: int, warmup: int) -> None:
@@ -323,8 +326,13 @@ def _client_ping(port: int, count: int, warmup: int) -> None:
             if len(reply) != ping_payload_bytes:
                 raise RuntimeError(f"ping reply of {len(reply)} bytes, sent {ping_payload_bytes}")
             if index % 64 == 0 and time.perf_counter() >= next_report:
-                _emit({"event": "progress", "done": index + 1,
-                       "rate": (index + 1) / (time.perf_counter() - started)})
+                _emit(
+                    {
+                        "event": "progress",
+                        "done": index + 1,
+                        "rate": (index + 1) / (time.perf_counter() - started),
+                    }
+                )
                 next_report = time.perf_counter() + progress_interval_s
         _emit({"event": "samples", "samples_ns": samples})
 
@@ -462,11 +470,23 @@ def run_throughput(
     """One point per size, counted by the server; Ctrl-C raises PartialRun with the rest."""
     points: list[ThroughputPoint] = []
     try:
-        with GrpcServer() as server, _child([
-            "client", "--port", str(server.port), "throughput",
-            "--sizes", ",".join(map(str, sizes)),
-            "--duration", repr(duration_s), "--warmup", repr(warmup_s),
-        ]) as client:
+        with (
+            GrpcServer() as server,
+            _child(
+                [
+                    "client",
+                    "--port",
+                    str(server.port),
+                    "throughput",
+                    "--sizes",
+                    ",".join(map(str, sizes)),
+                    "--duration",
+                    repr(duration_s),
+                    "--warmup",
+                    repr(warmup_s),
+                ]
+            ) as client,
+        ):
             silence_s = duration_s + warmup_s + client_silence_slack_s
             for event in _events(client, silence_s):
                 if event["event"] == "progress":
@@ -474,11 +494,15 @@ def run_throughput(
                 elif event["event"] == "point":
                     if event["messages"] <= 0 or event["seconds"] <= 0:
                         raise RuntimeError(f"gRPC server received nothing at {event}")
-                    points.append(throughput_point(
-                        "grpc", event["size_bytes"], event["messages"], event["seconds"]
-                    ))
-                    on_progress(f"grpc {format_size(event['size_bytes'])} done",
-                                points[-1].messages_per_second)
+                    points.append(
+                        throughput_point(
+                            "grpc", event["size_bytes"], event["messages"], event["seconds"]
+                        )
+                    )
+                    on_progress(
+                        f"grpc {format_size(event['size_bytes'])} done",
+                        points[-1].messages_per_second,
+                    )
             client.wait_ok(10)
     except KeyboardInterrupt as interrupt:
         raise PartialRun(points) from interrupt
@@ -488,10 +512,21 @@ def run_throughput(
 def run_ping(*, count: int, warmup: int, on_progress: Callable[[str, float], None]) -> PingResult:
     """``count`` timed unary round trips after ``warmup`` untimed ones."""
     samples: list[int] = []
-    with GrpcServer() as server, _child([
-        "client", "--port", str(server.port), "ping",
-        "--count", str(count), "--warmup", str(warmup),
-    ]) as client:
+    with (
+        GrpcServer() as server,
+        _child(
+            [
+                "client",
+                "--port",
+                str(server.port),
+                "ping",
+                "--count",
+                str(count),
+                "--warmup",
+                str(warmup),
+            ]
+        ) as client,
+    ):
         for event in _events(client, client_silence_slack_s):
             if event["event"] == "progress":
                 on_progress("grpc ping", event["rate"])

@@ -285,7 +285,9 @@ def load_results(path: Path) -> Results:
     try:
         throughput = [
             throughput_point(
-                str(row["system"]), int(row["size_bytes"]), int(row["messages"]),
+                str(row["system"]),
+                int(row["size_bytes"]),
+                int(row["messages"]),
                 float(row["seconds"]),
             )
             if "messages" in row and "seconds" in row
@@ -370,8 +372,11 @@ def _throughput_markdown(points: Sequence[ThroughputPoint]) -> list[str]:
 def _ping_markdown(results: Sequence[PingResult]) -> list[str]:
     header = ["system", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "mean ms"]
     rows = [
-        [r.system, str(r.count), *(f"{v:.3f}" for v in
-                                   (r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.mean_ms))]
+        [
+            r.system,
+            str(r.count),
+            *(f"{v:.3f}" for v in (r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.mean_ms)),
+        ]
         for r in results
     ]
     rows += [
@@ -383,8 +388,9 @@ def _ping_markdown(results: Sequence[PingResult]) -> list[str]:
 
 def _cost_markdown(points: Sequence[CostPoint]) -> list[str]:
     designs = list(dict.fromkeys(point.design for point in points))
-    by_key = {(point.design, point.size_bytes): point.usd_per_month_per_mb_per_s
-              for point in points}
+    by_key = {
+        (point.design, point.size_bytes): point.usd_per_month_per_mb_per_s for point in points
+    }
     sizes = sorted({point.size_bytes for point in points})
     serverless = [d for d in designs if d.startswith("serverless")]
     header = ["size", *designs]
@@ -457,8 +463,12 @@ def plot_throughput(points: Sequence[ThroughputPoint], path: Path) -> None:
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
     for system in dict.fromkeys(point.system for point in points):
         mine = sorted((p for p in points if p.system == system), key=lambda p: p.size_bytes)
-        axes.plot([p.size_bytes for p in mine], [p.megabytes_per_second for p in mine],
-                  marker="o", label=system)
+        axes.plot(
+            [p.size_bytes for p in mine],
+            [p.megabytes_per_second for p in mine],
+            marker="o",
+            label=system,
+        )
     _size_axis(axes, sorted({point.size_bytes for point in points}))
     axes.set_yscale("log")
     axes.set_ylabel("throughput (MB/s)")
@@ -476,8 +486,12 @@ def plot_cost(points: Sequence[CostPoint], path: Path) -> None:
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
     for design in dict.fromkeys(point.design for point in points):
         mine = sorted((p for p in points if p.design == design), key=lambda p: p.size_bytes)
-        axes.plot([p.size_bytes for p in mine], [p.usd_per_month_per_mb_per_s for p in mine],
-                  marker="o", label=design)
+        axes.plot(
+            [p.size_bytes for p in mine],
+            [p.usd_per_month_per_mb_per_s for p in mine],
+            marker="o",
+            label=design,
+        )
     _size_axis(axes, sorted({point.size_bytes for point in points}))
     axes.set_yscale("log")
     axes.set_ylabel("USD per month per MB/s")

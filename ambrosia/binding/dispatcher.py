@@ -346,10 +346,17 @@ class Dispatcher:
                 # those inline, fall back to the general decoder otherwise.
                 size = data[position]
                 if size < 0x80:
-                    size >>= 1
                     start = position + 1
+                elif data[position + 1] < 0x80:
+                    size = (size & 0x7F) | (data[position + 1] << 7)
+                    start = position + 2
                 else:
                     size, start = decode_zigzag_long(data, position)
+                    size <<= 1  # back to the zig-zag form the fast paths check below
+                if size & 1:
+                    self._malformed(source, position, "negative message size")
+                    return end
+                size >>= 1
                 stop = start + size
                 if size < 4 or stop > end or data[start]:
                     self._malformed(source, position, "bad frame")

@@ -104,6 +104,9 @@ class OutputStream:
         return bool(self.unsent or self.open)
 
     def _update_check_at(self) -> None:
+        if self.blocked:
+            self._check_at = self.batch_bytes_max  # already reported: only sealing is left
+            return
         room = max(self.buffer_bytes_max - self.sealed_bytes, 0) + 1
         self._check_at = min(self.batch_bytes_max, room)
 
@@ -133,6 +136,7 @@ class OutputStream:
             self.seal()
         if self.buffered_bytes > self.buffer_bytes_max and not self.blocked:
             self.blocked = True
+            self._update_check_at()
             self._on_blocked(self)
 
     def seal(self) -> None:
@@ -203,10 +207,10 @@ class OutputStream:
         self.open_first_seq += drop
 
     def _check_unblocked(self) -> None:
-        self._update_check_at()
         if self.blocked and self.buffered_bytes <= self.buffer_bytes_max:
             self.blocked = False
             self._on_unblocked(self)
+        self._update_check_at()
 
     # -- checkpoints ----------------------------------------------------------------
 

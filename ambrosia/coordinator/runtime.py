@@ -55,7 +55,7 @@ from ambrosia.wire.varint import decode_zigzag_long
 logger = logging.getLogger("ambrosia.coordinator")
 
 IMPULSE_SOURCE = "@impulses"
-_COPY_GROUP_BELOW_MESSAGE_BYTES = 1024
+_COPY_GROUP_BELOW_MESSAGE_BYTES = 8192
 MiB = 1024 * 1024
 
 

@@ -47,6 +47,10 @@ class CrashSettings:
     # lease wait would test nothing.
     progress_between_kills: bool = False
     checkpoints_kept: int = 2  # what the processes run with (``--checkpoints-kept``)
+    # Retention deletes old checkpoints only once one process life has written more than
+    # ``checkpoints_kept`` of them; runs that restart more often than they checkpoint
+    # (slow cloud emulators) keep more. See the xfail test in tests/crash/test_faults.py.
+    check_retention: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +161,7 @@ def run_crash_scenario(
         deployment.stop_all()
 
     # Retention: only the kept checkpoints (two by default) and the chunks they need remain.
-    for instance in ("server", "client"):
+    for instance in ("server", "client") if settings.check_retention else ():
         checkpoints = asyncio.run(_checkpoints(deployment.log_url, instance))
         assert 1 <= len(checkpoints) <= settings.checkpoints_kept, (instance, checkpoints)
 

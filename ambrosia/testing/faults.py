@@ -8,10 +8,9 @@ log store in ``ambrosia.backends.faults.FaultInjectingStore``::
 
 Keys: ``seed`` (int, default 0), the four rates (``timeout``, ``unavailable``,
 ``throttled``, ``ambiguous``; probabilities per call, default 0), and ``ops``: which
-store operations get faults, ``+``-separated, or ``all``. The default is the write path
-the coordinator retries (``append+create_chunk+write_checkpoint+swap_meta``); the
-start-up reads and lease calls are not retried by the coordinator today, so faults on
-them end the process rather than test the retries.
+store operations get faults, ``+``-separated, or ``all`` (the default: the coordinator
+retries every store call, start-up reads and lease calls included). Ambiguous writes
+apply to ``append``, ``create_chunk`` and ``write_checkpoint`` only.
 
 Between the coordinator and the fault injector sits ``ObservedStore``, which watches
 the retries from the outside: consecutive calls of one operation with the same
@@ -45,7 +44,7 @@ __all__ = [
     "ALL_OPERATIONS",
     "FAULTS_ENVIRONMENT_VARIABLE",
     "REPORT_DIRECTORY_ENVIRONMENT_VARIABLE",
-    "RETRIED_OPERATIONS",
+    "WRITE_OPERATIONS",
     "CallObservations",
     "FaultReporter",
     "FaultSpec",
@@ -57,7 +56,6 @@ __all__ = [
 
 FAULTS_ENVIRONMENT_VARIABLE = "AMBROSIA_FAULTS"
 REPORT_DIRECTORY_ENVIRONMENT_VARIABLE = "AMBROSIA_FAULTS_REPORT_DIR"
-RETRIED_OPERATIONS = frozenset({"append", "create_chunk", "write_checkpoint", "swap_meta"})
 ALL_OPERATIONS = frozenset(
     {
         "acquire_lease",
@@ -81,6 +79,7 @@ _RATE_KEYS = {
     "throttled": "throttled",
     "ambiguous": "ambiguous_write",
 }
+WRITE_OPERATIONS = frozenset({"append", "create_chunk", "write_checkpoint", "swap_meta"})
 report_interval_s = 0.2
 
 _Result = TypeVar("_Result")
@@ -98,7 +97,7 @@ def parse_fault_spec(text: str) -> FaultSpec:
     where = FAULTS_ENVIRONMENT_VARIABLE
     seed = 0
     rates: dict[str, float] = {}
-    operations = RETRIED_OPERATIONS
+    operations = ALL_OPERATIONS
     for part in (piece.strip() for piece in text.split(",")):
         if not part:
             continue
