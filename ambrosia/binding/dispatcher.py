@@ -331,17 +331,21 @@ class Dispatcher:
         self.in_handler = True
         try:
             while position < end:
-                if repeat_handler is not None and startswith is not None:
-                    if startswith(repeat_head, position) and position + repeat_size <= end:
-                        stop = position + repeat_size
-                        try:
-                            repeat_handler(data[position + repeat_skip : stop])
-                        except Exception:
-                            self._handler_failed(source)
-                        position = stop
-                        if blocked:
-                            return position
-                        continue
+                if (
+                    repeat_handler is not None
+                    and startswith is not None
+                    and startswith(repeat_head, position)
+                    and position + repeat_size <= end
+                ):
+                    stop = position + repeat_size
+                    try:
+                        repeat_handler(data[position + repeat_skip : stop])
+                    except Exception:
+                        self._handler_failed(source)
+                    position = stop
+                    if blocked:
+                        return position
+                    continue
                 # Sizes and method ids almost always take one or two varint bytes: decode
                 # those inline, fall back to the general decoder otherwise.
                 size = data[position]
