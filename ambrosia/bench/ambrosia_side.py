@@ -129,6 +129,7 @@ class _Pair:
     """A server and a client process with their own catalog and log."""
 
     def __init__(self, workdir: Path, log_url: str | None, persist: bool, env: dict[str, str]):
+        workdir = workdir.resolve()  # the catalog URL needs an absolute path
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.catalog = f"sqlite://{workdir / 'catalog.db'}"

@@ -191,7 +191,11 @@ class Runtime:
         else:
             checkpoint = await read_checkpoint(store, meta.checkpoint, policy)
             self._restore(checkpoint)
-        self.checkpoints = [(checkpoint.number, checkpoint.resume_chunk)]
+        # Checkpoints left by earlier lives count for retention too. Their resume chunk is
+        # N - 1 or N; assuming N - 1 keeps whatever they might need.
+        listed = await call_with_retry(store.list_checkpoints, policy)
+        self.checkpoints = [(n, max(n - 1, 0)) for n in listed if n < checkpoint.number]
+        self.checkpoints.append((checkpoint.number, checkpoint.resume_chunk))
         reading = await read_log(store, checkpoint, self.config.page_bytes_max, policy)
         pages, last_chunk = reading.pages, reading.last_chunk
         accepted = dict(checkpoint.inputs)

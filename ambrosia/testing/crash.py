@@ -47,9 +47,6 @@ class CrashSettings:
     # lease wait would test nothing.
     progress_between_kills: bool = False
     checkpoints_kept: int = 2  # what the processes run with (``--checkpoints-kept``)
-    # Retention deletes old checkpoints only once one process life has written more than
-    # ``checkpoints_kept`` of them; runs that restart more often than they checkpoint
-    # (slow cloud emulators) keep more. See the xfail test in tests/crash/test_faults.py.
     check_retention: bool = True
 
 

@@ -15,25 +15,39 @@ CONFIGS = Path(__file__).resolve().parents[2] / "bench_configs"
 
 
 def _synthetic_results(path: Path) -> None:
-    report.write_json(path, Results(
-        command="throughput",
-        config={},
-        throughput=[
-            throughput_point("grpc", 16, 20_625, 1.0),       # 0.33 MB/s
-            throughput_point("ambrosia", 16, 312_500, 1.0),  # 5 MB/s
-            throughput_point("grpc", 1024, 19_531, 1.0),
-        ],
-    ))
+    report.write_json(
+        path,
+        Results(
+            command="throughput",
+            config={},
+            throughput=[
+                throughput_point("grpc", 16, 20_625, 1.0),  # 0.33 MB/s
+                throughput_point("ambrosia", 16, 312_500, 1.0),  # 5 MB/s
+                throughput_point("grpc", 1024, 19_531, 1.0),
+            ],
+        ),
+    )
 
 
 def test_cost_from_results_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _synthetic_results(tmp_path / "in.json")
-    status = cli.main(["cost", "--results", str(tmp_path / "in.json"),
-                       "--out", str(tmp_path / "out"), "--json", str(tmp_path / "copy.json")])
+    status = cli.main(
+        [
+            "cost",
+            "--results",
+            str(tmp_path / "in.json"),
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+            str(tmp_path / "copy.json"),
+        ]
+    )
     assert status == 0
     document = orjson.loads((tmp_path / "out" / "results.json").read_bytes())
-    rows = {(row["design"], row["size_bytes"]): row["usd_per_month_per_mb_per_s"]
-            for row in document["cost"]}
+    rows = {
+        (row["design"], row["size_bytes"]): row["usd_per_month_per_mb_per_s"]
+        for row in document["cost"]
+    }
     # Hand-computed in test_cost.py for the same rates.
     assert rows[("ambrosia-vm", 16)] == pytest.approx(34.0691)
     assert rows[("grpc-vm", 16)] == pytest.approx(514.8544)
@@ -45,8 +59,21 @@ def test_cost_from_results_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_throughput_grpc_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status = cli.main(["throughput", "--systems", "grpc", "--sizes", "16", "--duration", "0.5",
-                       "--warmup", "0.1", "--out", str(tmp_path)])
+    status = cli.main(
+        [
+            "throughput",
+            "--systems",
+            "grpc",
+            "--sizes",
+            "16",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert status == 0
     document = orjson.loads((tmp_path / "results.json").read_bytes())
     assert document["complete"] is True
@@ -91,8 +118,9 @@ def test_missing_ambrosia_side_is_a_clear_error(
 ) -> None:
     # None in sys.modules makes the import fail exactly as if the module were absent.
     monkeypatch.setitem(sys.modules, "ambrosia.bench.ambrosia_side", None)
-    status = cli.main(["throughput", "--systems", "grpc,ambrosia", "--sizes", "16",
-                       "--out", str(tmp_path)])
+    status = cli.main(
+        ["throughput", "--systems", "grpc,ambrosia", "--sizes", "16", "--out", str(tmp_path)]
+    )
     assert status == 1
     assert "--systems grpc" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()  # failed before measuring anything
@@ -114,10 +142,24 @@ def _running(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc to find child processes")
 def test_ctrl_c_stops_children_and_writes_what_finished(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "ambrosia.bench.cli", "throughput", "--systems", "grpc",
-         "--sizes", "16,32,64,128,256", "--duration", "1", "--warmup", "0",
-         "--out", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "ambrosia.bench.cli",
+            "throughput",
+            "--systems",
+            "grpc",
+            "--sizes",
+            "16,32,64,128,256",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).resolve().parents[2])},
     )
     try:

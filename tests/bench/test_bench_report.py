@@ -74,10 +74,19 @@ def test_write_outputs_json_markdown_and_plots(tmp_path: Path) -> None:
     assert "git_commit" in document
     assert document["config"]["duration"] == 1.0
     assert set(document["throughput"][0]) >= {
-        "system", "size_bytes", "messages_per_second", "megabytes_per_second"
+        "system",
+        "size_bytes",
+        "messages_per_second",
+        "megabytes_per_second",
     }
     assert set(document["ping"][0]) == {
-        "system", "count", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "mean_ms"
+        "system",
+        "count",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "p999_ms",
+        "mean_ms",
     }
     assert set(document["cost"][0]) == {"design", "size_bytes", "usd_per_month_per_mb_per_s"}
 

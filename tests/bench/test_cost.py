@@ -45,8 +45,9 @@ def vm() -> cost.VmPrices:
     return sheet
 
 
-def test_sheets_hold_the_papers_inputs(azure: cost.AzurePrices, aws: cost.AwsPrices,
-                                       vm: cost.VmPrices) -> None:
+def test_sheets_hold_the_papers_inputs(
+    azure: cost.AzurePrices, aws: cost.AwsPrices, vm: cost.VmPrices
+) -> None:
     assert azure.event_hubs.usd_per_million_events == 0.028
     assert azure.event_hubs.dedicated_usd_per_month == 4999.77
     assert azure.functions.usd_per_gb_second == 0.000016
@@ -114,9 +115,7 @@ def test_tables(azure: cost.AzurePrices) -> None:
 
 def test_serverless_azure_total_per_mb_per_s(azure: cost.AzurePrices) -> None:
     # 4,999.77 + 3,485.50048828125 + 72.25017578125 = 8,557.5206640625 per 100 MB/s
-    assert cost.serverless_azure_usd_per_month(azure, 16, PAPER) == pytest.approx(
-        8557.5206640625
-    )
+    assert cost.serverless_azure_usd_per_month(azure, 16, PAPER) == pytest.approx(8557.5206640625)
 
 
 def test_kinesis(aws: cost.AwsPrices) -> None:
@@ -137,16 +136,12 @@ def test_dynamodb(aws: cost.AwsPrices) -> None:
 
 def test_serverless_aws_total(aws: cost.AwsPrices) -> None:
     # 231,045 + 3,485.50048828125 + 1,503.753662109375 = 236,034.25415039062
-    assert cost.serverless_aws_usd_per_month(aws, 16, PAPER) == pytest.approx(
-        236_034.25415039062
-    )
+    assert cost.serverless_aws_usd_per_month(aws, 16, PAPER) == pytest.approx(236_034.25415039062)
 
 
 def test_vm_grpc(vm: cost.VmPrices) -> None:
     # 0.33 MB/s per pair: ceil(100 / 0.33) = ceil(303.03) = 304 VMs * 169.36 = 51,485.44
-    assert cost.vm_usd_per_month(vm, 0.33, PAPER, logs_to_storage=False) == pytest.approx(
-        51_485.44
-    )
+    assert cost.vm_usd_per_month(vm, 0.33, PAPER, logs_to_storage=False) == pytest.approx(51_485.44)
     # Exactly 100/3 MB/s needs 3 VMs, not 4 (float division must not round up).
     assert cost.vm_usd_per_month(vm, 100 / 3, PAPER, logs_to_storage=False) == pytest.approx(
         3 * 169.36
@@ -155,27 +150,28 @@ def test_vm_grpc(vm: cost.VmPrices) -> None:
 
 def test_vm_ambrosia_adds_storage_and_is_capped(vm: cost.VmPrices) -> None:
     # 5 MB/s: 20 VMs * 169.36 = 3,387.2; + 100 MB/s of log bandwidth = 19.71
-    assert cost.vm_usd_per_month(vm, 5.0, PAPER, logs_to_storage=True) == pytest.approx(
-        3406.91
-    )
+    assert cost.vm_usd_per_month(vm, 5.0, PAPER, logs_to_storage=True) == pytest.approx(3406.91)
     # 700 MB/s measured, capped at 96: ceil(100 / 96) = 2 VMs = 338.72; + 19.71
-    assert cost.vm_usd_per_month(vm, 700.0, PAPER, logs_to_storage=True) == pytest.approx(
-        358.43
-    )
+    assert cost.vm_usd_per_month(vm, 700.0, PAPER, logs_to_storage=True) == pytest.approx(358.43)
     with pytest.raises(ValueError, match="positive"):
         cost.vm_usd_per_month(vm, 0.0, PAPER, logs_to_storage=True)
 
 
-def test_cost_points_per_mb_per_s(azure: cost.AzurePrices, aws: cost.AwsPrices,
-                                  vm: cost.VmPrices) -> None:
-    measured = cost.measured_rates([
-        throughput_point("grpc", 16, 20_625, 1.0),       # 0.33 MB/s
-        throughput_point("ambrosia", 16, 312_500, 1.0),  # 5 MB/s
-    ])
+def test_cost_points_per_mb_per_s(
+    azure: cost.AzurePrices, aws: cost.AwsPrices, vm: cost.VmPrices
+) -> None:
+    measured = cost.measured_rates(
+        [
+            throughput_point("grpc", 16, 20_625, 1.0),  # 0.33 MB/s
+            throughput_point("ambrosia", 16, 312_500, 1.0),  # 5 MB/s
+        ]
+    )
     points = cost.cost_points([azure, aws, vm], [16, 1024], measured, PAPER)
     by_key = {(p.design, p.size_bytes): p for p in points}
     assert by_key[("serverless-azure", 16)] == CostPoint(
-        "serverless-azure", 16, pytest.approx(85.575206640625)  # type: ignore[arg-type]
+        "serverless-azure",
+        16,
+        pytest.approx(85.575206640625),  # type: ignore[arg-type]
     )
     assert by_key[("serverless-aws", 16)].usd_per_month_per_mb_per_s == pytest.approx(
         2360.3425415039062

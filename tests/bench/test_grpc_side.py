@@ -9,8 +9,7 @@ from ambrosia.bench.grpc_side import Count, GrpcServer
 
 
 def _protobuf_classes() -> tuple[type, type]:
-    file = descriptor_pb2.FileDescriptorProto(name="bench_test.proto", package="t",
-                                              syntax="proto3")
+    file = descriptor_pb2.FileDescriptorProto(name="bench_test.proto", package="t", syntax="proto3")
     payload = file.message_type.add(name="Payload")
     payload.field.add(name="data", number=1, type=12, label=1)  # bytes
     count = file.message_type.add(name="Count")
@@ -37,8 +36,9 @@ def test_count_is_protobuf_wire_format() -> None:
     _, count_class = _protobuf_classes()
     count = Count(messages=300, payload_bytes=2**40, seconds=1.25)
     encoded = grpc_side.encode_count(count)
-    assert encoded == count_class(messages=300, payload_bytes=2**40,
-                                  seconds=1.25).SerializeToString()
+    assert (
+        encoded == count_class(messages=300, payload_bytes=2**40, seconds=1.25).SerializeToString()
+    )
     assert grpc_side.decode_count(encoded) == count
     assert grpc_side.decode_count(b"") == Count(0, 0, 0.0)
 
@@ -54,9 +54,11 @@ def test_malformed_messages_are_refused() -> None:
 
 async def _stream(port: int, size: int, seconds: float) -> Count:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = channel.stream_unary(grpc_side.RECEIVE_METHOD,
-                                    request_serializer=grpc_side.encode_payload,
-                                    response_deserializer=grpc_side.decode_count)
+        stub = channel.stream_unary(
+            grpc_side.RECEIVE_METHOD,
+            request_serializer=grpc_side.encode_payload,
+            response_deserializer=grpc_side.decode_count,
+        )
         return await grpc_side._stream_once(stub, size, seconds, None)
 
 
@@ -73,8 +75,12 @@ def test_server_counts_every_byte() -> None:
 
 def test_run_throughput_in_separate_processes() -> None:
     labels: list[str] = []
-    points = grpc_side.run_throughput([16, 4096], duration_s=0.5, warmup_s=0.1,
-                                      on_progress=lambda label, rate: labels.append(label))
+    points = grpc_side.run_throughput(
+        [16, 4096],
+        duration_s=0.5,
+        warmup_s=0.1,
+        on_progress=lambda label, rate: labels.append(label),
+    )
     assert [point.size_bytes for point in points] == [16, 4096]
     for point in points:
         assert point.system == "grpc"

@@ -75,8 +75,6 @@ def test_crash_scenario_on_cloud(tmp_path: Path, cloud_log: tuple[str, str]) -> 
             kills_timeout_s=45,
             finish_timeout_s=45,
             progress_between_kills=True,
-            # Few checkpoints per process life here: see CrashSettings.check_retention.
-            check_retention=False,
         ),
     )
     assert outcome.kills == KILLS[backend]
