@@ -23,6 +23,7 @@ import importlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,6 +53,9 @@ def load_app(spec: str) -> type[Immortal]:
     if not module_name or not class_name:
         raise ConfigError(f"--app {spec!r} is not module:Class")
     try:
+        # Like ``python -m``: an application module in the working directory is found.
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ConfigError(f"cannot import {module_name!r} for --app {spec!r}: {error}") from error
