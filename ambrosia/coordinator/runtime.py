@@ -191,11 +191,14 @@ class Runtime:
         else:
             checkpoint = await read_checkpoint(store, meta.checkpoint, policy)
             self._restore(checkpoint)
-        # Checkpoints left by earlier lives count for retention too. Their resume chunk is
+        # Checkpoints left by earlier lives count for retention too, including one written
+        # by a life that died before pointing the metadata at it. Their resume chunk is
         # N - 1 or N; assuming N - 1 keeps whatever they might need.
         listed = await call_with_retry(store.list_checkpoints, policy)
-        self.checkpoints = [(n, max(n - 1, 0)) for n in listed if n < checkpoint.number]
-        self.checkpoints.append((checkpoint.number, checkpoint.resume_chunk))
+        self.checkpoints = sorted(
+            {(n, max(n - 1, 0)) for n in listed if n != checkpoint.number}
+            | {(checkpoint.number, checkpoint.resume_chunk)}
+        )
         reading = await read_log(store, checkpoint, self.config.page_bytes_max, policy)
         pages, last_chunk = reading.pages, reading.last_chunk
         accepted = dict(checkpoint.inputs)
@@ -633,7 +636,7 @@ class Runtime:
             self.committer.close()
         if self._checkpoint_task is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._checkpoint_task, 5)
+                await asyncio.wait_for(self._checkpoint_task, 30)
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
