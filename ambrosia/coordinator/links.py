@@ -62,24 +62,34 @@ def data_batch_head(segment: Segment) -> bytes:
 
 
 class FrameReader:
-    """Splits a byte stream into message bodies; a fixed buffer that is never resized.
+    """Splits a byte stream into message bodies, reading into one reusable buffer.
+
+    The socket reads straight into the free space at the end of the buffer. Consumed
+    bytes are reclaimed (the unread tail moved to the front) only when the free space
+    runs low, so a byte is moved at most once however the stream is split; the buffer
+    grows only to hold one frame larger than itself, never beyond ``frame_bytes_max``.
 
     Views handed out (``memoryview`` of type byte + data) are only valid until the next
-    ``compact``; callers copy what they keep.
+    ``get_buffer``; callers copy what they keep.
     """
 
-    def __init__(self, frame_bytes_max: int, buffer_bytes: int = 1 << 20) -> None:
+    def __init__(self, frame_bytes_max: int, buffer_bytes: int = 4 << 20) -> None:
         self.frame_bytes_max = frame_bytes_max
         self.buffer = bytearray(buffer_bytes)
+        self.read_bytes_min = min(64 * 1024, buffer_bytes // 4)
         self.start = 0
         self.end = 0
+        self.frame_bytes_pending = 0  # size of the incomplete frame at ``start``, if known
 
     def get_buffer(self) -> memoryview:
-        if self.end == len(self.buffer):
+        if len(self.buffer) - self.end < self.read_bytes_min:
             self.compact()
-            if self.end == len(self.buffer):
+            needed = max(self.frame_bytes_pending, self.end + self.read_bytes_min)
+            if needed > len(self.buffer):
                 # One frame larger than the buffer: grow to hold it (bounded by the limit).
-                bigger = bytearray(min(len(self.buffer) * 2, self.frame_bytes_max + 16))
+                bigger = bytearray(
+                    min(max(len(self.buffer) * 2, needed), self.frame_bytes_max + 16)
+                )
                 bigger[: self.end] = self.buffer[: self.end]
                 self.buffer = bigger
         return memoryview(self.buffer)[self.end :]
@@ -93,21 +103,20 @@ class FrameReader:
 
     def next_frame(self) -> memoryview | None:
         """The next complete message body (type + data), or None if more bytes are needed."""
-        try:
-            size, body_start = decode_zigzag_int(self.buffer, self.start)
-        except Incomplete:
-            return None
-        if body_start > self.end:
-            return None
+        with memoryview(self.buffer) as whole:
+            try:
+                size, body_start = decode_zigzag_int(whole[: self.end], self.start)
+            except Incomplete:
+                return None
         if size <= 0:
             raise ProtocolError(f"frame size {size} is not positive")
         if size > self.frame_bytes_max:
             raise FrameTooLargeError(size, self.frame_bytes_max)
         body_end = body_start + size
         if body_end > self.end:
-            if body_end - self.start > len(self.buffer):
-                self.compact()
+            self.frame_bytes_pending = body_end - self.start
             return None
+        self.frame_bytes_pending = 0
         self.start = body_end
         # Read-only, so decoded payloads are zero-copy slices of the buffer.
         return memoryview(self.buffer).toreadonly()[body_start:body_end]
@@ -162,7 +171,6 @@ class IncomingLink(asyncio.BufferedProtocol):
                 else:
                     self._control(_decode(body))
                 del body
-            self.reader.compact()
         except ProtocolError as error:
             self.fail(f"protocol error: {error}")
         except AmbrosiaError as error:
@@ -256,21 +264,20 @@ class OutgoingProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
+        offset = 0
         try:
-            view = reader.get_buffer()
-            while len(view) < len(data):
-                reader.compact()
+            # Control messages are small; feed them through the fixed buffer in pieces.
+            while offset < len(data):
                 view = reader.get_buffer()
-                if len(view) < len(data):
-                    raise FrameTooLargeError(len(data), len(reader.buffer))
-            view[: len(data)] = data
-            del view
-            reader.end += len(data)
-            while (body := reader.next_frame()) is not None:
-                message = _decode(body)
-                del body
-                self._control(message)
-            reader.compact()
+                taken = min(len(view), len(data) - offset)
+                view[:taken] = data[offset : offset + taken]
+                del view
+                reader.end += taken
+                offset += taken
+                while (body := reader.next_frame()) is not None:
+                    message = _decode(body)
+                    del body
+                    self._control(message)
         except ProtocolError as error:
             logger.warning("closing link to %s: %s", self.link.stream.destination, error)
             if self.transport is not None:
