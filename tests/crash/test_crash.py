@@ -19,9 +19,9 @@ from ambrosia.testing.crash import CrashSettings, run_crash_scenario
 pytestmark = pytest.mark.crash
 
 SETTINGS = CrashSettings(
-    total_calls=10_000,
+    total_calls=30_000,
     kills=12,
-    pause_s=(0.1, 0.8),
+    pause_s=(0.1, 0.5),
     # Every kill lands after the client made progress since the previous one, so each of
     # the twelve interrupts real work rather than a process still starting.
     progress_between_kills=True,
