@@ -214,7 +214,13 @@ class Committer:
         self.pages_written += 1
         self.bytes_written += len(data)
         # Paired check: the page we just wrote must read back as what we meant to write.
-        page = decode_page(data, 0, f"chunk {chunk}", instance_id=self.instance_id)
+        page = decode_page(
+            data,
+            0,
+            f"chunk {chunk}",
+            instance_id=self.instance_id,
+            page_bytes_max=self.page_bytes_max,
+        )
         resident = self._resident_pages < self.delivery_pages_max
         if resident:
             self._resident_pages += 1

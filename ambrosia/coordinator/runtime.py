@@ -482,7 +482,9 @@ class Runtime:
             self.config.retry_policy,
         )
         where = f"{self.store.url} {self.instance} chunk {durable.chunk}"
-        return decode_page(data, 0, where, instance_id=self.instance_id)
+        return decode_page(
+            data, 0, where, instance_id=self.instance_id, page_bytes_max=self.config.page_bytes_max
+        )
 
     async def _become_primary(self) -> None:
         assert self.dispatcher is not None
