@@ -344,7 +344,10 @@ class OutgoingLink:
         transport = protocol.transport
         assert transport is not None
         for segment in self.stream.take_unsent():
-            transport.writelines((data_batch_head(segment), segment.data))
+            # Two writes, not writelines: on Python 3.11 writelines joins its arguments,
+            # which would copy every batch once more before it reaches the socket.
+            transport.write(data_batch_head(segment))
+            transport.write(segment.data)
             self.batches_sent += 1
 
     async def _run(self) -> None:

@@ -475,7 +475,11 @@ class _Header:
 
 
 def _intact_frame(
-    data: bytes | bytearray, offset: int, where: str, page_bytes_max: int
+    data: bytes | bytearray,
+    offset: int,
+    where: str,
+    page_bytes_max: int,
+    verify_body: bool = True,
 ) -> tuple[_Header | None, str]:
     """Check the frame of the page at offset.
 
@@ -509,10 +513,11 @@ def _intact_frame(
             f"body of {body_length} bytes runs past the end of the data "
             f"({len(data) - body_start} bytes left)"
         )
-    with memoryview(data) as view:
-        checksum = xxhash.xxh64_intdigest(view[body_start : body_start + body_length])
-    if checksum != body_checksum:
-        return None, "body checksum mismatch"
+    if verify_body:
+        with memoryview(data) as view:
+            checksum = xxhash.xxh64_intdigest(view[body_start : body_start + body_length])
+        if checksum != body_checksum:
+            return None, "body checksum mismatch"
     return _Header(instance_id, epoch, sequence, body_length, group_count), ""
 
 
@@ -570,9 +575,15 @@ def decode_page(
     *,
     instance_id: int | None = None,
     page_bytes_max: int = PAGE_BYTES_MAX_DEFAULT,
+    verify_body: bool = True,
 ) -> Page:
-    """Decode the page at ``offset``; any defect raises LogCorruptError naming where/offset."""
-    header, reason = _intact_frame(data, offset, where, page_bytes_max)
+    """Decode the page at ``offset``; any defect raises LogCorruptError naming where/offset.
+
+    ``verify_body=False`` skips only the body checksum, for a page whose checksum the
+    caller has just computed from these very bytes (the committer's check of its own
+    page); everything else is still decoded and checked.
+    """
+    header, reason = _intact_frame(data, offset, where, page_bytes_max, verify_body)
     if header is None:
         raise LogCorruptError(where, offset, reason)
     if instance_id is not None and header.instance_id != instance_id:
