@@ -37,9 +37,11 @@ from dataclasses import dataclass
 from ambrosia.backends.base import Lease, LogStore
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
 from ambrosia.errors import AmbrosiaError
-from ambrosia.log.page import Page, PageBuilder, decode_page
+from ambrosia.log.page import Page, PageBuilder, decode_page, seal_page
 
 logger = logging.getLogger("ambrosia.committer")
+
+_SEAL_IN_THREAD_BYTES_MIN = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +195,18 @@ class Committer:
             self.chunk = number
             self.chunk_offset = 0
         sequence = self.next_sequence
-        data = self.builder.finish(
+        data = self.builder.detach(
             instance_id=self.instance_id, epoch=self.lease.epoch, sequence=sequence
         )
         marks, self._pending_marks = self._pending_marks, {}
         self.next_sequence = sequence + 1
         self._notify_room()
+        if len(data) >= _SEAL_IN_THREAD_BYTES_MIN:
+            # Hashing megabytes takes milliseconds: do it off the event loop, which keeps
+            # receiving into the next page meanwhile (xxhash releases the GIL).
+            await asyncio.to_thread(seal_page, data)
+        else:
+            seal_page(data)
         chunk = self.chunk
         offset = self.chunk_offset
         if self.persist:

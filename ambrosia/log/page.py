@@ -109,6 +109,7 @@ __all__ = [
     "decode_page",
     "instance_id_for",
     "scan_chunk",
+    "seal_page",
 ]
 
 MAGIC = b"AMBP"
@@ -122,6 +123,8 @@ PAGE_BYTES_MAX_DEFAULT = 8 * 1024 * 1024
 _HEADER_FIELDS = struct.Struct("<4sHHIQQIIQ")
 _HEADER_CHECKSUM = struct.Struct("<I")
 _HEADER_CHECKSUM_OFFSET = _HEADER_FIELDS.size
+_BODY_CHECKSUM = struct.Struct("<Q")
+_BODY_CHECKSUM_OFFSET = _HEADER_FIELDS.size - _BODY_CHECKSUM.size  # the last header field
 assert _HEADER_CHECKSUM_OFFSET + _HEADER_CHECKSUM.size == HEADER_BYTES
 
 _UINT32_MAX = 2**32 - 1
@@ -353,6 +356,15 @@ class PageBuilder:
 
     def finish(self, *, instance_id: int, epoch: int, sequence: int) -> bytearray:
         """Return the complete page and reset the builder for the next page."""
+        return seal_page(self.detach(instance_id=instance_id, epoch=epoch, sequence=sequence))
+
+    def detach(self, *, instance_id: int, epoch: int, sequence: int) -> bytearray:
+        """Hand over the page without its checksums and reset the builder.
+
+        ``seal_page`` completes it. The split lets a caller hash a large page on another
+        thread (the detached buffer is no longer touched by the builder) while this one
+        keeps filling the next page.
+        """
         if not 0 <= instance_id <= _UINT32_MAX:
             raise ValueError(f"instance_id {instance_id} is not a u32")
         if not 0 <= epoch <= _UINT64_MAX or not 0 <= sequence <= _UINT64_MAX:
@@ -368,8 +380,6 @@ class PageBuilder:
         body_length = len(buffer) - HEADER_BYTES
         # add_group and add_trim refuse anything that would break the limit.
         assert body_length <= self.page_bytes_max, (body_length, self.page_bytes_max)
-        with memoryview(buffer) as view:
-            body_checksum = xxhash.xxh64_intdigest(view[HEADER_BYTES:])
         _HEADER_FIELDS.pack_into(
             buffer,
             0,
@@ -381,10 +391,8 @@ class PageBuilder:
             sequence,
             body_length,
             self._closed_group_count,
-            body_checksum,
+            0,  # body checksum: seal_page
         )
-        header_checksum = xxhash.xxh32_intdigest(bytes(buffer[:_HEADER_CHECKSUM_OFFSET]))
-        _HEADER_CHECKSUM.pack_into(buffer, _HEADER_CHECKSUM_OFFSET, header_checksum)
         # Hand the buffer itself over (no copy of a page that may be megabytes) and
         # start the next page in a fresh one.
         self._buffer = bytearray(HEADER_BYTES)
@@ -463,6 +471,20 @@ class PageBuilder:
 
 
 # -- decoding --------------------------------------------------------------------------
+
+
+def seal_page(page: bytearray) -> bytearray:
+    """Write the body and header checksums of a page from ``PageBuilder.detach``.
+
+    Pure and thread-safe on a detached page (xxhash releases the GIL while hashing).
+    """
+    with memoryview(page) as view:
+        body_checksum = xxhash.xxh64_intdigest(view[HEADER_BYTES:])
+    _BODY_CHECKSUM.pack_into(page, _BODY_CHECKSUM_OFFSET, body_checksum)
+    with memoryview(page) as view:
+        header_checksum = xxhash.xxh32_intdigest(view[:_HEADER_CHECKSUM_OFFSET])
+    _HEADER_CHECKSUM.pack_into(page, _HEADER_CHECKSUM_OFFSET, header_checksum)
+    return page
 
 
 @dataclass(frozen=True, slots=True)
