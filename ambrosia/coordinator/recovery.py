@@ -59,7 +59,7 @@ async def read_log(
             logger.warning("%s: torn write cut off: %s", where, scan.torn_reason)
         scans.append((chunk.number, scan))
     check_sequence(
-        scans, first_sequence=checkpoint.resume_sequence if checkpoint.resume_chunk == 0 else None
+        scans, first_sequence=0 if checkpoint.resume_chunk == 0 else None
     )
     pages = [
         (number, page)
