@@ -596,14 +596,17 @@ class AzureBlobLogStore:
 
     # -- retention -----------------------------------------------------------------------
 
-    async def delete_before(self, lease: Lease, number: int) -> None:
+    async def delete_before(
+        self, lease: Lease, number: int, *, checkpoints_before: int | None = None
+    ) -> None:
         await self._verify_lease(lease)
         token = lease.token
         for chunk, _ in await self._list_numbers("chunk"):
             if chunk < number:
                 await self._delete(self._blob(self._chunk_name(chunk)), token)
+        limit = number if checkpoints_before is None else checkpoints_before
         for checkpoint, _ in await self._list_numbers("checkpoint"):
-            if checkpoint < number:
+            if checkpoint < limit:
                 await self._delete(self._blob(self._checkpoint_name(checkpoint)), token)
 
     async def _delete(self, blob: BlobClient, token: str) -> None:

@@ -118,8 +118,15 @@ class LogStore(Protocol):
         """
         ...
 
-    async def delete_before(self, lease: Lease, number: int) -> None:
-        """Retention: delete chunks and checkpoints numbered below ``number``."""
+    async def delete_before(
+        self, lease: Lease, number: int, *, checkpoints_before: int | None = None
+    ) -> None:
+        """Retention: delete chunks below ``number`` and checkpoints below
+        ``checkpoints_before`` (default ``number``).
+
+        The two differ when the oldest kept checkpoint N resumes inside chunk N - 1:
+        that chunk stays, checkpoint N - 1 goes.
+        """
         ...
 
     async def close(self) -> None: ...

@@ -170,8 +170,13 @@ class FaultInjectingStore:
             "swap_meta", lambda: self._inner.swap_meta(lease, expected=expected, new=new)
         )
 
-    async def delete_before(self, lease: Lease, number: int) -> None:
-        await self._call("delete_before", lambda: self._inner.delete_before(lease, number))
+    async def delete_before(
+        self, lease: Lease, number: int, *, checkpoints_before: int | None = None
+    ) -> None:
+        await self._call(
+            "delete_before",
+            lambda: self._inner.delete_before(lease, number, checkpoints_before=checkpoints_before),
+        )
 
     async def close(self) -> None:
         await self._inner.close()

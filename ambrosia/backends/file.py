@@ -523,10 +523,13 @@ class FileLogStore:
 
     # -- retention and shutdown ---------------------------------------------------------
 
-    async def delete_before(self, lease: Lease, number: int) -> None:
-        await self._run(self._delete_before_sync, lease, number)
+    async def delete_before(
+        self, lease: Lease, number: int, *, checkpoints_before: int | None = None
+    ) -> None:
+        checkpoint_limit = number if checkpoints_before is None else checkpoints_before
+        await self._run(self._delete_before_sync, lease, number, checkpoint_limit)
 
-    def _delete_before_sync(self, lease: Lease, number: int) -> None:
+    def _delete_before_sync(self, lease: Lease, number: int, checkpoint_limit: int) -> None:
         with self._lock, _translated(f"delete old chunks and checkpoints in {self._directory}"):
             self._check_lease_sync(lease)
             for name in os.listdir(self._directory):
@@ -536,7 +539,7 @@ class FileLogStore:
                     fd = self._chunk_fds.pop(chunk, None)
                     if fd is not None:
                         os.close(fd)
-                elif checkpoint is None or checkpoint >= number:
+                elif checkpoint is None or checkpoint >= checkpoint_limit:
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._directory / name)

@@ -205,13 +205,16 @@ class MemoryLogStore:
 
     # -- retention and shutdown ---------------------------------------------------------
 
-    async def delete_before(self, lease: Lease, number: int) -> None:
+    async def delete_before(
+        self, lease: Lease, number: int, *, checkpoints_before: int | None = None
+    ) -> None:
         await anyio.lowlevel.checkpoint()
         self._check_lease(lease)
         state = self._state
         for chunk in [chunk for chunk in state.chunks if chunk < number]:
             del state.chunks[chunk]
-        for checkpoint in [checkpoint for checkpoint in state.checkpoints if checkpoint < number]:
+        limit = number if checkpoints_before is None else checkpoints_before
+        for checkpoint in [checkpoint for checkpoint in state.checkpoints if checkpoint < limit]:
             del state.checkpoints[checkpoint]
 
     async def close(self) -> None:

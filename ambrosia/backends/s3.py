@@ -682,14 +682,19 @@ class S3LogStore:
 
     # -- retention -----------------------------------------------------------------------
 
-    async def delete_before(self, lease: Lease, number: int) -> None:
+    async def delete_before(
+        self, lease: Lease, number: int, *, checkpoints_before: int | None = None
+    ) -> None:
         await self._check_lock(lease)
         doomed = []
         for key, _, _ in await self._list_keys(self._base, self._where("listing")):
             name = key[len(self._base) :].split("/", 1)[0]
-            for kind in ("chunk-", "checkpoint-"):
+            limits = {"chunk-": number, "checkpoint-": number}
+            if checkpoints_before is not None:
+                limits["checkpoint-"] = checkpoints_before
+            for kind, limit in limits.items():
                 suffix = name[len(kind) :]
-                if name.startswith(kind) and suffix.isdigit() and int(suffix) < number:
+                if name.startswith(kind) and suffix.isdigit() and int(suffix) < limit:
                     doomed.append(key)
         where = self._where("retention")
         for start in range(0, len(doomed), 1000):

@@ -58,9 +58,7 @@ async def read_log(
         if scan.torn_tail:
             logger.warning("%s: torn write cut off: %s", where, scan.torn_reason)
         scans.append((chunk.number, scan))
-    check_sequence(
-        scans, first_sequence=0 if checkpoint.resume_chunk == 0 else None
-    )
+    check_sequence(scans, first_sequence=0 if checkpoint.resume_chunk == 0 else None)
     pages = [
         (number, page)
         for number, scan in scans

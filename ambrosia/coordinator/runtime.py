@@ -579,7 +579,9 @@ class Runtime:
             kept = self.checkpoints[-self.config.checkpoints_kept :]
             if len(self.checkpoints) > len(kept):
                 self.checkpoints = kept
-                await self._retain(min(chunk for _, chunk in kept))
+                await self._retain(
+                    min(chunk for _, chunk in kept), min(number for number, _ in kept)
+                )
         except AmbrosiaError as error:
             logger.critical("%s: checkpoint failed: %s", self.instance, error)
             self.failure = error
@@ -587,13 +589,16 @@ class Runtime:
         finally:
             self._checkpoint_task = None
 
-    async def _retain(self, first_kept_chunk: int) -> None:
+    async def _retain(self, first_kept_chunk: int, first_kept_checkpoint: int) -> None:
         """Delete what the kept checkpoints no longer need; a failure only delays it."""
         lease = self.lease
         assert lease is not None
         try:
             await call_with_retry(
-                lambda: self.store.delete_before(lease, first_kept_chunk), self.config.retry_policy
+                lambda: self.store.delete_before(
+                    lease, first_kept_chunk, checkpoints_before=first_kept_checkpoint
+                ),
+                self.config.retry_policy,
             )
         except AmbrosiaError as error:
             if not error.retriable:

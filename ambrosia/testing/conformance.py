@@ -339,6 +339,12 @@ async def check_retention(make_store: StoreFactory) -> None:
         await store.delete_before(lease, 3)  # nothing left to delete is not an error
         await store.append(lease, 4, expected_offset=7, data=b"+")
         _expect(await store.read_chunk(4) == b"chunk 4+", "chunk 4 is no longer appendable")
+        # A kept checkpoint 4 that resumes inside chunk 3: chunk 3 stays, checkpoint 3 goes.
+        await store.delete_before(lease, 3, checkpoints_before=4)
+        chunks = [chunk.number for chunk in await store.list_chunks()]
+        _expect(chunks == [3, 4], f"chunks left after split retention: {chunks}")
+        checkpoints = await store.list_checkpoints()
+        _expect(checkpoints == [4], f"checkpoints left after split retention: {checkpoints}")
 
 
 async def check_read_chunk_ranges(make_store: StoreFactory) -> None:

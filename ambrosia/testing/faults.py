@@ -299,10 +299,13 @@ class ObservedStore:
             lambda: target.swap_meta(lease, expected=expected, new=new),
         )
 
-    async def delete_before(self, lease: Lease, number: int) -> None:
+    async def delete_before(
+        self, lease: Lease, number: int, *, checkpoints_before: int | None = None
+    ) -> None:
         target = self._target("delete_before")
         await self._observe(
-            ("delete_before", lease, number), lambda: target.delete_before(lease, number)
+            ("delete_before", lease, number),
+            lambda: target.delete_before(lease, number, checkpoints_before=checkpoints_before),
         )
 
     async def close(self) -> None:
