@@ -43,6 +43,7 @@ from ambrosia.binding.immortal import Immortal, rpc
 
 BURST_BYTES = 8 << 20
 STEP_CHAINS = 2
+POINT_ATTEMPTS_MAX = 2
 
 PEAK_MEMORY_BYTES: dict[int, dict[str, int]] = {}
 """Peak resident memory of the server and client processes, by message size."""
@@ -180,6 +181,16 @@ class _Pair:
                     peaks[name] = int(line.split()[1]) * 1024
         return peaks
 
+    def diagnosis(self) -> str:
+        """Exit codes and the end of both processes' standard error, for a failed point."""
+        codes = ", ".join(
+            f"{name} exit {process.poll()}"
+            for name, process in zip(("server", "client"), self.processes, strict=False)
+        )
+        self.stderr.flush()
+        tail = (self.workdir / "stderr.log").read_text(errors="replace")[-3000:]
+        return f"{codes}; standard error ends with:\n{tail}"
+
     def stop(self) -> None:
         for process in self.processes:
             if process.poll() is None:
@@ -193,7 +204,7 @@ def _read_json(stream: IO[str], deadline: float) -> dict[str, Any]:
     while time.monotonic() < deadline:
         line = stream.readline()
         if not line:
-            raise RuntimeError("benchmark process exited early")
+            raise EOFError("benchmark process exited early")
         line = line.strip()
         if line.startswith("{"):
             decoded: dict[str, Any] = json.loads(line)
@@ -241,6 +252,8 @@ def _measure_size(
         return throughput_point(
             "ambrosia", size, end["calls"] - start["calls"], end["t"] - start["t"]
         )
+    except (EOFError, TimeoutError) as error:
+        raise RuntimeError(f"{size}-byte point failed: {error}\n{pair.diagnosis()}") from None
     finally:
         pair.stop()
 
@@ -258,17 +271,26 @@ def run_throughput(
     points: list[ThroughputPoint] = []
     try:
         for size in sizes:
-            points.append(
-                _measure_size(
-                    size,
-                    duration_s=duration_s,
-                    warmup_s=warmup_s,
-                    log_url=log_url,
-                    persist=persist,
-                    workdir=workdir,
-                    on_progress=on_progress,
-                )
-            )
+            for attempt in range(1, POINT_ATTEMPTS_MAX + 1):
+                try:
+                    point = _measure_size(
+                        size,
+                        duration_s=duration_s,
+                        warmup_s=warmup_s,
+                        log_url=log_url,
+                        persist=persist,
+                        workdir=workdir / f"attempt-{attempt}",
+                        on_progress=on_progress,
+                    )
+                except RuntimeError as error:
+                    # A process that dies at start-up (a probed free port taken by someone
+                    # else in between, say) costs one point, not the run; say why.
+                    if attempt == POINT_ATTEMPTS_MAX:
+                        raise
+                    print(f"ambrosia-bench: retrying: {error}", file=sys.stderr)
+                    continue
+                points.append(point)
+                break
     except KeyboardInterrupt:
         raise PartialRun(points) from None
     return points
