@@ -18,20 +18,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 from test_forwarder import epochs_with_input, sigkill
-from test_recorder import IMPULSES, listing, type_line
+from test_recorder import run_recorder_scenario
 
-from ambrosia.inspect import describe_log
 from ambrosia.testing.harness import Deployment
 from ambrosia.testing.replay import replay
 from examples.forwarder.app import REPORT_EVERY, Forwarder, Sink, Source
-from examples.recorder.app import Recorder
 
 pytestmark = [pytest.mark.crash, pytest.mark.emulator]
 
@@ -160,45 +157,6 @@ def test_recorder_example_on_cloud(
     """Lines logged before a SIGKILL come back from the cloud log after the restart."""
     backend, log_url = cloud_log
     deployment = Deployment(tmp_path, log_url=log_url, env=example_env, run_args=run_args(backend))
-    deployment.register("recorder", "examples.recorder.app:Recorder")
-
-    def shows(text: str) -> bool:
-        return text in deployment.output("recorder")
-
-    try:
-        first = deployment.start("recorder", stdin=subprocess.PIPE)
-        deployment.wait_for(lambda: shows("recovered 0 line(s):\n"), 30, "the first start")
-        type_line(first, "apples")
-        deployment.wait_for(lambda: shows(listing("recorded input:", ["apples"])), 10, "apples")
-        type_line(first, "pears")
-        expected = listing("recorded input:", ["apples", "pears"])
-        deployment.wait_for(lambda: shows(expected), 10, "pears")
-        deployment.kill("recorder")
-        assert first.stdin is not None
-        first.stdin.close()
-
-        second = deployment.start("recorder", stdin=subprocess.PIPE)
-        recovered = listing("recovered 2 line(s):", ["apples", "pears"])
-        deployment.wait_for(
-            lambda: shows(recovered), restart_timeout_s(backend), "recovery of the logged lines"
-        )
-        type_line(second, "plums")
-        expected = listing("recorded input:", ["apples", "pears", "plums"])
-        deployment.wait_for(lambda: shows(expected), 10, "plums")
-        # End of input ends the pump, not the immortal.
-        assert second.stdin is not None
-        second.stdin.close()
-        assert second.poll() is None
-        assert deployment.terminate("recorder") == 0
-        output = deployment.output("recorder")
-        # Replayed lines are not printed again one by one.
-        assert output.count("recorded input:") == 1, output
-    finally:
-        deployment.stop_all()
-
-    recorder = asyncio.run(replay(log_url, "recorder", Recorder))
-    assert isinstance(recorder, Recorder)
-    assert recorder.lines == ["apples", "pears", "plums"]
-    report = asyncio.run(describe_log(log_url, "recorder", pages=True))
-    assert f"    {IMPULSES}: 3\n" in report  # three impulses logged, in all
-    assert f"group {IMPULSES} 1..1: 1 message(s), 0 replayable" in report
+    run_recorder_scenario(
+        deployment, start_timeout_s=30, restart_timeout_s=restart_timeout_s(backend)
+    )

@@ -34,11 +34,14 @@ def type_line(process: subprocess.Popen[bytes], line: str) -> None:
     process.stdin.flush()
 
 
-@pytest.mark.crash
-def test_recorder_keeps_logged_lines_across_sigkill(
-    tmp_path: Path, example_env: dict[str, str]
-) -> None:
-    deployment = Deployment(tmp_path, env=example_env)
+def run_recorder_scenario(
+    deployment: Deployment, *, start_timeout_s: float = 10, restart_timeout_s: float = 10
+) -> str:
+    """Type lines, SIGKILL, restart: logged lines come back by replay. Returns the log report.
+
+    Shared by the file-backend test here and the cloud-backend runs, which differ only in
+    the log URL and in how long a restart may wait for the killed holder's lease.
+    """
     deployment.register("recorder", "examples.recorder.app:Recorder")
 
     def shows(text: str) -> bool:
@@ -46,7 +49,7 @@ def test_recorder_keeps_logged_lines_across_sigkill(
 
     try:
         first = deployment.start("recorder", stdin=subprocess.PIPE)
-        deployment.wait_for(lambda: shows("recovered 0 line(s):\n"), 10, "the first start")
+        deployment.wait_for(lambda: shows("recovered 0 line(s):\n"), start_timeout_s, "the start")
         type_line(first, "apples")
         deployment.wait_for(lambda: shows(listing("recorded input:", ["apples"])), 10, "apples")
         type_line(first, "pears")
@@ -58,7 +61,9 @@ def test_recorder_keeps_logged_lines_across_sigkill(
 
         second = deployment.start("recorder", stdin=subprocess.PIPE)
         recovered = listing("recovered 2 line(s):", ["apples", "pears"])
-        deployment.wait_for(lambda: shows(recovered), 10, "recovery of the logged lines")
+        deployment.wait_for(
+            lambda: shows(recovered), restart_timeout_s, "recovery of the logged lines"
+        )
         type_line(second, "plums")
         expected = listing("recorded input:", ["apples", "pears", "plums"])
         deployment.wait_for(lambda: shows(expected), 10, "plums")
@@ -79,6 +84,14 @@ def test_recorder_keeps_logged_lines_across_sigkill(
     report = asyncio.run(describe_log(deployment.log_url, "recorder", pages=True))
     assert f"    {IMPULSES}: 3\n" in report  # three impulses logged, in all
     assert f"group {IMPULSES} 1..1: 1 message(s), 0 replayable" in report
+    return report
+
+
+@pytest.mark.crash
+def test_recorder_keeps_logged_lines_across_sigkill(
+    tmp_path: Path, example_env: dict[str, str]
+) -> None:
+    run_recorder_scenario(Deployment(tmp_path, env=example_env))
 
 
 # -- unit level: the real dispatcher, no process -----------------------------------------
