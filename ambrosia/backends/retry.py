@@ -84,6 +84,11 @@ def is_retriable(error: BaseException) -> bool:
     return bool(getattr(error, "retriable", False))
 
 
+# Shared jitter source: seeding a fresh generator per call costs a getrandom system call
+# and microseconds on every log append, for a number drawn only when a retry happens.
+_JITTER = random.Random()
+
+
 def backoff_delay_s(policy: RetryPolicy, retry_number: int, random_fraction: float) -> float:
     """The sleep before retry ``retry_number`` (1-based) given a fraction in [0, 1)."""
     if retry_number < 1:
@@ -103,7 +108,7 @@ async def call_with_retry(
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> _Result:
     """Run ``operation`` until it succeeds, raises a non-retriable error, or a limit hits."""
-    chooser = random_source if random_source is not None else random.Random()
+    chooser = random_source if random_source is not None else _JITTER
     started_s = clock()
     attempt_number = 0
     if stats is not None:

@@ -8,20 +8,35 @@ per MB/s, the y axis of the paper's Figure 6. Per second of the scenario::
     messages    = ingest_bytes / size
     invocations = messages / max(1, batch_bytes_max // size)   (functions run on batches)
 
+The ingestion services are provisioned in capacity units (Event Hubs throughput units,
+Kinesis shards), and each unit has two ingress limits: bytes per second and records per
+second, whichever is reached first. One benchmark message is one record (one event): the
+paper's scenario puts each message on the stream by itself, so no client-side aggregation
+of small messages into bigger records is modelled. The record limit is what decides for
+small messages: below 1,000 B a unit's 1,000 records/s carry less than its 1 MB/s, so 100
+MB/s of 16 B messages (6.25M records/s) needs 6,250 units, not 100. The paper's model
+counts bytes only; the record limit comes from the services' own documentation and is
+named in the price sheets.
+
 Serverless on Azure (Event Hubs + Functions + Tables)::
 
+    throughput units = ceil(max(ingest / 1 MB/s, messages / 1,000 events/s))
     event hubs = min(messages * ceil(size / 64 KB) * $/event
-                     + ceil(ingest / 1 MB/s) throughput units * $/TU-hour * hours,
+                     + throughput units * $/TU-hour * hours,
                      dedicated $/month)
     functions  = invocations * $/execution + messages * 0.1 ms * 0.125 GB * $/GB-s
     tables     = invocations * 2 transactions * $/transaction + 1 GB * $/GB-month
 
 Serverless on AWS (Kinesis + Lambda + DynamoDB)::
 
-    kinesis    = ceil(ingest / 1 MB/s) shards * $/shard-hour * hours
+    shards     = ceil(max(ingest / 1 MB/s, messages / 1,000 records/s))
+    kinesis    = shards * $/shard-hour * hours
                  + messages * ceil(size / 25 KB) * $/PUT payload unit
     lambda     = priced like functions
     dynamodb   = invocations * ($/read + $/write)
+
+The dedicated Event Hubs option stays a flat monthly price, taken whenever it is cheaper
+than the standard tier (the paper's rule); the model gives it no capacity limit.
 
 On VMs (gRPC or ambrosia), from the throughput one client/server pair reached here::
 
@@ -33,7 +48,9 @@ where ambrosia's measured MB/s is first capped at the VM's storage bandwidth (96
 for the paper's F2s), because the log cannot be written faster than that on such a VM.
 
 Every function here is pure; prices come from the TOML price sheets in
-``bench_configs/``, each naming its source and date.
+``bench_configs/``, each naming its source and date. A sheet with a missing, unknown or
+mistyped key, or a non-positive capacity limit, is refused with a ``ValueError`` naming
+the file, table and key.
 """
 
 from __future__ import annotations
@@ -55,9 +72,11 @@ __all__ = [
     "VmPrices",
     "cost_points",
     "dynamodb_usd_per_month",
+    "event_hubs_throughput_units",
     "event_hubs_usd_per_month",
     "functions_usd_per_month",
     "invocations_per_second",
+    "kinesis_shards",
     "kinesis_usd_per_month",
     "load_price_sheet",
     "measured_rates",
@@ -77,6 +96,13 @@ def _ceil(value: float) -> int:
     return math.ceil(value - _CEIL_SLACK)
 
 
+def _require_positive(where: str, **limits: float) -> None:
+    # Capacity limits are divisors: zero would divide by zero, a negative count is nonsense.
+    for name, value in limits.items():
+        if not value > 0:
+            raise ValueError(f"{where}: {name} must be positive, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     ingest_mb_per_s: float = 100.0
@@ -92,7 +118,16 @@ class EventHubsPrices:
     event_billing_unit_bytes: int
     usd_per_throughput_unit_hour: float
     throughput_unit_ingress_mb_per_s: float
+    throughput_unit_events_per_s: float
     dedicated_usd_per_month: float
+
+    def __post_init__(self) -> None:
+        _require_positive(
+            "event hubs",
+            event_billing_unit_bytes=self.event_billing_unit_bytes,
+            throughput_unit_ingress_mb_per_s=self.throughput_unit_ingress_mb_per_s,
+            throughput_unit_events_per_s=self.throughput_unit_events_per_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +153,17 @@ class TablesPrices:
 class KinesisPrices:
     usd_per_shard_hour: float
     shard_ingress_mb_per_s: float
+    shard_records_per_s: float
     usd_per_million_put_payload_units: float
     put_payload_unit_bytes: int
+
+    def __post_init__(self) -> None:
+        _require_positive(
+            "kinesis",
+            shard_ingress_mb_per_s=self.shard_ingress_mb_per_s,
+            shard_records_per_s=self.shard_records_per_s,
+            put_payload_unit_bytes=self.put_payload_unit_bytes,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,12 +225,38 @@ def invocations_per_second(size_bytes: int, batch_bytes_max: int, scenario: Scen
     return messages_per_second(size_bytes, scenario) / messages_per_batch
 
 
+def _capacity_units(
+    size_bytes: int, scenario: Scenario, unit_mb_per_s: float, unit_records_per_s: float
+) -> int:
+    """Units enough for both limits: a unit is full at its byte rate or its record rate."""
+    by_bytes = scenario.ingest_mb_per_s / unit_mb_per_s
+    by_records = messages_per_second(size_bytes, scenario) / unit_records_per_s
+    return _ceil(max(by_bytes, by_records))
+
+
+def event_hubs_throughput_units(
+    prices: EventHubsPrices, size_bytes: int, scenario: Scenario
+) -> int:
+    return _capacity_units(
+        size_bytes,
+        scenario,
+        prices.throughput_unit_ingress_mb_per_s,
+        prices.throughput_unit_events_per_s,
+    )
+
+
+def kinesis_shards(prices: KinesisPrices, size_bytes: int, scenario: Scenario) -> int:
+    return _capacity_units(
+        size_bytes, scenario, prices.shard_ingress_mb_per_s, prices.shard_records_per_s
+    )
+
+
 def event_hubs_usd_per_month(
     prices: EventHubsPrices, size_bytes: int, scenario: Scenario, hours_per_month: float
 ) -> float:
     events = messages_per_second(size_bytes, scenario) * _seconds_per_month(hours_per_month)
     billed_events = events * _ceil(size_bytes / prices.event_billing_unit_bytes)
-    throughput_units = _ceil(scenario.ingest_mb_per_s / prices.throughput_unit_ingress_mb_per_s)
+    throughput_units = event_hubs_throughput_units(prices, size_bytes, scenario)
     standard = (
         billed_events / 1e6 * prices.usd_per_million_events
         + throughput_units * prices.usd_per_throughput_unit_hour * hours_per_month
@@ -227,7 +297,7 @@ def tables_usd_per_month(
 def kinesis_usd_per_month(
     prices: KinesisPrices, size_bytes: int, scenario: Scenario, hours_per_month: float
 ) -> float:
-    shards = _ceil(scenario.ingest_mb_per_s / prices.shard_ingress_mb_per_s)
+    shards = kinesis_shards(prices, size_bytes, scenario)
     records = messages_per_second(size_bytes, scenario) * _seconds_per_month(hours_per_month)
     payload_units = records * _ceil(size_bytes / prices.put_payload_unit_bytes)
     return (
@@ -356,7 +426,31 @@ def _section(cls: type[_Section], table: Any, where: str) -> _Section:
     missing, unknown = names - table.keys(), table.keys() - names
     if missing or unknown:
         raise ValueError(f"{where}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
-    return cls(**table)
+    values: dict[str, float] = {}
+    for field in fields(cls):  # type: ignore[arg-type]
+        # Every price-sheet field is a number; annotations are strings under PEP 563.
+        values[field.name] = _number(table[field.name], where, field.name, field.type == "int")
+    try:
+        return cls(**values)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from error
+
+
+def _number(value: object, where: str, name: str, integral: bool) -> float:
+    # TOML booleans are Python ints; a price of ``true`` is a typo, not 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where}: {name} must be a number, got {value!r}")
+    if integral:
+        if not isinstance(value, int):
+            raise ValueError(f"{where}: {name} must be an integer, got {value!r}")
+        return value
+    return float(value)
+
+
+def _hours_per_month(document: Mapping[str, object], path: Path) -> float:
+    if "hours_per_month" not in document:
+        raise ValueError(f"{path}: missing key 'hours_per_month'")
+    return _number(document["hours_per_month"], str(path), "hours_per_month", integral=False)
 
 
 def load_price_sheet(path: Path) -> PriceSheet:
@@ -373,7 +467,7 @@ def load_price_sheet(path: Path) -> PriceSheet:
         return AzurePrices(
             source=source,
             date=date,
-            hours_per_month=float(document["hours_per_month"]),
+            hours_per_month=_hours_per_month(document, path),
             event_hubs=_section(
                 EventHubsPrices, document.get("event_hubs"), f"{path} [event_hubs]"
             ),
@@ -384,7 +478,7 @@ def load_price_sheet(path: Path) -> PriceSheet:
         return AwsPrices(
             source=source,
             date=date,
-            hours_per_month=float(document["hours_per_month"]),
+            hours_per_month=_hours_per_month(document, path),
             kinesis=_section(KinesisPrices, document.get("kinesis"), f"{path} [kinesis]"),
             lambda_=_section(FunctionPrices, document.get("lambda"), f"{path} [lambda]"),
             dynamodb=_section(DynamoDbPrices, document.get("dynamodb"), f"{path} [dynamodb]"),

@@ -10,6 +10,10 @@ Shared arithmetic (paper scenario: 100 MB/s = 1e8 bytes/s for 730 hours):
            messages per month  = 1525.87890625 * 2.628e6 = 4,010,009,765.625
            messages per batch  = 262,144 // 65,536     = 4
            invocations/month   = the same 1,002,502,441.40625 (batches are full 256 KiB)
+Capacity units (shards, throughput units), 1 MB/s and 1,000 records/s each:
+    16 B:   max(100 / 1, 6,250,000 / 1000 = 6,250)       = 6,250 (records decide)
+    64 KiB: max(100 / 1, 1,525.87890625 / 1000 = 1.53)   = 100   (bytes decide)
+    6,250 units * 0.015 $/hour * 730 hours = 68,437.5; 100 units = 1,095
 """
 
 from pathlib import Path
@@ -53,6 +57,9 @@ def test_sheets_hold_the_papers_inputs(
     assert azure.functions.usd_per_gb_second == 0.000016
     assert azure.tables.usd_per_10k_transactions == 0.00036
     assert aws.kinesis.usd_per_million_put_payload_units == 0.014
+    # Not the paper's: the services' documented record limits per unit.
+    assert aws.kinesis.shard_records_per_s == 1000
+    assert azure.event_hubs.throughput_unit_events_per_s == 1000
     assert aws.dynamodb.usd_per_million_reads == 1.25
     assert vm.vm_usd_per_month == 169.36
     assert vm.storage_usd_per_month_per_100_mb_per_s == 19.71
@@ -67,14 +74,32 @@ def test_rates() -> None:
     assert cost.invocations_per_second(400_000, 262_144, PAPER) == pytest.approx(250.0)
 
 
+def test_capacity_units_take_the_tighter_limit(
+    azure: cost.AzurePrices, aws: cost.AwsPrices
+) -> None:
+    for units in (
+        lambda size: cost.kinesis_shards(aws.kinesis, size, PAPER),
+        lambda size: cost.event_hubs_throughput_units(azure.event_hubs, size, PAPER),
+    ):
+        # 1e8 / 16 = 6,250,000 records/s / 1000 = 6,250 > 100 MB/s / 1 = 100
+        assert units(16) == 6_250
+        # 1e8 / 65536 = 1,525.88 records/s / 1000 = 1.53 < 100
+        assert units(65536) == 100
+        # 1e8 / 1000 = 100,000 records/s / 1000 = 100: both limits meet, no extra unit
+        assert units(1000) == 100
+        # 1e8 / 999 = 100,100.1 records/s / 1000 = 100.1 -> 101
+        assert units(999) == 101
+
+
 def test_event_hubs_dedicated_wins_at_16_bytes(azure: cost.AzurePrices) -> None:
-    # standard = 1.6425e13 / 1e6 * 0.028 = 459,900 + 100 TU * 0.015 * 730 = 1,095
-    #          = 460,995 > 4,999.77 dedicated
+    # standard = 1.6425e13 / 1e6 * 0.028 = 459,900 + 6,250 TU * 0.015 * 730 = 68,437.5
+    #          = 528,337.5 > 4,999.77 dedicated
     assert cost.event_hubs_usd_per_month(azure.event_hubs, 16, PAPER, HOURS) == 4999.77
 
 
 def test_event_hubs_standard_at_64_kib(azure: cost.AzurePrices) -> None:
-    # 4,010,009,765.625 / 1e6 * 0.028 = 112.2802734375; + 1,095 = 1,207.2802734375
+    # 100 TU (bytes decide): 4,010,009,765.625 / 1e6 * 0.028 = 112.2802734375; + 1,095
+    # = 1,207.2802734375
     value = cost.event_hubs_usd_per_month(azure.event_hubs, 65536, PAPER, HOURS)
     assert value == pytest.approx(1207.2802734375)
 
@@ -86,12 +111,32 @@ def test_event_hubs_bills_big_events_per_64_kb(azure: cost.AzurePrices) -> None:
     assert value == pytest.approx(1242.168)
 
 
+def _units_only_event_hubs() -> cost.EventHubsPrices:
+    # Free events and an unaffordable dedicated option leave only the throughput units.
+    return cost.EventHubsPrices(
+        usd_per_million_events=0.0,
+        event_billing_unit_bytes=65536,
+        usd_per_throughput_unit_hour=0.015,
+        throughput_unit_ingress_mb_per_s=1.0,
+        throughput_unit_events_per_s=1000,
+        dedicated_usd_per_month=1e9,
+    )
+
+
 def test_throughput_units_round_up() -> None:
-    prices = cost.EventHubsPrices(0.0, 65536, 0.015, 1.0, 1e9)
+    # 64 KiB at 2.5 MB/s: 2.5e6 / 65536 = 38.15 events/s, far below 1,000, so bytes decide:
     # 2.5 MB/s needs 3 units: 3 * 0.015 * 730 = 32.85
     assert cost.event_hubs_usd_per_month(
-        prices, 16, cost.Scenario(ingest_mb_per_s=2.5), HOURS
+        _units_only_event_hubs(), 65536, cost.Scenario(ingest_mb_per_s=2.5), HOURS
     ) == pytest.approx(32.85)
+
+
+def test_throughput_units_for_small_events_follow_the_event_limit() -> None:
+    # 16 B at 2.5 MB/s: 2.5e6 / 16 = 156,250 events/s / 1000 = 156.25 -> 157 units
+    # (the byte limit alone would give 3): 157 * 0.015 * 730 = 1,719.15
+    assert cost.event_hubs_usd_per_month(
+        _units_only_event_hubs(), 16, cost.Scenario(ingest_mb_per_s=2.5), HOURS
+    ) == pytest.approx(1719.15)
 
 
 def test_functions(azure: cost.AzurePrices) -> None:
@@ -119,13 +164,19 @@ def test_serverless_azure_total_per_mb_per_s(azure: cost.AzurePrices) -> None:
 
 
 def test_kinesis(aws: cost.AwsPrices) -> None:
-    # 16 B: 100 shards * 0.015 * 730 = 1,095; 1.6425e13 units / 1e6 * 0.014 = 229,950
-    assert cost.kinesis_usd_per_month(aws.kinesis, 16, PAPER, HOURS) == pytest.approx(231_045)
-    # 64 KiB: ceil(65536 / 25600) = 3 units per record
+    # 16 B: 6,250 shards (records decide) * 0.015 * 730 = 68,437.5;
+    #       1.6425e13 units / 1e6 * 0.014 = 229,950; total 298,387.5
+    assert cost.kinesis_usd_per_month(aws.kinesis, 16, PAPER, HOURS) == pytest.approx(298_387.5)
+    # 64 KiB: 100 shards (bytes decide) = 1,095; ceil(65536 / 25600) = 3 units per record
     # 4,010,009,765.625 * 3 / 1e6 * 0.014 = 168.42041015625; + 1,095
     assert cost.kinesis_usd_per_month(aws.kinesis, 65536, PAPER, HOURS) == pytest.approx(
         1263.42041015625
     )
+    # 512 B: 1e8 / 512 = 195,312.5 records/s / 1000 = 195.3125 -> 196 shards
+    #        196 * 0.015 * 730 = 2,146.2
+    #        195,312.5 * 2.628e6 = 513,281,250,000 records, one unit each
+    #        / 1e6 * 0.014 = 7,185.9375; total 9,332.1375
+    assert cost.kinesis_usd_per_month(aws.kinesis, 512, PAPER, HOURS) == pytest.approx(9332.1375)
 
 
 def test_dynamodb(aws: cost.AwsPrices) -> None:
@@ -135,8 +186,8 @@ def test_dynamodb(aws: cost.AwsPrices) -> None:
 
 
 def test_serverless_aws_total(aws: cost.AwsPrices) -> None:
-    # 231,045 + 3,485.50048828125 + 1,503.753662109375 = 236,034.25415039062
-    assert cost.serverless_aws_usd_per_month(aws, 16, PAPER) == pytest.approx(236_034.25415039062)
+    # 298,387.5 + 3,485.50048828125 + 1,503.753662109375 = 303,376.754150390625
+    assert cost.serverless_aws_usd_per_month(aws, 16, PAPER) == pytest.approx(303_376.754150390625)
 
 
 def test_vm_grpc(vm: cost.VmPrices) -> None:
@@ -173,8 +224,9 @@ def test_cost_points_per_mb_per_s(
         16,
         pytest.approx(85.575206640625),  # type: ignore[arg-type]
     )
+    # 303,376.754150390625 / 100
     assert by_key[("serverless-aws", 16)].usd_per_month_per_mb_per_s == pytest.approx(
-        2360.3425415039062
+        3033.76754150390625
     )
     assert by_key[("grpc-vm", 16)].usd_per_month_per_mb_per_s == pytest.approx(514.8544)
     assert by_key[("ambrosia-vm", 16)].usd_per_month_per_mb_per_s == pytest.approx(34.0691)
@@ -196,3 +248,41 @@ def test_bad_sheets_are_refused(tmp_path: Path) -> None:
     typo.write_text(text)
     with pytest.raises(ValueError, match="state_gigs"):
         cost.load_price_sheet(typo)
+
+
+@pytest.mark.parametrize(
+    ("sheet", "old", "new", "message"),
+    [
+        # A sheet from before the record limits: refused, naming the key it lacks.
+        ("prices-aws.toml", "shard_records_per_s = 1000\n", "", "shard_records_per_s"),
+        ("prices-azure.toml", "throughput_unit_events_per_s = 1000\n", "", "events_per_s"),
+        (
+            "prices-aws.toml",
+            "shard_records_per_s = 1000",
+            "shard_records_per_s = 0",
+            r"\[kinesis\]: kinesis: shard_records_per_s must be positive",
+        ),
+        (
+            "prices-azure.toml",
+            "throughput_unit_events_per_s = 1000",
+            'throughput_unit_events_per_s = "1000"',
+            r"\[event_hubs\]: throughput_unit_events_per_s must be a number",
+        ),
+        (
+            "prices-azure.toml",
+            "batch_bytes_max = 262144",
+            "batch_bytes_max = 262144.5",
+            "batch_bytes_max must be an integer",
+        ),
+        ("prices-aws.toml", "hours_per_month = 730.0\n", "", "hours_per_month"),
+    ],
+)
+def test_sheets_with_a_bad_field_are_refused(
+    tmp_path: Path, sheet: str, old: str, new: str, message: str
+) -> None:
+    text = (CONFIGS / sheet).read_text()
+    assert old in text
+    broken = tmp_path / sheet
+    broken.write_text(text.replace(old, new))
+    with pytest.raises(ValueError, match=message):
+        cost.load_price_sheet(broken)
