@@ -38,18 +38,14 @@ def drop_all(pair: Pair, *, abort: bool) -> int:
     dropped = 0
     for runtime in (pair.server, pair.client):
         assert runtime is not None
-        transports = [
-            link.protocol.transport
-            for link in runtime.links.values()
-            if link.protocol is not None and link.protocol.transport is not None
-        ]
-        transports += [
-            incoming.transport
-            for incoming in runtime.incoming.values()
-            if incoming.transport is not None
-        ]
-        for transport in transports:
-            if not transport.is_closing():
+        for link in runtime.links.values():
+            connection = link.protocol
+            if connection is not None and not connection.closed:
+                dropped += 1
+                connection.close(abort=abort)
+        for incoming in runtime.incoming.values():
+            transport = incoming.transport
+            if transport is not None and not transport.is_closing():
                 dropped += 1
                 transport.abort() if abort else transport.close()
     return dropped
