@@ -5,7 +5,10 @@ Subcommands:
 - ``throughput``: for each message size, the ambrosia immortals and then the gRPC
   baseline stream payloads for ``--duration`` seconds after ``--warmup``; calls/s and MB/s
   per size per system, and the ratio (paper Figure 5).
-- ``ping``: one outstanding call at a time; percentiles and mean (paper Table 1).
+- ``ping``: one outstanding call at a time; percentiles and mean (paper Table 1). A
+  third system, ``tcp``, is a bare TCP echo between two processes: the machine's floor,
+  beside which the tails of the other two are read (``ambrosia.bench.tcp_side``). It has
+  no streaming counterpart, so ``throughput`` and ``cost`` refuse it.
 - ``cost``: monthly USD per MB/s ingested versus message size for the serverless and VM
   designs (paper Figure 6), the VM designs priced from measured throughput: a results file
   (``--results``) or a fresh throughput run.
@@ -30,12 +33,12 @@ import importlib
 import shutil
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ambrosia.bench import cost, grpc_side, report
+from ambrosia.bench import cost, grpc_side, report, tcp_side
 from ambrosia.bench.progress import Progress
 from ambrosia.bench.report import PingResult, Results, ThroughputPoint
 from ambrosia.bench.sizes import parse_sizes
@@ -43,7 +46,9 @@ from ambrosia.errors import AmbrosiaError, ConfigError
 
 __all__ = ["main"]
 
-SYSTEMS = ("ambrosia", "grpc")
+SYSTEMS = ("ambrosia", "grpc", "tcp")
+# The systems that stream payloads; tcp only measures the floor of a round trip.
+STREAMING_SYSTEMS = ("ambrosia", "grpc")
 default_sizes = "16..64K"
 # 13 sizes x 2 systems x (3 s + 1 s warm-up) is about 104 s, leaving room for process
 # start-up inside the 3-minute budget of a default run.
@@ -72,14 +77,24 @@ def _ambrosia_side() -> ModuleType:
 # -- options ---------------------------------------------------------------------------
 
 
-def _systems(text: str) -> list[str]:
-    systems = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in systems if name not in SYSTEMS]
-    if unknown or not systems:
-        raise argparse.ArgumentTypeError(
-            f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}"
-        )
-    return systems
+def _systems_option(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """The ``--systems`` parser of a command that can measure ``allowed``."""
+
+    def parse(text: str) -> list[str]:
+        systems = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in systems if name not in SYSTEMS]
+        if unknown or not systems:
+            raise argparse.ArgumentTypeError(
+                f"unknown systems {unknown}; choose from {', '.join(allowed)}"
+            )
+        if "tcp" in systems and "tcp" not in allowed:
+            raise argparse.ArgumentTypeError(
+                "tcp is the ping floor only (a bare TCP echo, nothing to stream); "
+                f"this command takes {', '.join(allowed)}"
+            )
+        return systems
+
+    return parse
 
 
 def _sizes(text: str) -> list[int]:
@@ -142,12 +157,16 @@ def _add_throughput(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, *, ping: bool = False) -> None:
+    allowed = SYSTEMS if ping else STREAMING_SYSTEMS
     parser.add_argument(
         "--systems",
-        type=_systems,
-        default=list(SYSTEMS),
-        help="comma list of ambrosia, grpc (default both)",
+        type=_systems_option(allowed),
+        default=list(allowed),
+        help="comma list of ambrosia, grpc, tcp (tcp: a bare TCP echo between two "
+        "processes, the machine's floor; default all three)"
+        if ping
+        else "comma list of ambrosia, grpc (default both; tcp is the ping floor only)",
     )
     parser.add_argument(
         "--log",
@@ -184,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
         default=default_ping_warmup,
         help=f"untimed round trips first (default {default_ping_warmup})",
     )
-    _add_common(ping)
+    _add_common(ping, ping=True)
     _add_output(ping)
 
     cost_parser = commands.add_parser("cost", help="monthly USD per MB/s vs message size")
@@ -279,6 +298,10 @@ def _measure_ping(
                     log_url=log,
                     workdir=workdir / _label(system, log, logs),
                     on_progress=progress,
+                )
+            elif system == "tcp":
+                result = tcp_side.run_ping(
+                    count=options.count, warmup=options.warmup, on_progress=progress
                 )
             else:
                 result = grpc_side.run_ping(

@@ -1,8 +1,8 @@
 """Benchmark results: the row types, the results file, the Markdown table and the plots.
 
-Both sides of the benchmark (ambrosia immortals and the gRPC baseline) produce the same
-row types, computed by the same functions here, so their numbers are comparable by
-construction:
+Every side of the benchmark (ambrosia immortals, the gRPC baseline, ping's bare TCP
+floor) produces the same row types, computed by the same functions here, so their
+numbers are comparable by construction:
 
 - ``throughput_point`` turns a count of messages received in a time window into rates.
   A megabyte is 10**6 bytes throughout (rates, cost model, plots), as in cloud price sheets.
@@ -369,11 +369,24 @@ def _throughput_markdown(points: Sequence[ThroughputPoint]) -> list[str]:
     return ["## Throughput (paper Figure 5)", "", *_table(header, rows), ""]
 
 
+# Ping's bare TCP echo (``tcp_side``): the row every other tail is read against.
+_PING_LABELS = {"tcp": "tcp (machine floor)"}
+
+
+def _tail_ratios(results: Sequence[PingResult]) -> str:
+    """p99.9 over p50 of each measured row: how heavy its tail is, in its own units."""
+    ratios = [
+        f"{r.system} {r.p999_ms / r.p50_ms:.1f}x" if r.p50_ms > 0 else f"{r.system} -"
+        for r in results
+    ]
+    return "p99.9 / p50: " + ", ".join(ratios)
+
+
 def _ping_markdown(results: Sequence[PingResult]) -> list[str]:
     header = ["system", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "mean ms"]
     rows = [
         [
-            r.system,
+            _PING_LABELS.get(r.system, r.system),
             str(r.count),
             *(f"{v:.3f}" for v in (r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.mean_ms)),
         ]
@@ -383,7 +396,14 @@ def _ping_markdown(results: Sequence[PingResult]) -> list[str]:
         [f"paper: {name}", "", *(f"{v:g}" for v in values)]
         for name, values in PAPER_PING_MS.items()
     ]
-    return ["## Ping latency (paper Table 1)", "", *_table(header, rows), ""]
+    return [
+        "## Ping latency (paper Table 1)",
+        "",
+        *_table(header, rows),
+        "",
+        _tail_ratios(results),
+        "",
+    ]
 
 
 def _cost_markdown(points: Sequence[CostPoint]) -> list[str]:

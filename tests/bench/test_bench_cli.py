@@ -103,7 +103,54 @@ def test_shipped_configs_parse(name: str) -> None:
     arguments = cli.config_arguments(CONFIGS / name)
     options = cli._parser().parse_args(arguments)
     assert options.command in {"throughput", "ping", "cost"}
-    assert options.systems == ["ambrosia", "grpc"]
+    # Table 1 also measures the bare TCP floor; the streaming figures cannot.
+    floor = ["tcp"] if options.command == "ping" else []
+    assert options.systems == ["ambrosia", "grpc", *floor]
+
+
+def test_ping_tcp_floor_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["ping", "--systems", "tcp", "--count", "200", "--warmup", "20"]
+    assert cli.main([*arguments, "--out", str(tmp_path)]) == 0
+    document = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert document["complete"] is True
+    [row] = document["ping"]
+    assert row["system"] == "tcp" and row["count"] == 200
+    assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["p999_ms"]
+    text = (tmp_path / "results.md").read_text()
+    assert "| tcp (machine floor) | 200 |" in text
+    assert f"p99.9 / p50: tcp {row['p999_ms'] / row['p50_ms']:.1f}x" in text
+    assert "tcp (machine floor)" in capsys.readouterr().out
+
+
+def test_ping_measures_the_floor_by_default_and_streaming_does_not() -> None:
+    parser = cli._parser()
+    assert parser.parse_args(["ping"]).systems == ["ambrosia", "grpc", "tcp"]
+    for command in ("throughput", "cost"):
+        assert parser.parse_args([command]).systems == ["ambrosia", "grpc"]
+
+
+@pytest.mark.parametrize("command", ["throughput", "cost"])
+def test_tcp_outside_ping_is_refused(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--systems", "grpc,tcp", "--sizes", "16", "--out", str(tmp_path)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --systems: tcp is the ping floor only" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_tcp_outside_ping_is_refused_from_a_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "exp.toml"
+    config.write_text('command = "throughput"\nsystems = ["ambrosia", "tcp"]\n')
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["run", str(config), "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    assert "tcp is the ping floor only" in capsys.readouterr().err
 
 
 def test_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

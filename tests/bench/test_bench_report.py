@@ -4,7 +4,13 @@ import orjson
 import pytest
 
 from ambrosia.bench import report
-from ambrosia.bench.report import CostPoint, Results, latency_summary, throughput_point
+from ambrosia.bench.report import (
+    CostPoint,
+    PingResult,
+    Results,
+    latency_summary,
+    throughput_point,
+)
 
 
 def test_throughput_point_rates() -> None:
@@ -123,3 +129,30 @@ def test_markdown_marks_interrupted_runs() -> None:
     results = _results()
     results.complete = False
     assert "Interrupted" in report.markdown(results)
+
+
+def test_ping_markdown_labels_the_floor_and_gives_tail_ratios() -> None:
+    rows = [
+        PingResult("ambrosia", 10_000, 2.0, 2.2, 3.0, 25.4, 2.1),
+        PingResult("grpc", 10_000, 0.4, 0.5, 0.9, 4.92, 0.45),
+        PingResult("tcp", 10_000, 0.02, 0.03, 0.05, 0.302, 0.025),
+    ]
+    text = report.markdown(Results(command="ping", config={}, ping=rows))
+    lines = text.splitlines()
+    assert "| tcp (machine floor) | 10000 | 0.020 | 0.030 | 0.050 | 0.302 | 0.025 |" in lines
+    assert "| ambrosia | 10000 | 2.000 |" in text  # the other systems keep their names
+    # 25.4 / 2.0, 4.92 / 0.4, 0.302 / 0.02
+    ratio_line = "p99.9 / p50: ambrosia 12.7x, grpc 12.3x, tcp 15.1x"
+    assert ratio_line in lines
+    # The ratio line sits under the table, after the paper's rows.
+    assert lines.index(ratio_line) > max(
+        index for index, line in enumerate(lines) if line.startswith("| paper:")
+    )
+
+
+def test_tcp_row_keeps_its_name_in_the_results_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    floor = latency_summary("tcp", [20_000, 21_000, 300_000])
+    report.write_json(path, Results(command="ping", config={}, ping=[floor]))
+    assert orjson.loads(path.read_bytes())["ping"][0]["system"] == "tcp"
+    assert report.load_results(path).ping == [floor]

@@ -1,0 +1,324 @@
+"""The machine's floor for ping: a bare TCP echo between two processes, nothing else.
+
+Why a floor. A round trip between two processes on one machine costs two wake-ups of a
+sleeping process, two passes through the loopback TCP stack and, here, a few Python
+statements on each side. No framework, serializer or log can make a round trip cheaper
+than that, and none can hide what the machine itself does to it: timer ticks, scheduler
+decisions, a hypervisor taking the CPU away. On a small virtual machine that last part
+gives even this echo a tail many times its median. Reading ambrosia's or gRPC's p99.9
+without the floor beside it would blame them for the machine's tail; with it, the part
+each system adds is the difference.
+
+Processes. ``python -m ambrosia.bench.tcp_side serve [--size S]`` binds 127.0.0.1 on a
+port the kernel picks, prints ``{"port": P}`` as one JSON line and then, one connection
+at a time until it is killed, reads exactly S bytes and sends them back. ``... client
+--port P --count N --warmup W --size S`` connects, makes W untimed and then N timed round
+trips, one outstanding at a time (send S bytes, receive exactly S bytes), one started
+every ``--interval`` seconds (default 0.5 ms, see ``interval_s_default``), and prints JSON
+lines: progress while it runs, then ``{"event": "samples", "samples_ns": [...]}``.
+Both use blocking sockets with TCP_NODELAY, the cheapest path Python has: a blocking
+``recv`` sleeps in the kernel until the bytes arrive, with no event loop or poll call in
+between, and Nagle's algorithm would otherwise hold a small reply back waiting for an
+acknowledgement.
+
+The benchmark process starts both children in their own session (a terminal's Ctrl-C
+reaches only it), reads their lines with a deadline, and always kills and reaps them by
+their handles, whatever happens. Samples become a row by ``report.latency_summary``, the
+same function the other two systems use, so the three rows are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ambrosia.bench.report import PingResult, latency_summary
+from ambrosia.bench.sizes import size_bytes_max
+
+__all__ = ["SYSTEM", "message_bytes_default", "run_ping"]
+
+SYSTEM = "tcp"
+message_bytes_default = 16
+server_start_timeout_s = 20.0
+# Progress lines come every progress_interval_s, so this much silence means a hang.
+client_silence_timeout_s = 30.0
+client_exit_timeout_s = 10.0
+child_reap_timeout_s = 5.0
+progress_interval_s = 0.25
+# One round trip started every half millisecond, about the rate of the other two systems'
+# pings here: unpaced, 10,000 echoes take a quarter of a second and may fall between the
+# machine's slow spells (on the development VM, ~50 ms every second or two), so the
+# floor would not have been exposed to the same stretch of machine time as the others.
+interval_s_default = 0.0005
+_round_trips_between_clock_reads = 64
+_stderr_tail_chars = 2000
+_listen_backlog = 4
+
+
+# -- the two child processes -------------------------------------------------------------
+
+
+def _no_delay(connection: socket.socket) -> None:
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _receive_exactly(connection: socket.socket, view: memoryview) -> bool:
+    """Fill ``view`` from the connection; False if the peer closed before it was full."""
+    filled = 0
+    while filled < len(view):
+        received = connection.recv_into(view[filled:])
+        if received == 0:
+            return False
+        filled += received
+    return True
+
+
+def _emit(event: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(event) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def serve(size_bytes: int) -> None:
+    """Echo messages of ``size_bytes`` on 127.0.0.1, one connection at a time, forever."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(_listen_backlog)
+        _emit({"port": listener.getsockname()[1]})
+        buffer = bytearray(size_bytes)
+        view = memoryview(buffer)
+        while True:
+            connection, _ = listener.accept()
+            with connection:
+                _no_delay(connection)
+                while _receive_exactly(connection, view):
+                    connection.sendall(view)
+
+
+def _client(port: int, count: int, warmup: int, size_bytes: int, interval_s: float) -> None:
+    payload = bytes(index % 256 for index in range(size_bytes))
+    reply = bytearray(size_bytes)
+    view = memoryview(reply)
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=server_start_timeout_s) as peer:
+        # Blocking from here on: a timeout would turn every recv into a poll plus a recv.
+        peer.settimeout(None)
+        _no_delay(peer)
+        started = time.perf_counter()
+        next_report = started + progress_interval_s
+        for index in range(warmup + count):
+            before = clock()
+            peer.sendall(payload)
+            complete = _receive_exactly(peer, view)
+            after = clock()
+            if not complete:
+                raise ConnectionError(f"server closed the connection at round trip {index}")
+            if index >= warmup:
+                samples.append(after - before)
+            # Untimed pause: the next round trip starts interval_s after this one did.
+            pause_s = interval_s - (clock() - before) / 1e9
+            if pause_s > 0:
+                time.sleep(pause_s)
+            if index % _round_trips_between_clock_reads == 0:
+                if reply != payload:
+                    raise RuntimeError(f"echo differs from what was sent at round trip {index}")
+                now = time.perf_counter()
+                if now >= next_report:
+                    _emit(
+                        {
+                            "event": "progress",
+                            "done": index + 1,
+                            "rate": (index + 1) / (now - started),
+                        }
+                    )
+                    next_report = now + progress_interval_s
+    _emit({"event": "samples", "samples_ns": samples})
+
+
+# -- the benchmark process's side ------------------------------------------------------
+
+
+class _Child:
+    """One child process whose stdout is read line by line, each line with a deadline."""
+
+    def __init__(self, role: str, arguments: list[str]) -> None:
+        package_root = str(Path(__file__).resolve().parents[2])
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [package_root, environment.get("PYTHONPATH")])
+        )
+        self.role = role
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ambrosia.bench.tcp_side", role, *arguments],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment,
+            # Own session: a terminal's Ctrl-C reaches the benchmark process only, which
+            # then kills this child by its handle.
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        self._stdout = self.process.stdout
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._stdout, selectors.EVENT_READ)
+        self._buffer = bytearray()
+
+    def name(self) -> str:
+        return f"tcp {self.role} process {self.process.pid}"
+
+    def read_line(self, timeout_s: float) -> bytes:
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._selector.select(remaining):
+                raise RuntimeError(f"{self.name()} said nothing for {timeout_s:.0f} s")
+            chunk = os.read(self._stdout.fileno(), 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"{self.name()} exited early{self.exit_report()}")
+            self._buffer += chunk
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        return line
+
+    def read_event(self, timeout_s: float) -> dict[str, Any]:
+        line = self.read_line(timeout_s)
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise RuntimeError(f"{self.name()} printed {line[:200]!r}") from error
+        if not isinstance(event, dict):
+            raise RuntimeError(f"{self.name()} printed {line[:200]!r}")
+        return event
+
+    def exit_report(self) -> str:
+        try:
+            code = self.process.wait(timeout=child_reap_timeout_s)
+        except subprocess.TimeoutExpired:
+            return " (closed its output but is still running)"
+        assert self.process.stderr is not None
+        text = self.process.stderr.read().decode(errors="replace").strip()
+        tail = f": {text[-_stderr_tail_chars:]}" if text else ", no output on stderr"
+        return f" with exit code {code}{tail}"
+
+    def wait_ok(self, timeout_s: float) -> None:
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeError(f"{self.name()} did not exit within {timeout_s:.0f} s") from error
+        if code != 0:
+            raise RuntimeError(f"{self.name()} failed{self.exit_report()}")
+
+    def stop(self) -> None:
+        # Nothing of the child's state is worth a graceful exit: kill, then reap, so no
+        # zombie or orphan outlives the run.
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._selector.close()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@contextmanager
+def _child(role: str, arguments: list[str]) -> Iterator[_Child]:
+    child = _Child(role, arguments)
+    try:
+        yield child
+    finally:
+        child.stop()
+
+
+def _check(count: int, warmup: int, size: int) -> None:
+    if count < 1:
+        raise ValueError(f"ping count must be at least 1, got {count}")
+    if warmup < 0:
+        raise ValueError(f"ping warm-up must not be negative, got {warmup}")
+    if not 1 <= size <= size_bytes_max:
+        raise ValueError(f"message size must be 1..{size_bytes_max} bytes, got {size}")
+
+
+def run_ping(
+    *,
+    count: int,
+    warmup: int,
+    on_progress: Callable[[str, float], None],
+    size: int = message_bytes_default,
+    interval_s: float = interval_s_default,
+) -> PingResult:
+    """``count`` timed echo round trips of ``size`` bytes after ``warmup`` untimed ones,
+    one started every ``interval_s`` (0: back to back)."""
+    _check(count, warmup, size)
+    samples: list[int] | None = None
+    with _child("serve", ["--size", str(size)]) as server:
+        port = int(server.read_event(server_start_timeout_s)["port"])
+        client_arguments = ["--port", str(port), "--count", str(count)]
+        client_arguments += ["--warmup", str(warmup), "--size", str(size)]
+        client_arguments += ["--interval", str(interval_s)]
+        with _child("client", client_arguments) as client:
+            while samples is None:
+                event = client.read_event(client_silence_timeout_s)
+                if event.get("event") == "progress":
+                    on_progress("tcp ping", float(event["rate"]))
+                elif event.get("event") == "samples":
+                    samples = [int(sample) for sample in event["samples_ns"]]
+            client.wait_ok(client_exit_timeout_s)
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name()} exited during the run{server.exit_report()}")
+    if len(samples) != count:
+        raise RuntimeError(f"tcp ping returned {len(samples)} samples, expected {count}")
+    return latency_summary(SYSTEM, samples)
+
+
+# -- entry point of the child processes ------------------------------------------------
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ambrosia.bench.tcp_side")
+    roles = parser.add_subparsers(dest="role", required=True)
+    serve_parser = roles.add_parser("serve")
+    serve_parser.add_argument("--size", type=int, default=message_bytes_default)
+    client_parser = roles.add_parser("client")
+    client_parser.add_argument("--port", type=int, required=True)
+    client_parser.add_argument("--count", type=int, required=True)
+    client_parser.add_argument("--warmup", type=int, default=0)
+    client_parser.add_argument("--size", type=int, default=message_bytes_default)
+    client_parser.add_argument("--interval", type=float, default=interval_s_default)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = _arguments(argv)
+    try:
+        if arguments.role == "serve":
+            _check(1, 0, arguments.size)
+            serve(arguments.size)
+        else:
+            _check(arguments.count, arguments.warmup, arguments.size)
+            if not 0 <= arguments.interval <= 1:
+                raise SystemExit(f"--interval must be 0..1 seconds, got {arguments.interval}")
+            _client(
+                arguments.port,
+                arguments.count,
+                arguments.warmup,
+                arguments.size,
+                arguments.interval,
+            )
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
