@@ -120,6 +120,10 @@ PAGE_BYTES_MAX_DEFAULT = 8 * 1024 * 1024
 """Default limit on a page's body length; the decoder checks it before slicing."""
 
 # Everything before the header checksum, which follows at offset 44.
+# Groups of at least this many message bytes are written closed (header, then messages)
+# instead of staying open for the next contiguous group to merge into: merging saves a
+# header of a few bytes per group, which only matters for small groups.
+_CLOSED_GROUP_BYTES_MIN = 4096
 _HEADER_FIELDS = struct.Struct("<4sHHIQQIIQ")
 _HEADER_CHECKSUM = struct.Struct("<I")
 _HEADER_CHECKSUM_OFFSET = _HEADER_FIELDS.size
@@ -241,8 +245,10 @@ class PageBuilder:
     The messages of the newest group go straight into the buffer; that group's own
     header (whose varint sizes depend on the final count) is inserted in front of its
     messages when the next group starts or the page is finished, which moves only that
-    one group's bytes. A group that continues the previous one (same source, first_seq
-    right after its last message) is merged into it.
+    one group's bytes. A small group that continues the previous one (same source,
+    first_seq right after its last message) is merged into it. A large group (at least
+    ``_CLOSED_GROUP_BYTES_MIN`` bytes of messages) is never merged: its header is written
+    first, then its messages, so its bytes are never moved.
     """
 
     __slots__ = (
@@ -304,8 +310,10 @@ class PageBuilder:
             raise ValueError(f"count {count} outside 1..{INT32_MAX}")
         if not 0 <= replayable_count <= count:
             raise ValueError(f"replayable_count {replayable_count} outside 0..{count}")
+        closed = len(messages) >= _CLOSED_GROUP_BYTES_MIN
         merges = (
-            source == self._open_source
+            not closed
+            and source == self._open_source
             and first_seq == self._open_first_seq + self._open_count
             and self._open_count + count <= INT32_MAX
         )
@@ -325,6 +333,21 @@ class PageBuilder:
         if merges:
             self._open_count += count
             self._open_replayable_count += replayable_count
+        elif closed:
+            # A large group is written whole, header first: everything in its header is
+            # known now, and leaving it open would mean moving its bytes to insert the
+            # header later (megabytes, when a page is filled by one busy peer's batches).
+            self._close_open_group()
+            buffer = self._buffer
+            buffer += encode_zigzag_int(len(source_bytes))
+            buffer += source_bytes
+            buffer += encode_zigzag_long(first_seq)
+            buffer += encode_zigzag_int(count)
+            buffer += encode_zigzag_int(replayable_count)
+            buffer += encode_zigzag_int(len(messages))
+            buffer += messages
+            self._closed_group_count += 1
+            return
         else:
             self._close_open_group()
             self._open_source = source

@@ -35,7 +35,11 @@ groups = st.lists(
         names,
         st.integers(1, 2**63 - 10**6),
         st.integers(1, 1000),
-        st.binary(max_size=64),
+        st.one_of(
+            st.binary(max_size=64),
+            # At and around the size from which a group is written closed (not merged).
+            st.integers(4090, 4200).map(lambda size: b"L" * size),
+        ),
     ).flatmap(
         lambda group: st.tuples(
             st.just(group[0]),
@@ -53,10 +57,14 @@ trims = st.dictionaries(names, st.integers(0, 2**63 - 1), max_size=5)
 def _expected_groups(
     added: list[tuple[str, int, int, int, bytes]],
 ) -> list[tuple[str, int, int, int, bytes]]:
-    """The merge rule, restated: same source and contiguous numbers make one group."""
+    """The merge rule, restated: same source and contiguous numbers make one group, as
+    long as neither the group before nor the one added has 4096 bytes of messages or more
+    when added (such a group is written closed)."""
     merged: list[tuple[str, int, int, int, bytes]] = []
+    last_open = False
     for source, first_seq, count, replayable, messages in added:
-        if merged:
+        small = len(messages) < 4096
+        if merged and small and last_open:
             last = merged[-1]
             if last[0] == source and last[1] + last[2] == first_seq:
                 merged[-1] = (
@@ -68,6 +76,7 @@ def _expected_groups(
                 )
                 continue
         merged.append((source, first_seq, count, replayable, messages))
+        last_open = small
     return merged
 
 
@@ -118,6 +127,26 @@ def test_merge_rule_and_contiguity() -> None:
     ]
     assert bytes(page.groups[0].messages) == b"m1m2i3"
     assert page.groups[0].last_seq == 3
+
+
+def test_large_groups_are_written_closed() -> None:
+    large = b"x" * 5000
+    builder = PageBuilder()
+    builder.add_group("a", 1, 1, 1, b"m1")
+    builder.add_group("a", 2, 1, 1, large)  # contiguous but large: a group of its own
+    builder.add_group("a", 3, 1, 1, b"m3")  # contiguous with a closed group: new group
+    builder.add_group("a", 4, 1, 1, b"m4")  # merged into the open one
+    builder.add_group("a", 5, 2, 2, large)
+    body_bytes = builder.body_bytes
+    data = builder.finish(instance_id=1, epoch=1, sequence=0)
+    assert len(data) == HEADER_BYTES + body_bytes
+    page = decode_page(data)
+    assert [(g.first_seq, g.count, bytes(g.messages)) for g in page.groups] == [
+        (1, 1, b"m1"),
+        (2, 1, large),
+        (3, 2, b"m3m4"),
+        (5, 2, large),
+    ]
 
 
 def test_trims_keep_the_highest_point() -> None:
