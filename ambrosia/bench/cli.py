@@ -253,35 +253,42 @@ def _relabel(point: ThroughputPoint, system: str) -> ThroughputPoint:
 def _measure_throughput(
     options: argparse.Namespace, workdir: Path, progress: Progress, results: Results
 ) -> None:
+    """Size by size, every system at that size before the next size.
+
+    Interleaved rather than one system's whole sweep after the other's: a shared or
+    virtual machine's speed drifts over minutes, and each ratio should compare two
+    systems measured under the same conditions.
+    """
     logs: list[str | None] = options.logs or [None]
-    for system in options.systems:
-        for log in logs if system == "ambrosia" else [None]:
-            label = _label(system, log, logs)
-            try:
-                if system == "ambrosia":
-                    points = _ambrosia_side().run_throughput(
-                        options.sizes,
-                        duration_s=options.duration,
-                        warmup_s=options.warmup,
-                        log_url=log,
-                        persist=options.persist,
-                        workdir=workdir / label,
-                        on_progress=progress,
-                    )
-                else:
-                    points = grpc_side.run_throughput(
-                        options.sizes,
-                        duration_s=options.duration,
-                        warmup_s=options.warmup,
-                        on_progress=progress,
-                    )
-            except KeyboardInterrupt as interrupt:
-                finished = getattr(interrupt, "points", [])
-                results.throughput += [
-                    _relabel(p, label) for p in finished if isinstance(p, ThroughputPoint)
-                ]
-                raise
-            results.throughput += [_relabel(point, label) for point in points]
+    for size in options.sizes:
+        for system in options.systems:
+            for log in logs if system == "ambrosia" else [None]:
+                label = _label(system, log, logs)
+                try:
+                    if system == "ambrosia":
+                        points = _ambrosia_side().run_throughput(
+                            [size],
+                            duration_s=options.duration,
+                            warmup_s=options.warmup,
+                            log_url=log,
+                            persist=options.persist,
+                            workdir=workdir / label,
+                            on_progress=progress,
+                        )
+                    else:
+                        points = grpc_side.run_throughput(
+                            [size],
+                            duration_s=options.duration,
+                            warmup_s=options.warmup,
+                            on_progress=progress,
+                        )
+                except KeyboardInterrupt as interrupt:
+                    finished = getattr(interrupt, "points", [])
+                    results.throughput += [
+                        _relabel(p, label) for p in finished if isinstance(p, ThroughputPoint)
+                    ]
+                    raise
+                results.throughput += [_relabel(point, label) for point in points]
 
 
 def _measure_ping(
