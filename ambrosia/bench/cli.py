@@ -5,10 +5,11 @@ Subcommands:
 - ``throughput``: for each message size, the ambrosia immortals and then the gRPC
   baseline stream payloads for ``--duration`` seconds after ``--warmup``; calls/s and MB/s
   per size per system, and the ratio (paper Figure 5).
-- ``ping``: one outstanding call at a time; percentiles and mean (paper Table 1). A
-  third system, ``tcp``, is a bare TCP echo between two processes: the machine's floor,
-  beside which the tails of the other two are read (``ambrosia.bench.tcp_side``). It has
-  no streaming counterpart, so ``throughput`` and ``cost`` refuse it.
+- ``ping``: one outstanding call at a time; percentiles and mean (paper Table 1). Two
+  more rows are the machine's floors, beside which the tails of the other two are read
+  (``ambrosia.bench.floors``): ``tcp``, a bare TCP echo between two processes, and
+  ``cpu``, a fixed unit of CPU work timed again and again. They have no streaming
+  counterpart, so ``throughput`` and ``cost`` refuse them.
 - ``cost``: monthly USD per MB/s ingested versus message size for the serverless and VM
   designs (paper Figure 6), the VM designs priced from measured throughput: a results file
   (``--results``) or a fresh throughput run.
@@ -38,7 +39,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ambrosia.bench import cost, grpc_side, report, tcp_side
+from ambrosia.bench import cost, floors, grpc_side, report
 from ambrosia.bench.progress import Progress
 from ambrosia.bench.report import PingResult, Results, ThroughputPoint
 from ambrosia.bench.sizes import parse_sizes
@@ -46,8 +47,8 @@ from ambrosia.errors import AmbrosiaError, ConfigError
 
 __all__ = ["main"]
 
-SYSTEMS = ("ambrosia", "grpc", "tcp")
-# The systems that stream payloads; tcp only measures the floor of a round trip.
+SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu")
+# The systems that stream payloads; tcp and cpu only measure the machine's floors.
 STREAMING_SYSTEMS = ("ambrosia", "grpc")
 default_sizes = "16..64K"
 # 13 sizes x 2 systems x (3 s + 1 s warm-up) is about 104 s, leaving room for process
@@ -87,9 +88,10 @@ def _systems_option(allowed: Sequence[str]) -> Callable[[str], list[str]]:
             raise argparse.ArgumentTypeError(
                 f"unknown systems {unknown}; choose from {', '.join(allowed)}"
             )
-        if "tcp" in systems and "tcp" not in allowed:
+        floors_named = [name for name in systems if name not in allowed]
+        if floors_named:
             raise argparse.ArgumentTypeError(
-                "tcp is the ping floor only (a bare TCP echo, nothing to stream); "
+                f"{', '.join(floors_named)}: ping floors only (nothing to stream); "
                 f"this command takes {', '.join(allowed)}"
             )
         return systems
@@ -163,10 +165,10 @@ def _add_common(parser: argparse.ArgumentParser, *, ping: bool = False) -> None:
         "--systems",
         type=_systems_option(allowed),
         default=list(allowed),
-        help="comma list of ambrosia, grpc, tcp (tcp: a bare TCP echo between two "
-        "processes, the machine's floor; default all three)"
+        help="comma list of ambrosia, grpc, tcp, cpu (tcp: a bare TCP echo between two "
+        "processes; cpu: a fixed unit of CPU work; the machine's floors; default all four)"
         if ping
-        else "comma list of ambrosia, grpc (default both; tcp is the ping floor only)",
+        else "comma list of ambrosia, grpc (default both; tcp and cpu are ping floors only)",
     )
     parser.add_argument(
         "--log",
@@ -307,7 +309,11 @@ def _measure_ping(
                     on_progress=progress,
                 )
             elif system == "tcp":
-                result = tcp_side.run_ping(
+                result = floors.run_ping(
+                    count=options.count, warmup=options.warmup, on_progress=progress
+                )
+            elif system == "cpu":
+                result = floors.run_cpu_floor(
                     count=options.count, warmup=options.warmup, on_progress=progress
                 )
             else:

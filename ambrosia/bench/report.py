@@ -369,8 +369,8 @@ def _throughput_markdown(points: Sequence[ThroughputPoint]) -> list[str]:
     return ["## Throughput (paper Figure 5)", "", *_table(header, rows), ""]
 
 
-# Ping's bare TCP echo (``tcp_side``): the row every other tail is read against.
-_PING_LABELS = {"tcp": "tcp (machine floor)"}
+# The machine floors of ping (``floors``): the rows every other tail is read against.
+_PING_LABELS = {"tcp": "tcp (machine floor)", "cpu": "cpu (machine floor)"}
 
 
 def _tail_ratios(results: Sequence[PingResult]) -> str:

@@ -103,8 +103,8 @@ def test_shipped_configs_parse(name: str) -> None:
     arguments = cli.config_arguments(CONFIGS / name)
     options = cli._parser().parse_args(arguments)
     assert options.command in {"throughput", "ping", "cost"}
-    # Table 1 also measures the bare TCP floor; the streaming figures cannot.
-    floor = ["tcp"] if options.command == "ping" else []
+    # Table 1 also measures the machine's floors; the streaming figures cannot.
+    floor = ["tcp", "cpu"] if options.command == "ping" else []
     assert options.systems == ["ambrosia", "grpc", *floor]
 
 
@@ -122,9 +122,21 @@ def test_ping_tcp_floor_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "tcp (machine floor)" in capsys.readouterr().out
 
 
-def test_ping_measures_the_floor_by_default_and_streaming_does_not() -> None:
+def test_ping_cpu_floor_end_to_end(tmp_path: Path) -> None:
+    arguments = ["ping", "--systems", "cpu", "--count", "300", "--warmup", "20"]
+    assert cli.main([*arguments, "--out", str(tmp_path)]) == 0
+    [row] = orjson.loads((tmp_path / "results.json").read_bytes())["ping"]
+    assert row["system"] == "cpu" and row["count"] == 300
+    # A unit is thousands of loop iterations: tens of microseconds at the very least.
+    assert 0.01 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["p999_ms"]
+    text = (tmp_path / "results.md").read_text()
+    assert "| cpu (machine floor) | 300 |" in text
+    assert f"p99.9 / p50: cpu {row['p999_ms'] / row['p50_ms']:.1f}x" in text
+
+
+def test_ping_measures_the_floors_by_default_and_streaming_does_not() -> None:
     parser = cli._parser()
-    assert parser.parse_args(["ping"]).systems == ["ambrosia", "grpc", "tcp"]
+    assert parser.parse_args(["ping"]).systems == ["ambrosia", "grpc", "tcp", "cpu"]
     for command in ("throughput", "cost"):
         assert parser.parse_args([command]).systems == ["ambrosia", "grpc"]
 
@@ -137,7 +149,7 @@ def test_tcp_outside_ping_is_refused(
         cli.main([command, "--systems", "grpc,tcp", "--sizes", "16", "--out", str(tmp_path)])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --systems: tcp is the ping floor only" in err
+    assert "argument --systems: tcp: ping floors only" in err
     assert "Traceback" not in err
     assert not (tmp_path / "results.json").exists()
 
@@ -150,7 +162,7 @@ def test_tcp_outside_ping_is_refused_from_a_config(
     with pytest.raises(SystemExit) as exited:
         cli.main(["run", str(config), "--out", str(tmp_path / "out")])
     assert exited.value.code == 2
-    assert "tcp is the ping floor only" in capsys.readouterr().err
+    assert "tcp: ping floors only" in capsys.readouterr().err
 
 
 def test_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,15 +1,23 @@
-"""The machine's floor for ping: a bare TCP echo between two processes, nothing else.
+"""The machine's floors for ping: what this machine does to any round trip, measured alone.
 
-Why a floor. A round trip between two processes on one machine costs two wake-ups of a
-sleeping process, two passes through the loopback TCP stack and, here, a few Python
-statements on each side. No framework, serializer or log can make a round trip cheaper
-than that, and none can hide what the machine itself does to it: timer ticks, scheduler
-decisions, a hypervisor taking the CPU away. On a small virtual machine that last part
-gives even this echo a tail many times its median. Reading ambrosia's or gRPC's p99.9
-without the floor beside it would blame them for the machine's tail; with it, the part
-each system adds is the difference.
+Two floors, each in its own process, each a row beside ambrosia's and gRPC's:
 
-Processes. ``python -m ambrosia.bench.tcp_side serve [--size S]`` binds 127.0.0.1 on a
+- ``tcp``: a bare TCP echo between two processes, nothing else. A round trip between
+  two processes on one machine costs two wake-ups of a sleeping process, two passes
+  through the loopback TCP stack and a few Python statements on each side. No
+  framework, serializer or log can make a round trip cheaper than that.
+- ``cpu``: no round trip at all: one process runs a fixed unit of Python work (about
+  0.2 ms) again and again, with a pause between units like the idle half of a ping. A
+  machine whose CPU is sometimes taken away (a virtual machine on a busy host) runs
+  some units many times slower; on the development VM every 1-2 s for 50-90 ms, with
+  the unit's p99.9 about 12x its median. A round trip is a few such stretches of work,
+  so its tail cannot be lighter than this one's: the ratio p99.9 / p50 of this row is
+  the lowest any system can show here.
+
+Reading ambrosia's or gRPC's p99.9 without the floors beside it would blame them for
+the machine's tail; with them, the part each system adds is the difference.
+
+Processes. ``python -m ambrosia.bench.floors serve [--size S]`` binds 127.0.0.1 on a
 port the kernel picks, prints ``{"port": P}`` as one JSON line and then, one connection
 at a time until it is killed, reads exactly S bytes and sends them back. ``... client
 --port P --count N --warmup W --size S`` connects, makes W untimed and then N timed round
@@ -19,12 +27,13 @@ lines: progress while it runs, then ``{"event": "samples", "samples_ns": [...]}`
 Both use blocking sockets with TCP_NODELAY, the cheapest path Python has: a blocking
 ``recv`` sleeps in the kernel until the bytes arrive, with no event loop or poll call in
 between, and Nagle's algorithm would otherwise hold a small reply back waiting for an
-acknowledgement.
+acknowledgement. ``... cpu --count N --warmup W`` times N units of the cpu floor after W
+untimed ones, one started every ``--interval`` seconds, and prints the same lines.
 
-The benchmark process starts both children in their own session (a terminal's Ctrl-C
+The benchmark process starts its children in their own session (a terminal's Ctrl-C
 reaches only it), reads their lines with a deadline, and always kills and reaps them by
 their handles, whatever happens. Samples become a row by ``report.latency_summary``, the
-same function the other two systems use, so the three rows are comparable.
+same function the other systems use, so all the rows are comparable.
 """
 
 from __future__ import annotations
@@ -46,9 +55,15 @@ import orjson
 from ambrosia.bench.report import PingResult, latency_summary
 from ambrosia.bench.sizes import size_bytes_max
 
-__all__ = ["SYSTEM", "message_bytes_default", "run_ping"]
+__all__ = ["CPU_SYSTEM", "SYSTEM", "message_bytes_default", "run_cpu_floor", "run_ping"]
 
 SYSTEM = "tcp"
+CPU_SYSTEM = "cpu"
+# One unit of the cpu floor: this many iterations of a small arithmetic loop, about
+# 0.2 ms of CPython on the development machine (it need not match anything exactly: the
+# row's ratio p99.9 / p50 is what matters, and it does not depend on the unit's size
+# while the unit is much shorter than the machine's slow spells).
+cpu_unit_iterations = 2500
 message_bytes_default = 16
 server_start_timeout_s = 20.0
 # Progress lines come every progress_interval_s, so this much silence means a hang.
@@ -146,6 +161,38 @@ def _client(port: int, count: int, warmup: int, size_bytes: int, interval_s: flo
     _emit({"event": "samples", "samples_ns": samples})
 
 
+def _cpu_unit(iterations: int) -> int:
+    total = 0
+    for index in range(iterations):
+        total += index * index
+    return total
+
+
+def _cpu(count: int, warmup: int, interval_s: float) -> None:
+    """Time ``count`` units of fixed CPU work (after ``warmup``), one every ``interval_s``."""
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    started = time.perf_counter()
+    next_report = started + progress_interval_s
+    for index in range(warmup + count):
+        before = clock()
+        _cpu_unit(cpu_unit_iterations)
+        after = clock()
+        if index >= warmup:
+            samples.append(after - before)
+        pause_s = interval_s - (clock() - before) / 1e9
+        if pause_s > 0:
+            time.sleep(pause_s)
+        if index % _round_trips_between_clock_reads == 0:
+            now = time.perf_counter()
+            if now >= next_report:
+                _emit(
+                    {"event": "progress", "done": index + 1, "rate": (index + 1) / (now - started)}
+                )
+                next_report = now + progress_interval_s
+    _emit({"event": "samples", "samples_ns": samples})
+
+
 # -- the benchmark process's side ------------------------------------------------------
 
 
@@ -160,7 +207,7 @@ class _Child:
         )
         self.role = role
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ambrosia.bench.tcp_side", role, *arguments],
+            [sys.executable, "-m", "ambrosia.bench.floors", role, *arguments],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=environment,
@@ -175,7 +222,8 @@ class _Child:
         self._buffer = bytearray()
 
     def name(self) -> str:
-        return f"tcp {self.role} process {self.process.pid}"
+        kind = "cpu floor" if self.role == "cpu" else f"tcp {self.role}"
+        return f"{kind} process {self.process.pid}"
 
     def read_line(self, timeout_s: float) -> bytes:
         deadline = time.monotonic() + timeout_s
@@ -281,11 +329,36 @@ def run_ping(
     return latency_summary(SYSTEM, samples)
 
 
+def run_cpu_floor(
+    *,
+    count: int,
+    warmup: int,
+    on_progress: Callable[[str, float], None],
+    interval_s: float = interval_s_default,
+) -> PingResult:
+    """``count`` timed units of fixed CPU work after ``warmup`` untimed ones, one started
+    every ``interval_s``, in a child process of its own."""
+    _check(count, warmup, message_bytes_default)
+    samples: list[int] | None = None
+    arguments = ["--count", str(count), "--warmup", str(warmup), "--interval", str(interval_s)]
+    with _child("cpu", arguments) as probe:
+        while samples is None:
+            event = probe.read_event(client_silence_timeout_s)
+            if event.get("event") == "progress":
+                on_progress("cpu floor", float(event["rate"]))
+            elif event.get("event") == "samples":
+                samples = [int(sample) for sample in event["samples_ns"]]
+        probe.wait_ok(client_exit_timeout_s)
+    if len(samples) != count:
+        raise RuntimeError(f"cpu floor returned {len(samples)} samples, expected {count}")
+    return latency_summary(CPU_SYSTEM, samples)
+
+
 # -- entry point of the child processes ------------------------------------------------
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ambrosia.bench.tcp_side")
+    parser = argparse.ArgumentParser(prog="python -m ambrosia.bench.floors")
     roles = parser.add_subparsers(dest="role", required=True)
     serve_parser = roles.add_parser("serve")
     serve_parser.add_argument("--size", type=int, default=message_bytes_default)
@@ -295,6 +368,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     client_parser.add_argument("--warmup", type=int, default=0)
     client_parser.add_argument("--size", type=int, default=message_bytes_default)
     client_parser.add_argument("--interval", type=float, default=interval_s_default)
+    cpu_parser = roles.add_parser("cpu")
+    cpu_parser.add_argument("--count", type=int, required=True)
+    cpu_parser.add_argument("--warmup", type=int, default=0)
+    cpu_parser.add_argument("--interval", type=float, default=interval_s_default)
     return parser.parse_args(argv)
 
 
@@ -304,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.role == "serve":
             _check(1, 0, arguments.size)
             serve(arguments.size)
+        elif arguments.role == "cpu":
+            _check(arguments.count, arguments.warmup, message_bytes_default)
+            if not 0 <= arguments.interval <= 1:
+                raise SystemExit(f"--interval must be 0..1 seconds, got {arguments.interval}")
+            _cpu(arguments.count, arguments.warmup, arguments.interval)
         else:
             _check(arguments.count, arguments.warmup, arguments.size)
             if not 0 <= arguments.interval <= 1:

@@ -4,14 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from ambrosia.bench import tcp_side
+from ambrosia.bench import floors
 
 needs_proc = pytest.mark.skipif(
     not Path("/proc/self/task").exists(), reason="needs /proc to find child processes"
 )
 
 
-def _tcp_side_children() -> set[int]:
+def _floors_children() -> set[int]:
     """Children of this process (reaped ones excluded) that run the tcp side."""
     found: set[int] = set()
     for task in Path("/proc/self/task").iterdir():
@@ -24,15 +24,15 @@ def _tcp_side_children() -> set[int]:
                 command = Path(f"/proc/{pid}/cmdline").read_bytes()
             except FileNotFoundError:
                 continue
-            if b"ambrosia.bench.tcp_side" in command:
+            if b"ambrosia.bench.floors" in command:
                 found.add(int(pid))
     return found
 
 
 @needs_proc
 def test_run_ping_end_to_end_in_two_processes() -> None:
-    before = _tcp_side_children()
-    result = tcp_side.run_ping(count=200, warmup=20, on_progress=lambda label, rate: None)
+    before = _floors_children()
+    result = floors.run_ping(count=200, warmup=20, on_progress=lambda label, rate: None)
     assert result.system == "tcp"
     assert result.count == 200
     assert 0 < result.p50_ms <= result.p90_ms <= result.p99_ms <= result.p999_ms
@@ -40,7 +40,7 @@ def test_run_ping_end_to_end_in_two_processes() -> None:
     assert result.mean_ms >= result.p50_ms / 2
     # A loopback echo takes microseconds; a second would mean something else was timed.
     assert result.p50_ms < 1000
-    assert _tcp_side_children() == before  # both children killed and reaped
+    assert _floors_children() == before  # both children killed and reaped
 
 
 def _receive(peer: socket.socket, size: int) -> bytes:
@@ -58,8 +58,8 @@ def _round_trip(peer: socket.socket, message: bytes) -> bytes:
 
 
 def test_server_echoes_whole_messages_only() -> None:
-    with tcp_side._child("serve", ["--size", "5"]) as server:
-        port = int(server.read_event(tcp_side.server_start_timeout_s)["port"])
+    with floors._child("serve", ["--size", "5"]) as server:
+        port = int(server.read_event(floors.server_start_timeout_s)["port"])
         with socket.create_connection(("127.0.0.1", port), timeout=5) as peer:
             peer.sendall(b"abc")
             # Three of five bytes are not a message: nothing may come back yet.
@@ -83,7 +83,7 @@ def test_child_dying_early_names_exit_code_and_stderr() -> None:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
         with (
-            tcp_side._child("client", ["--port", str(port), "--count", "1"]) as client,
+            floors._child("client", ["--port", str(port), "--count", "1"]) as client,
             pytest.raises(RuntimeError) as raised,
         ):
             client.read_event(10)
@@ -95,20 +95,20 @@ def test_child_dying_early_names_exit_code_and_stderr() -> None:
 
 @needs_proc
 def test_interrupt_stops_both_children() -> None:
-    before = _tcp_side_children()
+    before = _floors_children()
     seen: list[set[int]] = []
 
     def interrupt(label: str, rate: float) -> None:
-        seen.append(_tcp_side_children() - before)
+        seen.append(_floors_children() - before)
         raise KeyboardInterrupt
 
     started = time.monotonic()
     # Far more round trips than the first progress line needs (a quarter second).
     with pytest.raises(KeyboardInterrupt):
-        tcp_side.run_ping(count=10_000_000, warmup=0, on_progress=interrupt)
+        floors.run_ping(count=10_000_000, warmup=0, on_progress=interrupt)
     assert time.monotonic() - started < 20
     assert len(seen) == 1 and len(seen[0]) == 2  # server and client were running
-    assert _tcp_side_children() == before  # killed and reaped, not left as zombies
+    assert _floors_children() == before  # killed and reaped, not left as zombies
 
 
 @pytest.mark.parametrize(
@@ -119,4 +119,4 @@ def test_bad_arguments_are_refused_before_starting(
     count: int, warmup: int, size: int, match: str
 ) -> None:
     with pytest.raises(ValueError, match=match):
-        tcp_side.run_ping(count=count, warmup=warmup, size=size, on_progress=lambda *_: None)
+        floors.run_ping(count=count, warmup=warmup, size=size, on_progress=lambda *_: None)
