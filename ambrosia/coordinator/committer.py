@@ -150,6 +150,11 @@ class Committer:
         """Write the pages sealed after this call into chunk ``number``."""
         self._switch_to = number
 
+    @property
+    def switch_pending(self) -> bool:
+        """A chunk switch was asked for and no page has been written to the new chunk yet."""
+        return self._switch_to is not None
+
     # -- the write loop ------------------------------------------------------------------
 
     def _kick(self) -> None:
@@ -244,7 +249,9 @@ class Committer:
         self.delivery_ready.set()
         if marks:
             self._on_durable(marks)
-        if self.chunk_offset >= self.chunk_bytes_max:
+        if self.chunk_offset >= self.chunk_bytes_max and self._switch_to is None:
+            # Not while a switch is pending: a page that was already on its way to the
+            # full chunk when the checkpoint asked for a new one must not ask again.
             self._on_chunk_full()
 
     def take_delivered(self) -> DurablePage | None:

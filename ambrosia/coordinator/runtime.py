@@ -528,7 +528,11 @@ class Runtime:
             dispatcher.checkpoint_requested
             and dispatcher.quiescent
             and self._checkpoint_task is None
+            and self.committer is not None
+            and not self.committer.switch_pending
         ):
+            # Checkpoint n resumes in chunk n, the one after the committer's current chunk:
+            # until the previous checkpoint's switch has happened, that number is taken.
             self._start_checkpoint()
 
     # -- checkpoints -------------------------------------------------------------------------
