@@ -30,28 +30,24 @@ between, and Nagle's algorithm would otherwise hold a small reply back waiting f
 acknowledgement. ``... cpu --count N --warmup W`` times N units of the cpu floor after W
 untimed ones, one started every ``--interval`` seconds, and prints the same lines.
 
-The benchmark process starts its children in their own session (a terminal's Ctrl-C
-reaches only it), reads their lines with a deadline, and always kills and reaps them by
-their handles, whatever happens. Samples become a row by ``report.latency_summary``, the
+The benchmark process runs them as ``children.ChildProcess`` (own session, deadlines,
+always killed and reaped). Samples become a row by ``report.latency_summary``, the
 same function the other systems use, so all the rows are comparable.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import selectors
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import orjson
 
+from ambrosia.bench.children import ChildProcess, child_process
 from ambrosia.bench.report import PingResult, latency_summary
 from ambrosia.bench.sizes import size_bytes_max
 
@@ -69,7 +65,6 @@ server_start_timeout_s = 20.0
 # Progress lines come every progress_interval_s, so this much silence means a hang.
 client_silence_timeout_s = 30.0
 client_exit_timeout_s = 10.0
-child_reap_timeout_s = 5.0
 progress_interval_s = 0.25
 # One round trip started every half millisecond, about the rate of the other two systems'
 # pings here: unpaced, 10,000 echoes take a quarter of a second and may fall between the
@@ -77,7 +72,6 @@ progress_interval_s = 0.25
 # floor would not have been exposed to the same stretch of machine time as the others.
 interval_s_default = 0.0005
 _round_trips_between_clock_reads = 64
-_stderr_tail_chars = 2000
 _listen_backlog = 4
 
 
@@ -196,96 +190,9 @@ def _cpu(count: int, warmup: int, interval_s: float) -> None:
 # -- the benchmark process's side ------------------------------------------------------
 
 
-class _Child:
-    """One child process whose stdout is read line by line, each line with a deadline."""
-
-    def __init__(self, role: str, arguments: list[str]) -> None:
-        package_root = str(Path(__file__).resolve().parents[2])
-        environment = dict(os.environ)
-        environment["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [package_root, environment.get("PYTHONPATH")])
-        )
-        self.role = role
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ambrosia.bench.floors", role, *arguments],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=environment,
-            # Own session: a terminal's Ctrl-C reaches the benchmark process only, which
-            # then kills this child by its handle.
-            start_new_session=True,
-        )
-        assert self.process.stdout is not None
-        self._stdout = self.process.stdout
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._stdout, selectors.EVENT_READ)
-        self._buffer = bytearray()
-
-    def name(self) -> str:
-        kind = "cpu floor" if self.role == "cpu" else f"tcp {self.role}"
-        return f"{kind} process {self.process.pid}"
-
-    def read_line(self, timeout_s: float) -> bytes:
-        deadline = time.monotonic() + timeout_s
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._selector.select(remaining):
-                raise RuntimeError(f"{self.name()} said nothing for {timeout_s:.0f} s")
-            chunk = os.read(self._stdout.fileno(), 1 << 16)
-            if not chunk:
-                raise RuntimeError(f"{self.name()} exited early{self.exit_report()}")
-            self._buffer += chunk
-        line, _, rest = bytes(self._buffer).partition(b"\n")
-        self._buffer = bytearray(rest)
-        return line
-
-    def read_event(self, timeout_s: float) -> dict[str, Any]:
-        line = self.read_line(timeout_s)
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError as error:
-            raise RuntimeError(f"{self.name()} printed {line[:200]!r}") from error
-        if not isinstance(event, dict):
-            raise RuntimeError(f"{self.name()} printed {line[:200]!r}")
-        return event
-
-    def exit_report(self) -> str:
-        try:
-            code = self.process.wait(timeout=child_reap_timeout_s)
-        except subprocess.TimeoutExpired:
-            return " (closed its output but is still running)"
-        assert self.process.stderr is not None
-        text = self.process.stderr.read().decode(errors="replace").strip()
-        tail = f": {text[-_stderr_tail_chars:]}" if text else ", no output on stderr"
-        return f" with exit code {code}{tail}"
-
-    def wait_ok(self, timeout_s: float) -> None:
-        try:
-            code = self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired as error:
-            raise RuntimeError(f"{self.name()} did not exit within {timeout_s:.0f} s") from error
-        if code != 0:
-            raise RuntimeError(f"{self.name()} failed{self.exit_report()}")
-
-    def stop(self) -> None:
-        # Nothing of the child's state is worth a graceful exit: kill, then reap, so no
-        # zombie or orphan outlives the run.
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self._selector.close()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@contextmanager
-def _child(role: str, arguments: list[str]) -> Iterator[_Child]:
-    child = _Child(role, arguments)
-    try:
-        yield child
-    finally:
-        child.stop()
+def _child(role: str, arguments: list[str]) -> AbstractContextManager[ChildProcess]:
+    label = "cpu floor" if role == "cpu" else f"tcp {role}"
+    return child_process("ambrosia.bench.floors", [role, *arguments], label=label)
 
 
 def _check(count: int, warmup: int, size: int) -> None:

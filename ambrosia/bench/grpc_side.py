@@ -41,21 +41,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import selectors
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ambrosia.bench.children import ChildProcess, child_process
 from ambrosia.bench.report import (
     PartialRun,
     PingResult,
@@ -340,85 +337,14 @@ def _client_ping(port: int, count: int, warmup: int) -> None:
 # -- the benchmark process's side: start children, read their lines ---------------------
 
 
-class _Child:
-    """A subprocess whose stdout is read line by line with a deadline."""
-
-    def __init__(self, arguments: list[str]) -> None:
-        package_root = str(Path(__file__).resolve().parents[2])
-        environment = dict(os.environ)
-        environment["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [package_root, environment.get("PYTHONPATH")])
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ambrosia.bench.grpc_side", *arguments],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=environment,
-            # Own session: a terminal's Ctrl-C goes to the benchmark process only, which
-            # then stops this child by its PID.
-            start_new_session=True,
-        )
-        assert self.process.stdout is not None
-        self._stdout = self.process.stdout
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._stdout, selectors.EVENT_READ)
-        self._buffer = bytearray()
-
-    def read_line(self, timeout_s: float) -> bytes:
-        deadline = time.monotonic() + timeout_s
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._selector.select(remaining):
-                raise RuntimeError(f"{self._name()} said nothing for {timeout_s:.0f} s")
-            chunk = os.read(self._stdout.fileno(), 1 << 16)
-            if not chunk:
-                raise RuntimeError(f"{self._name()} exited early{self._stderr_tail()}")
-            self._buffer += chunk
-        line, _, rest = bytes(self._buffer).partition(b"\n")
-        self._buffer = bytearray(rest)
-        return line
-
-    def _name(self) -> str:
-        return f"gRPC benchmark process {self.process.pid}"
-
-    def _stderr_tail(self) -> str:
-        try:
-            self.process.wait(timeout=5)
-            assert self.process.stderr is not None
-            text = self.process.stderr.read().decode(errors="replace").strip()
-        except subprocess.TimeoutExpired:
-            return ""
-        return f" (exit {self.process.returncode}): {text[-2000:]}" if text else ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._selector.close()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
-
-    def wait_ok(self, timeout_s: float) -> None:
-        try:
-            code = self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired as error:
-            raise RuntimeError(f"{self._name()} did not exit") from error
-        if code != 0:
-            raise RuntimeError(f"{self._name()} failed with exit {code}{self._stderr_tail()}")
+_MODULE = "ambrosia.bench.grpc_side"
+_LABEL = "gRPC benchmark"
+# Terminated first, killed after this grace period: the gRPC server shuts down cleanly.
+_GRACEFUL_STOP_S = 3.0
 
 
-@contextmanager
-def _child(arguments: list[str]) -> Iterator[_Child]:
-    child = _Child(arguments)
-    try:
-        yield child
-    finally:
-        child.stop()
+def _child(arguments: list[str]) -> AbstractContextManager[ChildProcess]:
+    return child_process(_MODULE, arguments, label=_LABEL, graceful_stop_s=_GRACEFUL_STOP_S)
 
 
 class GrpcServer:
@@ -426,14 +352,16 @@ class GrpcServer:
 
     def __init__(self) -> None:
         self.port = 0
-        self._child: _Child | None = None
+        self._child: ChildProcess | None = None
 
     @property
     def pid(self) -> int | None:
         return self._child.process.pid if self._child else None
 
     def __enter__(self) -> GrpcServer:
-        self._child = _Child(["serve", "--port", "0"])
+        self._child = ChildProcess(
+            _MODULE, ["serve", "--port", "0"], label=_LABEL, graceful_stop_s=_GRACEFUL_STOP_S
+        )
         try:
             self.port = int(self._child.read_line(server_start_timeout_s))
         except BaseException:
@@ -446,7 +374,7 @@ class GrpcServer:
             self._child.stop()
 
 
-def _events(child: _Child, timeout_s: float) -> Iterable[dict[str, Any]]:
+def _events(child: ChildProcess, timeout_s: float) -> Iterable[dict[str, Any]]:
     while True:
         try:
             line = child.read_line(timeout_s)
