@@ -114,77 +114,71 @@ def serve(size_bytes: int) -> None:
                     connection.sendall(view)
 
 
-def _client(port: int, count: int, warmup: int, size_bytes: int, interval_s: float) -> None:
-    payload = bytes(index % 256 for index in range(size_bytes))
-    reply = bytearray(size_bytes)
-    view = memoryview(reply)
-    clock = time.perf_counter_ns
-    samples: list[int] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=server_start_timeout_s) as peer:
-        # Blocking from here on: a timeout would turn every recv into a poll plus a recv.
-        peer.settimeout(None)
-        _no_delay(peer)
-        started = time.perf_counter()
-        next_report = started + progress_interval_s
-        for index in range(warmup + count):
-            before = clock()
-            peer.sendall(payload)
-            complete = _receive_exactly(peer, view)
-            after = clock()
-            if not complete:
-                raise ConnectionError(f"server closed the connection at round trip {index}")
-            if index >= warmup:
-                samples.append(after - before)
-            # Untimed pause: the next round trip starts interval_s after this one did.
-            pause_s = interval_s - (clock() - before) / 1e9
-            if pause_s > 0:
-                time.sleep(pause_s)
-            if index % _round_trips_between_clock_reads == 0:
-                if reply != payload:
-                    raise RuntimeError(f"echo differs from what was sent at round trip {index}")
-                now = time.perf_counter()
-                if now >= next_report:
-                    _emit(
-                        {
-                            "event": "progress",
-                            "done": index + 1,
-                            "rate": (index + 1) / (now - started),
-                        }
-                    )
-                    next_report = now + progress_interval_s
-    _emit({"event": "samples", "samples_ns": samples})
-
-
-def _cpu_unit(iterations: int) -> int:
-    total = 0
-    for index in range(iterations):
-        total += index * index
-    return total
-
-
-def _cpu(count: int, warmup: int, interval_s: float) -> None:
-    """Time ``count`` units of fixed CPU work (after ``warmup``), one every ``interval_s``."""
+def _timed_units(
+    unit: Callable[[int], None],
+    count: int,
+    warmup: int,
+    interval_s: float,
+    check: Callable[[int], None] | None = None,
+) -> None:
+    """Time ``unit(index)`` ``warmup + count`` times, one started every ``interval_s``;
+    print progress while it runs and the timed samples (after the warm-up) at the end.
+    ``check(index)``, outside the timed part, runs on the units where progress is read."""
     clock = time.perf_counter_ns
     samples: list[int] = []
     started = time.perf_counter()
     next_report = started + progress_interval_s
     for index in range(warmup + count):
         before = clock()
-        _cpu_unit(cpu_unit_iterations)
+        unit(index)
         after = clock()
         if index >= warmup:
             samples.append(after - before)
+        # Untimed pause: the next unit starts interval_s after this one did.
         pause_s = interval_s - (clock() - before) / 1e9
         if pause_s > 0:
             time.sleep(pause_s)
         if index % _round_trips_between_clock_reads == 0:
+            if check is not None:
+                check(index)
             now = time.perf_counter()
             if now >= next_report:
-                _emit(
-                    {"event": "progress", "done": index + 1, "rate": (index + 1) / (now - started)}
-                )
+                rate = (index + 1) / (now - started)
+                _emit({"event": "progress", "done": index + 1, "rate": rate})
                 next_report = now + progress_interval_s
     _emit({"event": "samples", "samples_ns": samples})
+
+
+def _client(port: int, count: int, warmup: int, size_bytes: int, interval_s: float) -> None:
+    payload = bytes(index % 256 for index in range(size_bytes))
+    reply = bytearray(size_bytes)
+    view = memoryview(reply)
+    with socket.create_connection(("127.0.0.1", port), timeout=server_start_timeout_s) as peer:
+        # Blocking from here on: a timeout would turn every recv into a poll plus a recv.
+        peer.settimeout(None)
+        _no_delay(peer)
+
+        def round_trip(index: int) -> None:
+            peer.sendall(payload)
+            if not _receive_exactly(peer, view):
+                raise ConnectionError(f"server closed the connection at round trip {index}")
+
+        def check(index: int) -> None:
+            if reply != payload:
+                raise RuntimeError(f"echo differs from what was sent at round trip {index}")
+
+        _timed_units(round_trip, count, warmup, interval_s, check)
+
+
+def _cpu_unit(_: int) -> None:
+    total = 0
+    for index in range(cpu_unit_iterations):
+        total += index * index
+
+
+def _cpu(count: int, warmup: int, interval_s: float) -> None:
+    """Time ``count`` units of fixed CPU work (after ``warmup``), one every ``interval_s``."""
+    _timed_units(_cpu_unit, count, warmup, interval_s)
 
 
 # -- the benchmark process's side ------------------------------------------------------
@@ -215,25 +209,33 @@ def run_ping(
     """``count`` timed echo round trips of ``size`` bytes after ``warmup`` untimed ones,
     one started every ``interval_s`` (0: back to back)."""
     _check(count, warmup, size)
-    samples: list[int] | None = None
     with _child("serve", ["--size", str(size)]) as server:
         port = int(server.read_event(server_start_timeout_s)["port"])
         client_arguments = ["--port", str(port), "--count", str(count)]
         client_arguments += ["--warmup", str(warmup), "--size", str(size)]
         client_arguments += ["--interval", str(interval_s)]
         with _child("client", client_arguments) as client:
-            while samples is None:
-                event = client.read_event(client_silence_timeout_s)
-                if event.get("event") == "progress":
-                    on_progress("tcp ping", float(event["rate"]))
-                elif event.get("event") == "samples":
-                    samples = [int(sample) for sample in event["samples_ns"]]
-            client.wait_ok(client_exit_timeout_s)
+            samples = _samples(client, "tcp ping", count, on_progress)
         if server.process.poll() is not None:
             raise RuntimeError(f"{server.name()} exited during the run{server.exit_report()}")
-    if len(samples) != count:
-        raise RuntimeError(f"tcp ping returned {len(samples)} samples, expected {count}")
     return latency_summary(SYSTEM, samples)
+
+
+def _samples(
+    child: ChildProcess, label: str, count: int, on_progress: Callable[[str, float], None]
+) -> list[int]:
+    """Read a timing child's progress lines until its samples; check it exits cleanly."""
+    samples: list[int] | None = None
+    while samples is None:
+        event = child.read_event(client_silence_timeout_s)
+        if event.get("event") == "progress":
+            on_progress(label, float(event["rate"]))
+        elif event.get("event") == "samples":
+            samples = [int(sample) for sample in event["samples_ns"]]
+    child.wait_ok(client_exit_timeout_s)
+    if len(samples) != count:
+        raise RuntimeError(f"{label} returned {len(samples)} samples, expected {count}")
+    return samples
 
 
 def run_cpu_floor(
@@ -246,18 +248,9 @@ def run_cpu_floor(
     """``count`` timed units of fixed CPU work after ``warmup`` untimed ones, one started
     every ``interval_s``, in a child process of its own."""
     _check(count, warmup, message_bytes_default)
-    samples: list[int] | None = None
     arguments = ["--count", str(count), "--warmup", str(warmup), "--interval", str(interval_s)]
     with _child("cpu", arguments) as probe:
-        while samples is None:
-            event = probe.read_event(client_silence_timeout_s)
-            if event.get("event") == "progress":
-                on_progress("cpu floor", float(event["rate"]))
-            elif event.get("event") == "samples":
-                samples = [int(sample) for sample in event["samples_ns"]]
-        probe.wait_ok(client_exit_timeout_s)
-    if len(samples) != count:
-        raise RuntimeError(f"cpu floor returned {len(samples)} samples, expected {count}")
+        samples = _samples(probe, "cpu floor", count, on_progress)
     return latency_summary(CPU_SYSTEM, samples)
 
 

@@ -338,14 +338,10 @@ class PageBuilder:
             # known now, and leaving it open would mean moving its bytes to insert the
             # header later (megabytes, when a page is filled by one busy peer's batches).
             self._close_open_group()
-            buffer = self._buffer
-            buffer += encode_zigzag_int(len(source_bytes))
-            buffer += source_bytes
-            buffer += encode_zigzag_long(first_seq)
-            buffer += encode_zigzag_int(count)
-            buffer += encode_zigzag_int(replayable_count)
-            buffer += encode_zigzag_int(len(messages))
-            buffer += messages
+            self._buffer += _group_header(
+                source_bytes, first_seq, count, replayable_count, len(messages)
+            )
+            self._buffer += messages
             self._closed_group_count += 1
             return
         else:
@@ -478,19 +474,30 @@ class PageBuilder:
     def _close_open_group(self) -> None:
         if self._open_source is None:
             return
-        header = b"".join(
-            (
-                encode_zigzag_int(len(self._open_source_bytes)),
-                self._open_source_bytes,
-                encode_zigzag_long(self._open_first_seq),
-                encode_zigzag_int(self._open_count),
-                encode_zigzag_int(self._open_replayable_count),
-                encode_zigzag_int(len(self._buffer) - self._open_start),
-            )
+        self._buffer[self._open_start : self._open_start] = _group_header(
+            self._open_source_bytes,
+            self._open_first_seq,
+            self._open_count,
+            self._open_replayable_count,
+            len(self._buffer) - self._open_start,
         )
-        self._buffer[self._open_start : self._open_start] = header
         self._closed_group_count += 1
         self._open_source = None
+
+
+def _group_header(
+    source_bytes: bytes, first_seq: int, count: int, replayable_count: int, length: int
+) -> bytes:
+    return b"".join(
+        (
+            encode_zigzag_int(len(source_bytes)),
+            source_bytes,
+            encode_zigzag_long(first_seq),
+            encode_zigzag_int(count),
+            encode_zigzag_int(replayable_count),
+            encode_zigzag_int(length),
+        )
+    )
 
 
 # -- decoding --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from ambrosia.backends import memory, open_store
+from ambrosia.backends.base import LogStore
 from ambrosia.binding.immortal import Immortal, impulse, rpc
 from ambrosia.coordinator.runtime import Config, Runtime
 from ambrosia.testing.workloads import chain_step, expected_chain
@@ -83,15 +84,11 @@ class Sender(Immortal):
             self.this.step.fork()
 
 
-class Pair:
-    """A Recorder ("server") and a Sender ("client") on 127.0.0.1, memory:// logs."""
+class Peers:
+    """Runtimes on 127.0.0.1 that find each other by name (ports known once listening)."""
 
-    def __init__(self, store_name: str, config: Config | None = None) -> None:
-        self.store_name = store_name
-        self.config = config or Config(checkpoint_log_bytes=1 << 20)
+    def __init__(self) -> None:
         self.ports: dict[str, int] = {}
-        self.server: Runtime | None = None
-        self.client: Runtime | None = None
 
     async def resolve(self, name: str) -> tuple[str, int]:
         port = self.ports.get(name)
@@ -99,20 +96,37 @@ class Pair:
             raise OSError(f"{name} is not listening yet")
         return "127.0.0.1", port
 
-    async def start_runtime(self, name: str, factory: Callable[[], Immortal]) -> Runtime:
-        store = await open_store(f"memory://{self.store_name}", name)
+    async def start(
+        self, name: str, factory: Callable[[], Immortal], store: LogStore, config: Config
+    ) -> Runtime:
+        """Start a runtime on a free port and wait until it is primary."""
         runtime = Runtime(
             instance=name,
             app_factory=factory,
             store=store,
             listen=("127.0.0.1", 0),
             resolve=self.resolve,
-            config=self.config,
+            config=config,
         )
         await runtime.start()
         self.ports[name] = runtime.bound_port
         await asyncio.wait_for(runtime.primary.wait(), 5)
         return runtime
+
+
+class Pair:
+    """A Recorder ("server") and a Sender ("client") on 127.0.0.1, memory:// logs."""
+
+    def __init__(self, store_name: str, config: Config | None = None) -> None:
+        self.store_name = store_name
+        self.config = config or Config(checkpoint_log_bytes=1 << 20)
+        self.peers = Peers()
+        self.server: Runtime | None = None
+        self.client: Runtime | None = None
+
+    async def start_runtime(self, name: str, factory: Callable[[], Immortal]) -> Runtime:
+        store = await open_store(f"memory://{self.store_name}", name)
+        return await self.peers.start(name, factory, store, self.config)
 
     async def start(self) -> None:
         self.server = await self.start_runtime("server", Recorder)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from coordinator_peers import Peers
+
 from ambrosia.backends import open_store
 from ambrosia.backends.base import Lease, LogStore
 from ambrosia.backends.faults import FaultInjectingStore, FaultRates
 from ambrosia.binding.immortal import Immortal, impulse, rpc
-from ambrosia.coordinator.runtime import Config, Runtime
+from ambrosia.coordinator.runtime import Config
 
 CHUNK_BYTES = 256 * 1024
 PAYLOAD = bytes(30_000)
@@ -66,39 +68,20 @@ class SlowAppends(FaultInjectingStore):
 
 
 def test_one_checkpoint_per_full_chunk(tmp_path: Path) -> None:
-    ports: dict[str, int] = {}
-
-    async def resolve(name: str) -> tuple[str, int]:
-        if name not in ports:
-            raise OSError(f"{name} is not listening yet")
-        return "127.0.0.1", ports[name]
-
-    async def start(name: str, app: type[Immortal], store: LogStore, config: Config) -> Runtime:
-        runtime = Runtime(
-            instance=name,
-            app_factory=app,
-            store=store,
-            listen=("127.0.0.1", 0),
-            resolve=resolve,
-            config=config,
-        )
-        await runtime.start()
-        ports[name] = runtime.bound_port
-        await asyncio.wait_for(runtime.primary.wait(), 5)
-        return runtime
+    peers = Peers()
 
     async def scenario() -> tuple[list[int], list[tuple[int, int]]]:
         sink_store: LogStore = SlowAppends(
             await open_store(f"file://{tmp_path}", "sink"), seed=1, rates=FaultRates()
         )
         flood_store = await open_store(f"file://{tmp_path}", "flood")
-        sink = await start(
+        sink = await peers.start(
             "sink",
             Sink,
             sink_store,
             Config(page_bytes_max=2 << 20, checkpoint_log_bytes=CHUNK_BYTES, checkpoints_kept=1000),
         )
-        flood = await start("flood", Flood, flood_store, Config())
+        flood = await peers.start("flood", Flood, flood_store, Config())
         try:
             assert sink.dispatcher is not None and flood.dispatcher is not None
             sink_app = sink.dispatcher.app

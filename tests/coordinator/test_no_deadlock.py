@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from coordinator_peers import Peers
+
 from ambrosia import Immortal, rpc
 from ambrosia.backends import open_store
 from ambrosia.coordinator.runtime import Config, Runtime
@@ -49,26 +51,12 @@ class Player(Immortal):
 
 
 async def _play(directory: Path, config: Config, timeout_s: float) -> tuple[Player, Player]:
-    ports: dict[str, int] = {}
-
-    async def resolve(name: str) -> tuple[str, int]:
-        return ("127.0.0.1", ports[name])
-
+    peers = Peers()
     runtimes: list[Runtime] = []
     try:
         for name in ("left", "right"):
             store = await open_store(directory.as_uri(), name)
-            runtime = Runtime(
-                instance=name,
-                app_factory=Player,
-                store=store,
-                listen=("127.0.0.1", 0),
-                resolve=resolve,
-                config=config,
-            )
-            await runtime.start()
-            ports[name] = runtime.bound_port
-            runtimes.append(runtime)
+            runtimes.append(await peers.start(name, Player, store, config))
         players = [runtime.dispatcher.app for runtime in runtimes if runtime.dispatcher]
         assert all(isinstance(player, Player) for player in players)
         left, right = players
