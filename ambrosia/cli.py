@@ -203,6 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="lease renewal period (default 10, or a third of the store's lease_duration_s)",
     )
+    transport = run.add_argument_group(
+        "transport",
+        "links between coordinators use mutual TLS (a private CA; see `ambrosia certs`); "
+        "plain TCP only when chosen with --plaintext",
+    )
+    transport.add_argument("--tls-cert", metavar="PATH", help="this instance's certificate (PEM)")
+    transport.add_argument("--tls-key", metavar="PATH", help="its private key (PEM)")
+    transport.add_argument(
+        "--tls-ca", metavar="PATH", help="the deployment's CA certificate (PEM), the only trust"
+    )
+    transport.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=None,
+        help="plain TCP, unauthenticated: only if this instance and its peers are on loopback",
+    )
+    transport.add_argument(
+        "--plaintext-beyond-loopback",
+        action="store_true",
+        default=None,
+        help="with --plaintext: allow non-loopback addresses too (anyone who can reach the "
+        "port can then act as any instance)",
+    )
     run.set_defaults(handler=_run)
 
     log = commands.add_parser(

@@ -84,7 +84,7 @@ def refused(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
 
 def run_until_primary_then_stop(cli: Cli, *args: str) -> str:
     """Start ``ambrosia run ...``, wait until it is primary, SIGTERM it; its output."""
-    process = cli.start("run", *args)
+    process = cli.start("run", *args, "--plaintext")
     output: list[str] = []
     try:
         assert process.stdout is not None
@@ -153,9 +153,11 @@ def test_run_refuses_a_bad_deployment_file_naming_file_and_key(tmp_path: Path) -
     cli.register("server", f"file://{tmp_path}/log")
     config = tmp_path / "ambrosia.toml"
     config.write_text("[coordinator]\ncheckpoint_log_byte = 1000\n")
-    refused(cli("run", "server"), f"{config}: coordinator.checkpoint_log_byte: unknown")
+    refused(
+        cli("run", "server", "--plaintext"), f"{config}: coordinator.checkpoint_log_byte: unknown"
+    )
     config.write_text("[coordinator\n")
-    refused(cli("run", "server"), f"{config}: not valid TOML")
+    refused(cli("run", "server", "--plaintext"), f"{config}: not valid TOML")
     assert not cli.ran("server")
 
 
@@ -188,7 +190,7 @@ def test_run_precedence_command_line_file_registration(tmp_path: Path) -> None:
 def test_run_refuses_a_malformed_log_url(tmp_path: Path, log_url: str, fragment: str) -> None:
     cli = Cli(tmp_path)
     address = cli.register("server", f"file://{tmp_path}/log")
-    refused(cli("run", "server", "--log", log_url), fragment)
+    refused(cli("run", "server", "--plaintext", "--log", log_url), fragment)
     assert not cli.ran("server")
     assert not (tmp_path / "log").exists()
     with socket.socket() as probe:  # the coordinator never listened
@@ -202,7 +204,7 @@ def test_run_refuses_a_busy_address_and_releases_the_lease(tmp_path: Path) -> No
     with socket.socket() as squatter:
         squatter.bind((host, int(port)))
         squatter.listen()
-        done = cli("run", "server", "--lease-wait-s", "0")
+        done = cli("run", "server", "--plaintext", "--lease-wait-s", "0")
     assert done.returncode == 2, done.stderr
     assert f"server cannot listen on {address}" in done.stderr, done.stderr
     # The failed start gave its lease back: the next start does not wait for it.
@@ -228,15 +230,15 @@ def test_s3_missing_bucket_credentials_and_endpoint(
 
     cli = Cli(tmp_path, {**no_credentials, **endpoint})
     cli.register("server", log_url)
-    refused(cli("run", "server"), "no AWS credentials")
+    refused(cli("run", "server", "--plaintext"), "no AWS credentials")
 
     cli = Cli(tmp_path, {**credentials, "AMBROSIA_S3_ENDPOINT_URL": closed_endpoint()})
     started_s = time.monotonic()
-    refused(cli("run", "server"), "cannot reach")
+    refused(cli("run", "server", "--plaintext"), "cannot reach")
     assert time.monotonic() - started_s < 20
 
     cli = Cli(tmp_path, {**credentials, **endpoint})
-    refused(cli("run", "server"), f"bucket {bucket!r}", "does not exist")
+    refused(cli("run", "server", "--plaintext"), f"bucket {bucket!r}", "does not exist")
     assert not cli.ran("server")
     output = run_until_primary_then_stop(cli, "server", "--create-storage")
     assert "lease taken, epoch 1" in output
@@ -251,18 +253,18 @@ def test_azblob_missing_container_credentials_and_endpoint(
     log_url = f"azblob://{container}/logs"
     cli = Cli(tmp_path, {"AZURE_STORAGE_CONNECTION_STRING": "", "AZURE_STORAGE_ACCOUNT_URL": ""})
     cli.register("server", log_url)
-    refused(cli("run", "server"), "no Azure Blob credentials")
+    refused(cli("run", "server", "--plaintext"), "no Azure Blob credentials")
 
     unreachable = azurite.connection_string.replace(
         f"127.0.0.1:{azurite.blob_port}", closed_endpoint().removeprefix("http://")
     )
     cli = Cli(tmp_path, {"AZURE_STORAGE_CONNECTION_STRING": unreachable})
     started_s = time.monotonic()
-    refused(cli("run", "server"), "cannot reach Azure Blob storage")
+    refused(cli("run", "server", "--plaintext"), "cannot reach Azure Blob storage")
     assert time.monotonic() - started_s < 20
 
     cli = Cli(tmp_path, {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
-    refused(cli("run", "server"), f"container {container!r}", "does not exist")
+    refused(cli("run", "server", "--plaintext"), f"container {container!r}", "does not exist")
     assert not cli.ran("server")
     output = run_until_primary_then_stop(
         cli, "server", "--create-storage", "--store-option", "lease_duration_s=15"

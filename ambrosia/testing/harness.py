@@ -100,8 +100,9 @@ class Deployment:
         count = self.starts.get(key, 0) + 1
         self.starts[key] = count
         log = open(self.directory / f"{key}.{count}.log", "wb")  # noqa: SIM115
+        command = [sys.executable, "-m", "ambrosia.cli", "run", name]
         process = subprocess.Popen(
-            [sys.executable, "-m", "ambrosia.cli", "run", name, *self.run_args, *args],
+            [*command, *self.transport_args(), *self.run_args, *args],
             env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -110,6 +111,10 @@ class Deployment:
         log.close()
         self.processes[key] = process
         return process
+
+    def transport_args(self) -> tuple[str, ...]:
+        """How the processes of this deployment talk to each other: loopback plain TCP."""
+        return ("--plaintext",)
 
     def kill(self, name: str) -> None:
         process = self.processes.get(name)
