@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import os
-import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from ambrosia.backends import LogStore, open_store
 from ambrosia.binding.immortal import Immortal
 from ambrosia.catalog import Catalog, default_catalog_url, open_catalog
 from ambrosia.coordinator.runtime import Config, Runtime
+from ambrosia.coordinator.watchdog import HandlerWatchdog, SignalStop
 from ambrosia.deployment import DeploymentFile, load_deployment, resolve_run
 from ambrosia.errors import ConfigError
 
@@ -153,27 +155,82 @@ async def serve(
 
 
 async def _run(runtime: Runtime, name: str, listen: tuple[str, int]) -> int:
+    """Start ``runtime`` and serve until it fails or a signal asks it to stop.
+
+    Signals and stuck handlers are watched from threads of their own
+    (``ambrosia.coordinator.watchdog``): SIGTERM ends the process within
+    ``Config.shutdown_grace_s`` even when a handler never returns, and such a handler is
+    named after ``Config.handler_warning_s``, during replay too.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
+    watchdog = HandlerWatchdog(warning_after_s=runtime.config.handler_warning_s)
+    signals = SignalStop(
+        name=name,
+        grace_s=runtime.config.shutdown_grace_s,
+        request_stop=functools.partial(_call_soon_threadsafe, loop, stop.set),
+    )
+    # Python lets only the main thread set signal handlers; ``serve`` run elsewhere (an
+    # embedding application's thread) leaves signals to that application.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    watchdog.start()
+    if on_main_thread:
+        signals.install()
     try:
-        await runtime.start()
-    except BaseException as error:
-        with contextlib.suppress(Exception):
-            await runtime.stop()  # releases the lease if it was taken
-        if isinstance(error, OSError):
-            host, port = listen
-            raise ConfigError(f"{name} cannot listen on {host}:{port}: {error}") from error
-        raise
-    stopped = loop.create_task(runtime.stopped.wait())
+        return await _serve_until_stopped(runtime, name, listen, stop)
+    finally:
+        if on_main_thread:
+            signals.uninstall()
+        watchdog.stop()
+
+
+def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to stop
+        loop.call_soon_threadsafe(callback)
+
+
+async def _serve_until_stopped(
+    runtime: Runtime, name: str, listen: tuple[str, int], stop: asyncio.Event
+) -> int:
+    loop = asyncio.get_running_loop()
     asked = loop.create_task(stop.wait())
-    await asyncio.wait({stopped, asked}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    asked.cancel()
+    try:
+        if not await _start(runtime, name, listen, asked):
+            logger.info("%s: stopped during start-up", name)
+            return 0
+        stopped = loop.create_task(runtime.stopped.wait())
+        try:
+            await asyncio.wait({stopped, asked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+    finally:
+        asked.cancel()
     await runtime.stop()
     if runtime.failure is not None:
         logger.error("%s stopped: %s", name, runtime.failure)
         return 1
     return 0
+
+
+async def _start(
+    runtime: Runtime, name: str, listen: tuple[str, int], asked: asyncio.Task[Any]
+) -> bool:
+    """Start ``runtime``; False when a stop was asked first (a lease wait can be long)."""
+    starting = asyncio.get_running_loop().create_task(runtime.start())
+    try:
+        await asyncio.wait({starting, asked}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not starting.done():
+            starting.cancel()
+            await asyncio.wait({starting})
+    error = None if starting.cancelled() else starting.exception()
+    if error is None and not starting.cancelled():
+        return True
+    with contextlib.suppress(Exception):
+        await runtime.stop()  # releases the lease if it was taken
+    if error is None:
+        return False
+    if isinstance(error, OSError):
+        host, port = listen
+        raise ConfigError(f"{name} cannot listen on {host}:{port}: {error}") from error
+    raise error

@@ -33,6 +33,8 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ambrosia.binding import codec
@@ -136,6 +138,10 @@ class Dispatcher:
         self.unblocked = asyncio.Event()
         self.checkpoint_requested = False
         self.handler_errors = 0
+        # Set by the runtime per page and per group (never per message), so that a stuck
+        # call can be named (``running_call``); -1: the caller did not say.
+        self.page_sequence = -1
+        self.group_first_seq = -1
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bind(app)
 
@@ -523,3 +529,70 @@ class Dispatcher:
     def restore_binding_state(self, values: dict[str, Any]) -> None:
         self.next_call_id = int(values["next_call_id"])
         self.started = bool(values["started"])
+
+
+# -- what a stuck dispatcher is running (read from another thread) ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunningCall:
+    """The logged call a ``Dispatcher.dispatch`` frame is running."""
+
+    instance: str
+    source: str
+    seq: int | None  # the call's number in its source's stream; None when unknown
+    page_sequence: int  # the log page holding it; -1 when unknown
+    replaying: bool
+
+    def describe(self) -> str:
+        call = f"call {self.seq}" if self.seq is not None else "a call"
+        page = f", log page {self.page_sequence}" if self.page_sequence >= 0 else ""
+        during = ", during replay" if self.replaying else ""
+        return f"{call} from {self.source}{page}{during}"
+
+
+_DISPATCH_CODE = Dispatcher.dispatch.__code__
+
+
+def running_call(frame: FrameType) -> RunningCall | None:
+    """The call ``frame`` is dispatching, if it is a frame of ``Dispatcher.dispatch``.
+
+    For a watchdog thread looking at the main thread's stack: the message being run is
+    where ``dispatch``'s local ``position`` points, so naming it costs the dispatcher
+    nothing, where recording each message's position would cost the hot path a store per
+    message. The locals only change between bytecodes, and this runs with the GIL, so
+    they are consistent; a value that does not parse still only yields "unknown".
+    """
+    if frame.f_code is not _DISPATCH_CODE:
+        return None
+    values = frame.f_locals
+    dispatcher = values.get("self")
+    if not isinstance(dispatcher, Dispatcher):
+        return None
+    seq = None
+    if dispatcher.group_first_seq >= 0:
+        index = _message_index(values.get("data"), values.get("position"))
+        seq = None if index is None else dispatcher.group_first_seq + index
+    return RunningCall(
+        instance=dispatcher.instance,
+        source=str(values.get("source")),
+        seq=seq,
+        page_sequence=dispatcher.page_sequence,
+        replaying=dispatcher.replaying,
+    )
+
+
+def _message_index(data: object, position: object) -> int | None:
+    """How many messages of a group precede byte ``position``; None if it is no boundary."""
+    if not isinstance(data, (bytes, memoryview)) or not isinstance(position, int):
+        return None
+    index = 0
+    cursor = 0
+    try:
+        while cursor < position:
+            size, start = decode_zigzag_long(data, cursor)
+            cursor = start + size
+            index += 1
+    except (Incomplete, IndexError, ValueError):
+        return None
+    return index if cursor == position else None

@@ -79,6 +79,11 @@ class Config:
     lease_wait_s: float = 30.0
     lease_renew_interval_s: float = 10.0
     impulse_backlog_max: int = 100_000
+    # Process-level knobs used by ``ambrosia.host`` (see ``ambrosia.coordinator.watchdog``):
+    # a handler running longer than this is named in a warning (0: never);
+    handler_warning_s: float = 10.0
+    # after SIGTERM/SIGINT, a stop that has not finished by then becomes an immediate exit.
+    shutdown_grace_s: float = 10.0
     persist: bool = True  # False skips the log write: only to measure what durability costs
     retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY
 
@@ -507,7 +512,11 @@ class Runtime:
         dispatcher = self.dispatcher
         assert dispatcher is not None
         delivered = self.delivered
+        # Where the dispatcher is, for the watchdog to name a stuck call: set per page and
+        # per group, never per message (the call's own position is a local of ``dispatch``).
+        dispatcher.page_sequence = page.sequence
         for group in page.groups:
+            dispatcher.group_first_seq = group.first_seq
             data = group.messages
             end = len(data)
             if type(data) is not bytes and end < group.count * _COPY_GROUP_BELOW_MESSAGE_BYTES:
