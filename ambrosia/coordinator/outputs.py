@@ -16,8 +16,24 @@ receiver already has (known from logged trim points or from the receiver), and d
 is the sender-side deduplication of the protocol. The receiver never deduplicates.
 
 The stream is bounded by ``buffer_bytes_max``: when it holds more, it tells its owner
-(``on_blocked``) and the dispatcher stops running handlers until acknowledgements free
-space. One handler's output may overshoot the bound; the next handler waits.
+(``on_blocked``) once, and again on its next ``add`` if the owner asks (``report_again``),
+until acknowledgements bring it back under the bound (``on_unblocked``). The owner (the
+runtime) reacts in two ways:
+
+- input from the destination is held (its incoming link stops reading): every result
+  this immortal sends it answers one of its calls, so a peer that does not read its
+  results stops being able to send calls, and only its own connection stalls;
+- when the application itself forks or calls into the full stream, the dispatcher stops
+  running handlers until it drains (the producer slows down). A result never stops the
+  dispatcher (the peer that does not read it must not stall everyone else), and during
+  replay nothing does (the regenerated output goes out once the links are up).
+
+The bound that results: ``buffer_bytes_max`` plus one handler's output, plus the results
+of the calls from that peer that were already logged when its input was held (at most
+what the committer holds undelivered, ``Config.delivery_backlog_bytes_max``), plus what
+replay regenerates. Caveat: two immortals that both exceed the bound toward each other
+at once hold each other's input, which only a reconnection unties; keep the bound large
+against what peers send each other in one go.
 """
 
 from __future__ import annotations
@@ -84,6 +100,7 @@ class OutputStream:
         # True while a flush of this stream is scheduled with the owner (on_dirty called).
         self.dirty = False
         self.blocked = False
+        self._report_again = False
         self.trim_logged = 0  # highest ack already written into a log page
         # Called with (seq, head) for each regenerated message dropped as already
         # consumed; recovery uses it to check replay against the log.
@@ -105,7 +122,8 @@ class OutputStream:
 
     def _update_check_at(self) -> None:
         if self.blocked:
-            self._check_at = self.batch_bytes_max  # already reported: only sealing is left
+            # Already reported: only sealing is left, unless the owner wants to hear again.
+            self._check_at = 0 if self._report_again else self.batch_bytes_max
             return
         room = max(self.buffer_bytes_max - self.sealed_bytes, 0) + 1
         self._check_at = min(self.batch_bytes_max, room)
@@ -134,10 +152,19 @@ class OutputStream:
     def _limits_reached(self) -> None:
         if len(self.open) >= self.batch_bytes_max:
             self.seal()
-        if self.buffered_bytes > self.buffer_bytes_max and not self.blocked:
+        if self.buffered_bytes > self.buffer_bytes_max and (
+            not self.blocked or self._report_again
+        ):
             self.blocked = True
+            self._report_again = False
             self._update_check_at()
             self._on_blocked(self)
+
+    def report_again(self) -> None:
+        """Call ``on_blocked`` again on the next ``add`` if the stream is still over."""
+        if self.blocked:
+            self._report_again = True
+            self._update_check_at()
 
     def seal(self) -> None:
         """Close the open batch so it can be sent."""
@@ -209,6 +236,7 @@ class OutputStream:
     def _check_unblocked(self) -> None:
         if self.blocked and self.buffered_bytes <= self.buffer_bytes_max:
             self.blocked = False
+            self._report_again = False
             self._on_unblocked(self)
         self._update_check_at()
 

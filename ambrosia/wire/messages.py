@@ -57,9 +57,12 @@ counts, total and replayable (all but impulses); the numbers themselves never tr
 except in these control messages.
 
 - 16 Hello: ``protocol_version: ZigZagInt``, ``sender: ZigZagInt length + UTF-8``,
-  ``receiver: ZigZagInt length + UTF-8``, ``sender_epoch: ZigZagLong``. First message on
-  every connection, both ways; lets each side check it reached the instance it meant and
-  notice a peer that restarted (higher epoch).
+  ``receiver: ZigZagInt length + UTF-8``, ``sender_epoch: ZigZagLong``, ``acked:
+  ZigZagLong``. First message on every connection (sender -> receiver); lets the
+  receiver check who it talks to, refuse a stale primary of the peer (an epoch lower
+  than one it already admitted), and compare ``acked`` (the highest sequence number the
+  receiver ever acknowledged to this sender, as the sender holds it) with its own log:
+  a receiver whose log ends below ``acked`` lost calls it had acknowledged.
 - 17 DataBatch: ``first_seq: ZigZagLong`` (total sequence number of the first RPC in the
   batch, >= 1), ``count: ZigZagInt``, ``replayable_count: ZigZagInt`` (0 <= replayable <=
   count), then ``count`` packed incoming-RPC messages (each with its own size and type) to
@@ -141,7 +144,7 @@ __all__ = [
 ]
 
 INSTANCE_NAME_BYTES_MAX: Final = 1024
-PEER_PROTOCOL_VERSION: Final = 1
+PEER_PROTOCOL_VERSION: Final = 2  # 2: Hello carries ``acked``
 
 
 class MessageType(enum.IntEnum):
@@ -321,6 +324,7 @@ class Hello:
     sender: str
     receiver: str
     sender_epoch: int
+    acked: int = 0
     message_type: ClassVar[MessageType] = MessageType.HELLO
 
 
@@ -504,8 +508,9 @@ def _decode_hello(body: memoryview, direction: Direction) -> Message:
     sender, position = _decode_name(body, position)
     receiver, position = _decode_name(body, position)
     epoch, position = decode_zigzag_long(body, position)
+    acked, position = decode_zigzag_long(body, position)
     _expect_end(body, position)
-    return Hello(version, sender, receiver, epoch)
+    return Hello(version, sender, receiver, epoch, acked)
 
 
 def _decode_data_batch(body: memoryview, direction: Direction) -> Message:
@@ -816,6 +821,7 @@ def _write_hello(out: bytearray, message: Message) -> None:
         encode_zigzag_int(len(receiver)),
         receiver,
         encode_zigzag_long(message.sender_epoch),
+        encode_zigzag_long(message.acked),
     )
 
 
