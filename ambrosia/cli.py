@@ -26,6 +26,7 @@ from ambrosia.deployment import (
     DeploymentFile,
     command_line_coordinator_fields,
     command_line_store_options,
+    command_line_transport,
     load_deployment,
     parse_option_assignment,
 )
@@ -94,6 +95,13 @@ def _run(args: argparse.Namespace) -> int:
         fields["lease_renew_interval_s"] = args.lease_renew_interval_s
     coordinator = command_line_coordinator_fields(fields)
     store_options = command_line_store_options(_assignments(args.store_options, "--store-option"))
+    transport = command_line_transport(
+        cert=args.tls_cert,
+        key=args.tls_key,
+        ca=args.tls_ca,
+        plaintext=bool(args.plaintext),
+        plaintext_beyond_loopback=bool(args.plaintext_beyond_loopback),
+    )
     app = load_app(args.app) if args.app else None
     return asyncio.run(
         serve(
@@ -104,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
             store_options=store_options,
             deployment=deployment,
             coordinator=coordinator,
+            transport=transport,
             create_storage=args.create_storage,
         )
     )
@@ -121,6 +130,37 @@ def _log(args: argparse.Namespace) -> int:
         return await describe_log(log_url, args.name, pages=args.pages)
 
     print(run_with_catalog(deployment.catalog_for(args.catalog), operation), end="")
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ambrosia.certs import (
+        CA_CERTIFICATE_FILE,
+        INSTANCE_VALID_DAYS,
+        create_ca,
+        issue_instance_certificate,
+        load_ca,
+    )
+
+    directory = Path(args.directory)
+    days = INSTANCE_VALID_DAYS if args.days is None else args.days
+    if days < 1:
+        raise ConfigError(f"--days {days}: must be at least 1")
+    if (directory / CA_CERTIFICATE_FILE).exists():
+        ca = load_ca(directory)
+    else:
+        ca = create_ca(directory)
+        print(f"created CA {directory / CA_CERTIFICATE_FILE} (keep ca.key private)")
+    for name in args.names:
+        settings = issue_instance_certificate(
+            ca, directory, name, valid_days=days, replace=args.replace
+        )
+        print(
+            f"{name}: --tls-cert {settings.certificate_path} --tls-key {settings.key_path} "
+            f"--tls-ca {settings.ca_path}"
+        )
     return 0
 
 
@@ -227,6 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
         "port can then act as any instance)",
     )
     run.set_defaults(handler=_run)
+
+    certs = commands.add_parser(
+        "certs",
+        help="make a private CA and per-instance TLS certificates",
+        description="Create DIRECTORY/ca.crt and ca.key (the deployment's private CA) unless "
+        "they exist, then issue DIRECTORY/NAME.crt and NAME.key for each NAME: a "
+        "certificate naming instance NAME (URI ambrosia:instance:NAME), for both ends of "
+        "a link. Keys are written with mode 0600. Give each instance its own pair and "
+        "ca.crt; keep ca.key off the machines that run instances.",
+    )
+    certs.add_argument("directory", help="where the CA and the certificates are kept")
+    certs.add_argument("names", nargs="*", metavar="NAME", help="instances to issue for")
+    certs.add_argument("--days", type=int, help="validity of instance certificates (default 397)")
+    certs.add_argument(
+        "--replace", action="store_true", help="reissue a NAME that already has a certificate"
+    )
+    certs.set_defaults(handler=_certs)
 
     log = commands.add_parser(
         "log", parents=[common], help="show an instance's chunks, pages and checkpoints"

@@ -17,12 +17,21 @@ every ``ambrosia`` command on every machine of the deployment reads the same fil
     [coordinator.retry_policy]                # fields of ambrosia.backends.retry.RetryPolicy
     attempts_max = 10
 
+    [tls]                                     # mutual TLS between coordinators
+    cert = "/etc/ambrosia/certs/{instance}.crt"   # {instance}: the instance's name
+    key = "/etc/ambrosia/certs/{instance}.key"
+    ca = "/etc/ambrosia/certs/ca.crt"
+    # or, instead of the three files: plain TCP, on loopback only unless
+    # plaintext_beyond_loopback = true as well
+    # plaintext = true
+
     [instances.server]                        # per-instance overrides of all of the above
     log = "s3://ambrosia-logs/prod"
     address = "10.0.0.4:7001"                 # default for `ambrosia register server`
     app = "myapp.server:Server"
     store = { lease_duration_s = 15 }
     coordinator = { checkpoints_kept = 3 }
+    tls = { cert = "server.crt", key = "server.key" }   # relative: to this file's folder
 
 Which file: ``--config PATH`` on the command line, else the ``AMBROSIA_CONFIG``
 environment variable, else ``./ambrosia.toml`` if it exists, else none (built-in
@@ -38,6 +47,12 @@ secrets come from the environment (see docs/storage.md). Store options that carr
 secrets (``connection_string``) are refused here. A malformed file, an unknown key or a
 value of the wrong type is a ``ConfigError`` that names the file and the dotted key, so
 a typo never silently falls back to a default.
+
+The transport (``[tls]``, and ``--tls-cert``/``--tls-key``/``--tls-ca``/``--plaintext``
+on the command line) has no default: mutual TLS, or plain TCP chosen explicitly (see
+``ambrosia.coordinator.tls``). The three TLS files merge across layers (a shared ``ca``
+at the top, ``cert`` and ``key`` per instance); a choice on the command line replaces the
+file's choice, and one layer naming both TLS files and ``plaintext`` is refused.
 """
 
 from __future__ import annotations
@@ -56,6 +71,7 @@ from ambrosia.backends.retry import RetryPolicy
 from ambrosia.catalog import CATALOG_ENVIRONMENT_VARIABLE
 from ambrosia.catalog.base import validate_instance_name
 from ambrosia.coordinator.runtime import Config
+from ambrosia.coordinator.tls import TlsSettings, Transport
 from ambrosia.errors import ConfigError
 
 __all__ = [
@@ -65,11 +81,13 @@ __all__ = [
     "InstanceSettings",
     "RunSettings",
     "build_config",
+    "command_line_transport",
     "find_deployment_file",
     "load_deployment",
     "parse_deployment",
     "parse_option_assignment",
     "resolve_run",
+    "resolve_transport",
 ]
 
 CONFIG_ENVIRONMENT_VARIABLE = "AMBROSIA_CONFIG"
@@ -84,9 +102,15 @@ _SECRET_STORE_OPTIONS = frozenset({"connection_string", "account_key", "sas_toke
 # times per duration survives one slow or failed renewal without losing the lease.
 _RENEWALS_PER_LEASE = 3.0
 
-_TOP_LEVEL_KEYS = frozenset({"catalog", "log", "store", "coordinator", "instances"})
-_INSTANCE_KEYS = frozenset({"log", "app", "address", "store", "coordinator"})
-_CONFIG_FIELDS = {item.name: item for item in dataclasses.fields(Config)}
+_TOP_LEVEL_KEYS = frozenset({"catalog", "log", "store", "coordinator", "tls", "instances"})
+_INSTANCE_KEYS = frozenset({"log", "app", "address", "store", "coordinator", "tls"})
+_TLS_FILE_KEYS = ("cert", "key", "ca")
+_TLS_CHOICE_KEYS = ("plaintext", "plaintext_beyond_loopback")
+_TLS_KEYS = frozenset(_TLS_FILE_KEYS + _TLS_CHOICE_KEYS)
+# Replaced by the instance's name in TLS file paths, so one [tls] table serves them all.
+_INSTANCE_PLACEHOLDER = "{instance}"
+# ``tls`` has its own section ([tls]), not a coordinator option.
+_CONFIG_FIELDS = {item.name: item for item in dataclasses.fields(Config) if item.name != "tls"}
 _RETRY_FIELDS = {item.name: item for item in dataclasses.fields(RetryPolicy)}
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -104,6 +128,7 @@ class InstanceSettings:
     address: str | None = None
     store: Mapping[str, Any] = field(default_factory=_empty)
     coordinator: Mapping[str, Any] = field(default_factory=_empty)
+    tls: Mapping[str, Any] = field(default_factory=_empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +140,7 @@ class DeploymentFile:
     log_url: str | None = None
     store: Mapping[str, Any] = field(default_factory=_empty)
     coordinator: Mapping[str, Any] = field(default_factory=_empty)
+    tls: Mapping[str, Any] = field(default_factory=_empty)
     instances: Mapping[str, InstanceSettings] = field(default_factory=_empty)
 
     def instance(self, name: str) -> InstanceSettings:
@@ -137,7 +163,8 @@ class RunSettings:
     log_url: str
     app: str | None
     store_options: dict[str, Any]
-    config: Config
+    config: Config  # its ``tls`` is ``transport.tls``
+    transport: Transport = field(default_factory=Transport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +242,7 @@ def parse_deployment(text: str, path: Path) -> DeploymentFile:
         coordinator=_coordinator_fields(
             _table(document, "coordinator", source), _Source(str(path), "coordinator.")
         ),
+        tls=_tls_options(_table(document, "tls", source), _Source(str(path), "tls."), path.parent),
         instances=MappingProxyType(instances),
     )
 
@@ -230,6 +258,11 @@ def _parse_instance(table: dict[str, Any], source: _Source) -> InstanceSettings:
         ),
         coordinator=_coordinator_fields(
             _table(table, "coordinator", source), _Source(source.name, source.key("coordinator."))
+        ),
+        tls=_tls_options(
+            _table(table, "tls", source),
+            _Source(source.name, source.key("tls.")),
+            Path(source.name).parent,
         ),
     )
 
@@ -330,6 +363,85 @@ def _typed(key: str, value: Any, kind: type, source: _Source) -> Any:
     return float(value)
 
 
+def _tls_options(table: Mapping[str, Any], source: _Source, base: Path) -> Mapping[str, Any]:
+    """A ``[tls]`` table: file paths (relative ones to ``base``) and explicit choices."""
+    _refuse_unknown(table, _TLS_KEYS, source)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in _TLS_CHOICE_KEYS:
+            if not isinstance(value, bool):
+                raise source.error(key, f"must be true or false, not {value!r}")
+            values[key] = value
+        else:
+            text = _string(table, key, source)
+            assert text is not None
+            values[key] = str(base / text)  # an absolute ``text`` stays as it is
+    if values.get("plaintext") and any(key in values for key in _TLS_FILE_KEYS):
+        raise source.error("plaintext", "and TLS files in one table: choose one")
+    return MappingProxyType(values)
+
+
+def command_line_transport(
+    *,
+    cert: str | None = None,
+    key: str | None = None,
+    ca: str | None = None,
+    plaintext: bool = False,
+    plaintext_beyond_loopback: bool = False,
+) -> Mapping[str, Any]:
+    """The transport flags of ``ambrosia run`` as a layer (paths relative to the cwd)."""
+    values: dict[str, Any] = {}
+    for name, path in (("cert", cert), ("key", key), ("ca", ca)):
+        if path is not None:
+            values[name] = str(Path(path).absolute())
+    if plaintext:
+        if values:
+            raise ConfigError("--plaintext and --tls-cert/--tls-key/--tls-ca: choose one")
+        values["plaintext"] = True
+    if plaintext_beyond_loopback:
+        if not plaintext:
+            raise ConfigError("--plaintext-beyond-loopback only goes with --plaintext")
+        values["plaintext_beyond_loopback"] = True
+    return MappingProxyType(values)
+
+
+def resolve_transport(
+    name: str, layers: list[Mapping[str, Any]], command_line: Mapping[str, Any]
+) -> Transport:
+    """The transport of instance ``name``: the command line's choice, else the file's.
+
+    ``layers`` are the file's tables, lowest first (top-level ``[tls]``, then the
+    instance's own). TLS files on the command line complete the file's (a shared ``ca``,
+    say) and override its plaintext choice; ``--plaintext`` replaces the file's choice.
+    """
+    if command_line.get("plaintext"):
+        layers = []
+    elif any(key in command_line for key in _TLS_FILE_KEYS):
+        layers = [{k: v for k, v in layer.items() if k in _TLS_FILE_KEYS} for layer in layers]
+    merged: dict[str, Any] = {}
+    for layer in [*layers, command_line]:
+        merged.update(layer)
+    files = {key: merged[key] for key in _TLS_FILE_KEYS if key in merged}
+    if files and merged.get("plaintext"):
+        raise ConfigError(
+            f"{name}: the deployment file chooses both plaintext and TLS files "
+            "(tls.plaintext in one table, tls.cert/key/ca in another): choose one"
+        )
+    if not files:
+        return Transport(
+            plaintext=bool(merged.get("plaintext")),
+            plaintext_beyond_loopback=bool(merged.get("plaintext_beyond_loopback")),
+        )
+    missing = [key for key in _TLS_FILE_KEYS if key not in files]
+    if missing:
+        raise ConfigError(
+            f"{name}: TLS needs cert, key and ca; missing "
+            + ", ".join(f"{key} (--tls-{key} or tls.{key})" for key in missing)
+        )
+    paths = {key: Path(value.replace(_INSTANCE_PLACEHOLDER, name)) for key, value in files.items()}
+    return Transport(tls=TlsSettings(paths["cert"], paths["key"], paths["ca"]))
+
+
 def parse_option_assignment(text: str, flag: str) -> tuple[str, Any]:
     """``KEY=VALUE`` from the command line; VALUE is read as a TOML value, else a string."""
     key, separator, raw = text.partition("=")
@@ -376,13 +488,15 @@ def resolve_run(
     app: str | None = None,
     store_options: Mapping[str, Any] = _EMPTY,
     coordinator: Mapping[str, Any] = _EMPTY,
+    transport: Mapping[str, Any] = _EMPTY,
     create_storage: bool = False,
 ) -> RunSettings:
     """Resolve the settings of ``ambrosia run NAME``: command line > file > registration.
 
     ``log_url``, ``app``, ``store_options``, ``coordinator`` and ``create_storage`` are
-    the command line's (already validated); the registration supplies the log URL and
-    app when neither the command line nor the file does.
+    the command line's (already validated), as is ``transport``
+    (``command_line_transport``); the registration supplies the log URL and app when
+    neither the command line nor the file does.
     """
     instance = deployment.instance(name)
     resolved_log = deployment.log_for(name, log_url) or registered_log_url
@@ -398,9 +512,12 @@ def resolve_run(
         lease_duration_s = options.get("lease_duration_s")
         if isinstance(lease_duration_s, int | float) and not isinstance(lease_duration_s, bool):
             layers.append({"lease_renew_interval_s": lease_duration_s / _RENEWALS_PER_LEASE})
+    chosen = resolve_transport(name, [deployment.tls, instance.tls], transport)
+    layers.append({"tls": chosen.tls})
     return RunSettings(
         log_url=resolved_log,
         app=app or instance.app or registered_app,
         store_options=options,
         config=build_config(*layers),
+        transport=chosen,
     )

@@ -10,7 +10,9 @@ one boundary (the backend modules), with the original chained as ``__cause__``.
     │   │                        connection that carried them is poisoned and closed
     │   ├── FrameTooLargeError   length prefix above the frame limit (checked before allocating)
     │   ├── VarintTooLongError   varint longer than 5 (int) or 10 (long) bytes
-    │   └── UnknownMessageTypeError
+    │   ├── UnknownMessageTypeError
+    │   └── PeerIdentityError    a TLS peer's certificate names no instance, or not the one
+    │                            dialled
     ├── LogError
     │   ├── LogCorruptError      a bad page that is not the torn tail: refuse to start
     │   └── LogGapError          a missing chunk or a page sequence gap
@@ -68,6 +70,10 @@ class UnknownMessageTypeError(ProtocolError):
     def __init__(self, message_type: int) -> None:
         super().__init__(f"unknown message type {message_type}")
         self.message_type = message_type
+
+
+class PeerIdentityError(ProtocolError):
+    """A TLS peer whose certificate names no instance, or another one than expected."""
 
 
 # -- log ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import importlib
 import logging
@@ -32,6 +33,7 @@ from ambrosia.backends import LogStore, open_store
 from ambrosia.binding.immortal import Immortal
 from ambrosia.catalog import Catalog, default_catalog_url, open_catalog
 from ambrosia.coordinator.runtime import Config, Runtime
+from ambrosia.coordinator.tls import Transport
 from ambrosia.coordinator.watchdog import HandlerWatchdog, SignalStop
 from ambrosia.deployment import DeploymentFile, load_deployment, resolve_run
 from ambrosia.errors import ConfigError
@@ -68,14 +70,17 @@ def load_app(spec: str) -> type[Immortal]:
 
 
 class _CatalogResolver:
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, transport: Transport) -> None:
         self.catalog = catalog
+        self.transport = transport
         self.cache: dict[str, tuple[str, int]] = {}
 
     async def __call__(self, name: str) -> tuple[str, int]:
         address = self.cache.get(name)
         if address is None:
             address = parse_address((await self.catalog.get(name)).address)
+            # Peers registered after this process started are checked here, as dialled.
+            self.transport.check_peer(address[0], f"peer {name} is at")
             self.cache[name] = address
         return address
 
@@ -90,6 +95,7 @@ async def serve(
     store_options: Mapping[str, Any] | None = None,
     deployment: DeploymentFile | None = None,
     coordinator: Mapping[str, Any] | None = None,
+    transport: Mapping[str, Any] | None = None,
     create_storage: bool = False,
 ) -> int:
     """Run immortal ``name`` until stopped; returns a process exit code.
@@ -98,6 +104,9 @@ async def serve(
     command line) over the deployment file (``deployment``, or the one found by
     ``load_deployment()``) over the catalog registration. ``config``, when given, is
     used whole; otherwise ``coordinator`` holds the command line's Config fields.
+    ``transport`` holds the command line's transport choice
+    (``ambrosia.deployment.command_line_transport``); with ``config`` whole, its ``tls``
+    is the TLS setting. Mutual TLS or an explicit plain TCP choice is required.
 
     Everything that can be wrong with the settings fails before the coordinator starts:
     the catalog record, the app, the address, and ``open_store``, which probes the
@@ -118,14 +127,17 @@ async def serve(
             log_url=log_url,
             store_options=store_options or {},
             coordinator=coordinator or {},
+            transport=transport or {},
             create_storage=create_storage,
         )
         run_config = config if config is not None else settings.config
+        chosen = dataclasses.replace(settings.transport, tls=run_config.tls)
         if app_factory is None:
             if settings.app is None:
                 raise ConfigError(f"{name} has no registered app; pass --app module:Class")
             app_factory = load_app(settings.app)
         listen = parse_address(record.address)
+        chosen.check(name, listen[0])
         store: LogStore = await open_store(settings.log_url, name, **settings.store_options)
         cleanup.push_async_callback(store.close)
         reporter = None
@@ -147,7 +159,7 @@ async def serve(
             app_factory=app_factory,
             store=store,
             listen=listen,
-            resolve=_CatalogResolver(catalog),
+            resolve=_CatalogResolver(catalog, chosen),
             config=run_config,
         )
         return await _run(runtime, name, listen)

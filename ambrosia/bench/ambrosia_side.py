@@ -14,6 +14,8 @@ handler resumes. The client measures each round trip with ``perf_counter_ns`` an
 the samples at the end; those timings are benchmark output, not immortal state.
 
 Each measurement point runs a fresh pair of instances with their own log directory.
+Their links are plain TCP on loopback, or with ``tls`` mutual TLS with a CA and
+certificates made for the pair in its work directory (the cost of TLS, measured).
 """
 
 from __future__ import annotations
@@ -129,10 +131,25 @@ def _free_port() -> int:
 class _Pair:
     """A server and a client process with their own catalog and log."""
 
-    def __init__(self, workdir: Path, log_url: str | None, persist: bool, env: dict[str, str]):
+    def __init__(
+        self,
+        workdir: Path,
+        log_url: str | None,
+        persist: bool,
+        env: dict[str, str],
+        tls: bool = False,
+    ):
         workdir = workdir.resolve()  # the catalog URL needs an absolute path
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
+        self.certs_dir: Path | None = None
+        if tls:
+            from ambrosia.certs import create_ca, issue_instance_certificate
+
+            self.certs_dir = workdir / "certs"
+            ca = create_ca(self.certs_dir)
+            for name in ("server", "client"):
+                issue_instance_certificate(ca, self.certs_dir, name)
         self.catalog = f"sqlite://{workdir / 'catalog.db'}"
         log = log_url or f"file://{workdir / 'log'}"
         self.env = {**os.environ, "AMBROSIA_CATALOG": self.catalog, **env}
@@ -162,6 +179,8 @@ class _Pair:
         command = [sys.executable, "-m", "ambrosia.bench.ambrosia_side", "run", name, app]
         if not self.persist:
             command.append("--no-persist")
+        if self.certs_dir is not None:
+            command += ["--tls-dir", str(self.certs_dir)]
         process = subprocess.Popen(
             command, env=self.env, stdout=subprocess.PIPE, stderr=self.stderr, text=True
         )
@@ -221,12 +240,14 @@ def _measure_size(
     persist: bool,
     workdir: Path,
     on_progress: Callable[[str, float], None],
+    tls: bool = False,
 ) -> ThroughputPoint:
     pair = _Pair(
         workdir / f"throughput-{size}",
         log_url,
         persist,
         {"AMBROSIA_BENCH_MODE": "throughput", "AMBROSIA_BENCH_SIZE": str(size)},
+        tls,
     )
     try:
         server = pair.start("server", "ambrosia.bench.ambrosia_side:BenchServer")
@@ -267,6 +288,7 @@ def run_throughput(
     persist: bool,
     workdir: Path,
     on_progress: Callable[[str, float], None],
+    tls: bool = False,
 ) -> list[ThroughputPoint]:
     points: list[ThroughputPoint] = []
     try:
@@ -281,6 +303,7 @@ def run_throughput(
                         persist=persist,
                         workdir=workdir / f"attempt-{attempt}",
                         on_progress=on_progress,
+                        tls=tls,
                     )
                 except RuntimeError as error:
                     # A process that dies at start-up (a probed free port taken by someone
@@ -304,6 +327,7 @@ def run_ping(
     workdir: Path,
     on_progress: Callable[[str, float], None],
     size: int = 16,
+    tls: bool = False,
 ) -> PingResult:
     pair = _Pair(
         workdir / "ping",
@@ -314,6 +338,7 @@ def run_ping(
             "AMBROSIA_BENCH_SIZE": str(size),
             "AMBROSIA_BENCH_COUNT": str(count + warmup),
         },
+        tls,
     )
     try:
         pair.start("server", "ambrosia.bench.ambrosia_side:BenchServer")
@@ -327,11 +352,21 @@ def run_ping(
         pair.stop()
 
 
-def _run_process(name: str, app: str, persist: bool) -> int:
+def _run_process(name: str, app: str, persist: bool, tls_dir: Path | None) -> int:
+    from ambrosia.certs import tls_settings_for
     from ambrosia.coordinator.runtime import Config
     from ambrosia.host import load_app, serve
 
-    return asyncio.run(serve(name, load_app(app), config=Config(persist=persist)))
+    tls = tls_settings_for(tls_dir, name) if tls_dir is not None else None
+    return asyncio.run(
+        serve(
+            name,
+            load_app(app),
+            config=Config(persist=persist, tls=tls),
+            # Both processes listen on 127.0.0.1 (see ``_Pair``).
+            transport={} if tls is not None else {"plaintext": True},
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,11 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("name")
     run.add_argument("app")
     run.add_argument("--no-persist", action="store_true")
+    run.add_argument("--tls-dir", type=Path, help="certificates made by ambrosia.certs")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return _run_process(args.name, args.app, not args.no_persist)
+    return _run_process(args.name, args.app, not args.no_persist, args.tls_dir)
 
 
 if __name__ == "__main__":

@@ -171,6 +171,12 @@ def _add_common(parser: argparse.ArgumentParser, *, ping: bool = False) -> None:
         else "comma list of ambrosia, grpc (default both; tcp and cpu are ping floors only)",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="ambrosia's links use mutual TLS (certificates made for the run) instead of "
+        "plain TCP on loopback",
+    )
+    parser.add_argument(
         "--log",
         dest="logs",
         action="append",
@@ -274,6 +280,7 @@ def _measure_throughput(
                             warmup_s=options.warmup,
                             log_url=log,
                             persist=options.persist,
+                            tls=options.tls,
                             workdir=workdir / label,
                             on_progress=progress,
                         )
@@ -305,6 +312,7 @@ def _measure_ping(
                     count=options.count,
                     warmup=options.warmup,
                     log_url=log,
+                    tls=options.tls,
                     workdir=workdir / _label(system, log, logs),
                     on_progress=progress,
                 )

@@ -19,6 +19,14 @@ Commit(last seq) and the sender frees its buffer.
 
 Any protocol error from a peer (oversize frame, garbage, unknown type, wrong sequence)
 closes that one connection with a logged reason; the coordinator keeps serving others.
+
+Transport security (``ambrosia.coordinator.tls``): with TLS on, the listener is an asyncio
+TLS server (the handshake, with its deadline, finishes before ``IncomingLink`` sees the
+connection, which then records the instance the client's certificate names as
+``peer_identity``). The dialling side keeps its own socket and runs TLS in memory: an
+``ssl.SSLObject`` between two ``MemoryBIO``s encrypts what ``send`` is given and decrypts
+what the socket delivers, so ciphertext takes exactly the queue, back-pressure and
+``sendmsg`` path that plaintext takes.
 """
 
 from __future__ import annotations
@@ -29,13 +37,21 @@ import itertools
 import logging
 import random
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ambrosia.coordinator.outputs import OutputStream, Segment
-from ambrosia.errors import AmbrosiaError, FrameTooLargeError, ProtocolError
+from ambrosia.coordinator.tls import client_handshake, instance_named_by
+from ambrosia.errors import (
+    AmbrosiaError,
+    ConfigError,
+    FrameTooLargeError,
+    PeerIdentityError,
+    ProtocolError,
+)
 from ambrosia.wire.messages import (
     Commit,
     DataBatch,
@@ -57,6 +73,12 @@ _C2C = Direction.COORDINATOR_TO_COORDINATOR
 _SENDMSG_BUFFERS_MAX = 64
 # SO_LINGER on with a zero timeout: close() resets the connection (tests simulate aborts).
 _LINGER_RESET = struct.pack("ii", 1, 0)
+# Below this many plaintext bytes, one send's buffers are joined into one TLS record:
+# a record costs a header, a tag and a cipher call, more than copying a small head does.
+# Larger payloads are written buffer by buffer (each becomes records of up to 16 KiB).
+_TLS_JOIN_BYTES_MAX = 16 * 1024
+# Ciphertext read from the socket per call on the dialling side (control messages only).
+_TLS_READ_BYTES = 1 << 16
 
 
 def data_batch_head(segment: Segment) -> bytes:
@@ -169,6 +191,8 @@ class IncomingLink(asyncio.BufferedProtocol):
         self.reader = FrameReader(owner.config.frame_bytes_max)
         self.transport: asyncio.Transport | None = None
         self.source: str | None = None
+        # The instance the peer's verified TLS certificate names; None over plain TCP.
+        self.peer_identity: str | None = None
         self.expected_seq = 0
         self.paused = False
         self.closed = False
@@ -176,6 +200,12 @@ class IncomingLink(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if transport.get_extra_info("sslcontext") is None:
+            return  # plain TCP: no identity; admission decides whether that is allowed
+        # The handshake is complete and the chain verified against the deployment CA.
+        self.peer_identity = instance_named_by(transport.get_extra_info("peercert"))
+        if self.peer_identity is None:
+            self.fail("its TLS certificate names no instance (no single ambrosia:instance: URI)")
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.reader.get_buffer()
@@ -287,11 +317,19 @@ class OutgoingConnection:
     below half of it, when the link is asked to flush again: the bound on what one
     connection holds beyond the kernel's socket buffer. Control messages (ReplayFrom,
     Commit) are read into a fixed buffer with ``recv_into``.
+
+    With ``tls`` (a finished client handshake: see ``tls.client_handshake``), ``send``
+    encrypts into the outgoing ``MemoryBIO`` and queues the ciphertext exactly as it
+    would queue plaintext, so the bound above counts what waits for the socket either
+    way; reads are decrypted straight into the frame reader's buffer.
     """
 
-    def __init__(self, link: OutgoingLink, sock: socket.socket) -> None:
+    def __init__(
+        self, link: OutgoingLink, sock: socket.socket, tls: _TlsSession | None = None
+    ) -> None:
         self.link = link
         self.sock = sock
+        self.tls = tls
         self.fd = sock.fileno()
         self.loop = asyncio.get_running_loop()
         self.reader = FrameReader(1 << 16, 1 << 16)
@@ -313,6 +351,15 @@ class OutgoingConnection:
         """Send these buffers in order after everything queued before them."""
         if self.closed:
             return
+        if self.tls is not None:
+            try:
+                buffers = (self.tls.encrypt(buffers),)
+            except ssl.SSLError as error:
+                self.close(error)
+                return
+        self._send_raw(buffers)
+
+    def _send_raw(self, buffers: tuple[bytes | bytearray | memoryview, ...]) -> None:
         if not self._queue:
             try:
                 sent = self.sock.sendmsg(buffers)
@@ -360,6 +407,9 @@ class OutgoingConnection:
     # -- reading -------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
+        if self.tls is not None:
+            self._on_readable_tls(self.tls)
+            return
         reader = self.reader
         try:
             received = self.sock.recv_into(reader.get_buffer())
@@ -372,6 +422,46 @@ class OutgoingConnection:
             self.close(None)
             return
         reader.end += received
+        self._read_frames()
+
+    def _on_readable_tls(self, tls: _TlsSession) -> None:
+        try:
+            ciphertext = self.sock.recv(_TLS_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self.close(error)
+            return
+        if not ciphertext:
+            self.close(None)
+            return
+        tls.incoming.write(ciphertext)
+        reader = self.reader
+        while not self.closed:
+            try:
+                buffer = reader.get_buffer()
+                # With a buffer, read() returns a count (typeshed says bytes).
+                received: int = tls.session.read(len(buffer), buffer)  # type: ignore[assignment]
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self.close(None)  # the peer's close_notify: an orderly end
+                return
+            except ssl.SSLError as error:
+                # The server refused our certificate (an alert), or the stream is damaged.
+                logger.warning(
+                    "closing link to %s: TLS error: %s", self.link.stream.destination, error
+                )
+                self.close(error)
+                return
+            reader.end += received
+            self._read_frames()
+        if tls.outgoing.pending and not self.closed:
+            # Post-handshake messages the session answers (a key update, for one).
+            self._send_raw((tls.outgoing.read(),))
+
+    def _read_frames(self) -> None:
+        reader = self.reader
         try:
             while (body := reader.next_frame()) is not None:
                 message = _decode(body)
@@ -413,6 +503,27 @@ class OutgoingConnection:
             self.lost.set_result(None)
 
 
+class _TlsSession:
+    """A client TLS session over memory buffers: what ``OutgoingConnection`` needs of it."""
+
+    __slots__ = ("incoming", "outgoing", "session")
+
+    def __init__(
+        self, session: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+    ) -> None:
+        self.session = session
+        self.incoming = incoming
+        self.outgoing = outgoing
+
+    def encrypt(self, buffers: tuple[bytes | bytearray | memoryview, ...]) -> bytes:
+        """The ciphertext of ``buffers``, in order."""
+        if len(buffers) > 1 and sum(len(buffer) for buffer in buffers) <= _TLS_JOIN_BYTES_MAX:
+            buffers = (b"".join(buffers),)
+        for buffer in buffers:
+            self.session.write(buffer)
+        return self.outgoing.read()
+
+
 def _unsent_views(
     buffers: tuple[bytes | bytearray | memoryview, ...], sent: int
 ) -> list[memoryview]:
@@ -440,8 +551,10 @@ class OutgoingLink:
         config: Any,
         resolve: Callable[[str], Awaitable[tuple[str, int]]],
         on_ack: Callable[[OutputStream], None],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.sender = sender
+        self.tls = tls
         self.epoch = epoch
         self.stream = stream
         self.config = config
@@ -450,6 +563,7 @@ class OutgoingLink:
         self.protocol: OutgoingConnection | None = None
         self.task: asyncio.Task[None] | None = None
         self.batches_sent = 0
+        self._last_refusal: str | None = None
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -480,13 +594,20 @@ class OutgoingLink:
         while True:
             try:
                 host, port = await self._resolve(destination)
-                sock = await asyncio.wait_for(
-                    _connect(loop, host, port), self.config.connect_timeout_s
+                sock, tls = await asyncio.wait_for(
+                    self._dial(loop, host, port), self.config.connect_timeout_s
                 )
-                connection = OutgoingConnection(self, sock)
+                connection = OutgoingConnection(self, sock, tls)
                 delay = self.config.reconnect_delay_min_s
+                self._last_refusal = None
                 await connection.lost
                 logger.info("link to %s dropped; reconnecting", destination)
+            except (PeerIdentityError, ssl.SSLCertVerificationError, ConfigError) as error:
+                # Not a network blip: a wrong certificate or setting. Loud, but once per
+                # distinct reason, not on every retry.
+                if str(error) != self._last_refusal:
+                    self._last_refusal = str(error)
+                    logger.warning("link to %s refused: %s", destination, error)
             except (TimeoutError, OSError, AmbrosiaError) as error:
                 logger.debug("cannot reach %s: %s", destination, error)
             except Exception:
@@ -498,6 +619,22 @@ class OutgoingLink:
                 self.protocol = None
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.config.reconnect_delay_max_s)
+
+    async def _dial(
+        self, loop: asyncio.AbstractEventLoop, host: str, port: int
+    ) -> tuple[socket.socket, _TlsSession | None]:
+        """Connect, and with TLS on, finish the handshake and check the server's identity."""
+        sock = await _connect(loop, host, port)
+        if self.tls is None:
+            return sock, None
+        try:
+            session, incoming, outgoing = await client_handshake(
+                sock, self.tls, self.stream.destination
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return sock, _TlsSession(session, incoming, outgoing)
 
     def close(self) -> None:
         if self.task is not None:

@@ -41,6 +41,7 @@ from ambrosia.coordinator.committer import Committer, DurablePage
 from ambrosia.coordinator.links import IncomingLink, OutgoingLink
 from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.coordinator.recovery import read_checkpoint, read_log
+from ambrosia.coordinator.tls import TlsContexts, TlsSettings, load_contexts
 from ambrosia.errors import (
     AmbrosiaError,
     LogGapError,
@@ -86,6 +87,11 @@ class Config:
     shutdown_grace_s: float = 10.0
     persist: bool = True  # False skips the log write: only to measure what durability costs
     retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY
+    # Mutual TLS on every link (``ambrosia.coordinator.tls``); None: plain TCP. The
+    # in-process default is plain TCP; ``ambrosia run`` makes users choose explicitly.
+    tls: TlsSettings | None = None
+    # A TLS client that has not finished its handshake by then is disconnected.
+    tls_handshake_timeout_s: float = 10.0
 
 
 Resolver = Callable[[str], Awaitable[tuple[str, int]]]
@@ -155,6 +161,10 @@ class Runtime:
         self.listen_address = listen
         self._resolve = resolve
         self.config = config or Config()
+        # Loaded here, before anything starts, so a bad file is a ConfigError up front.
+        self.tls: TlsContexts | None = (
+            load_contexts(self.config.tls) if self.config.tls is not None else None
+        )
         self.instance_id = instance_id_for(instance)
         self.lease: Lease | None = None
         self.meta_version: str | None = None
@@ -178,6 +188,14 @@ class Runtime:
         self.failure: BaseException | None = None
         self.primary = asyncio.Event()
         self.replayed_pages = 0
+
+    @property
+    def tls_required(self) -> bool:
+        """Whether every peer must be a TLS client whose certificate names an instance.
+
+        When True, an ``IncomingLink`` without ``peer_identity`` must not be admitted.
+        """
+        return self.tls is not None
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -248,7 +266,16 @@ class Runtime:
             self._on_dirty(self_stream)
         loop = asyncio.get_running_loop()
         host, port = self.listen_address
-        self.server = await loop.create_server(lambda: IncomingLink(self), host, port)
+        if self.tls is None:
+            self.server = await loop.create_server(lambda: IncomingLink(self), host, port)
+        else:
+            self.server = await loop.create_server(
+                lambda: IncomingLink(self),
+                host,
+                port,
+                ssl=self.tls.server,
+                ssl_handshake_timeout=self.config.tls_handshake_timeout_s,
+            )
         self.bound_port = self.server.sockets[0].getsockname()[1]
         for stream in list(self.streams.values()):
             self._start_link(stream)
@@ -330,6 +357,7 @@ class Runtime:
             config=self.config,
             resolve=self._resolve,
             on_ack=self._on_ack,
+            tls=self.tls.client if self.tls is not None else None,
         )
         self.links[stream.destination] = link
         link.start()

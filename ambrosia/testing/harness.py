@@ -5,6 +5,10 @@ Each ``Deployment`` has its own catalog and log location under one directory, so
 never share state. Processes are started with ``python -m ambrosia.cli run`` exactly as a
 user would start them, and killed by PID. Several processes may run one instance at once
 (a primary and its standbys): each start then gets its own label.
+
+Links between the processes are plain TCP on loopback (``--plaintext``), or with
+``tls=True`` mutual TLS: a private CA is made in ``DIRECTORY/certs`` and each registered
+instance gets its certificate there (``ambrosia.certs``), passed with ``--tls-*``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ambrosia.certs import (
+    CA_CERTIFICATE_FILE,
+    create_ca,
+    issue_instance_certificate,
+    load_ca,
+    tls_settings_for,
+)
 
 
 def free_port() -> int:
@@ -36,8 +48,11 @@ class Deployment:
         log_url: str | None = None,
         env: dict[str, str] | None = None,
         run_args: tuple[str, ...] = (),
+        tls: bool = False,
     ) -> None:
         self.directory = directory
+        self.tls = tls
+        self.certs_dir = directory / "certs"
         directory.mkdir(parents=True, exist_ok=True)
         self.status_dir = directory / "status"
         self.status_dir.mkdir(exist_ok=True)
@@ -79,6 +94,10 @@ class Deployment:
             app,
         )
         self.apps[name] = app
+        if self.tls and not tls_settings_for(self.certs_dir, name).certificate_path.exists():
+            if not (self.certs_dir / CA_CERTIFICATE_FILE).exists():
+                create_ca(self.certs_dir)
+            issue_instance_certificate(load_ca(self.certs_dir), self.certs_dir, name)
 
     def start(
         self,
@@ -102,7 +121,7 @@ class Deployment:
         log = open(self.directory / f"{key}.{count}.log", "wb")  # noqa: SIM115
         command = [sys.executable, "-m", "ambrosia.cli", "run", name]
         process = subprocess.Popen(
-            [*command, *self.transport_args(), *self.run_args, *args],
+            [*command, *self.transport_args(name), *self.run_args, *args],
             env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -112,9 +131,19 @@ class Deployment:
         self.processes[key] = process
         return process
 
-    def transport_args(self) -> tuple[str, ...]:
-        """How the processes of this deployment talk to each other: loopback plain TCP."""
-        return ("--plaintext",)
+    def transport_args(self, name: str) -> tuple[str, ...]:
+        """How instance ``name`` talks to its peers: its TLS files, or loopback plain TCP."""
+        if not self.tls:
+            return ("--plaintext",)
+        settings = tls_settings_for(self.certs_dir, name)
+        return (
+            "--tls-cert",
+            str(settings.certificate_path),
+            "--tls-key",
+            str(settings.key_path),
+            "--tls-ca",
+            str(settings.ca_path),
+        )
 
     def kill(self, name: str) -> None:
         process = self.processes.get(name)

@@ -8,7 +8,7 @@ returns: ``how="spin"`` loops on the CPU, ``how="sleep"`` sleeps for days. A pro
 started with ``STUCK_FIXED=1`` runs a fixed ``stuck`` that returns at once: it models
 deploying a corrected handler and restarting, which is why the switch lives outside the
 log (it is new code, not an input). ``Stuck`` writes its state to a status file once it is
-primary, so a test sees what ran.
+primary, so a test sees what ran, and touches ``server.stuck`` beside it when it gets stuck.
 
 Run it with this directory on ``PYTHONPATH`` (app specs ``stuck:Stuck``, ``stuck:Feeder``).
 """
@@ -42,6 +42,8 @@ class Stuck(Immortal):
     def stuck(self, how: str) -> None:
         if os.environ.get(FIXED_VARIABLE) == "1":
             return
+        # A sign for the test, outside the log, that doesn't depend on the watchdog.
+        (Path(os.environ["AMBROSIA_STATUS_DIR"]) / f"{self.name}.stuck").touch()
         if how == "sleep":
             time.sleep(10**6)
         while True:
