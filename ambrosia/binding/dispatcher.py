@@ -33,7 +33,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -536,16 +536,32 @@ class Dispatcher:
 
 @dataclass(frozen=True, slots=True)
 class RunningCall:
-    """The logged call a ``Dispatcher.dispatch`` frame is running."""
+    """The logged call a ``Dispatcher.dispatch`` frame is running.
+
+    Equal values mean the same call at the same moment of dispatch; ``seq`` is only
+    worked out when asked (it walks the group up to the call), so a watchdog can compare
+    samples every second without competing with the dispatcher for the CPU.
+    """
 
     instance: str
     source: str
-    seq: int | None  # the call's number in its source's stream; None when unknown
+    position: int  # the call's first byte in its logged group
+    group_first_seq: int  # -1 when unknown
     page_sequence: int  # the log page holding it; -1 when unknown
     replaying: bool
+    group: bytes | memoryview = field(compare=False, repr=False)
+
+    @property
+    def seq(self) -> int | None:
+        """The call's number in its source's stream; None when unknown."""
+        if self.group_first_seq < 0:
+            return None
+        index = _message_index(self.group, self.position)
+        return None if index is None else self.group_first_seq + index
 
     def describe(self) -> str:
-        call = f"call {self.seq}" if self.seq is not None else "a call"
+        seq = self.seq
+        call = f"call {seq}" if seq is not None else "a call"
         page = f", log page {self.page_sequence}" if self.page_sequence >= 0 else ""
         during = ", during replay" if self.replaying else ""
         return f"{call} from {self.source}{page}{during}"
@@ -567,30 +583,32 @@ def running_call(frame: FrameType) -> RunningCall | None:
         return None
     values = frame.f_locals
     dispatcher = values.get("self")
-    if not isinstance(dispatcher, Dispatcher):
+    group = values.get("data")
+    position = values.get("position")
+    if (
+        not isinstance(dispatcher, Dispatcher)
+        or not isinstance(group, bytes | memoryview)
+        or not isinstance(position, int)
+    ):
         return None
-    seq = None
-    if dispatcher.group_first_seq >= 0:
-        index = _message_index(values.get("data"), values.get("position"))
-        seq = None if index is None else dispatcher.group_first_seq + index
     return RunningCall(
         instance=dispatcher.instance,
         source=str(values.get("source")),
-        seq=seq,
+        position=position,
+        group_first_seq=dispatcher.group_first_seq,
         page_sequence=dispatcher.page_sequence,
         replaying=dispatcher.replaying,
+        group=group,
     )
 
 
-def _message_index(data: object, position: object) -> int | None:
+def _message_index(group: bytes | memoryview, position: int) -> int | None:
     """How many messages of a group precede byte ``position``; None if it is no boundary."""
-    if not isinstance(data, (bytes, memoryview)) or not isinstance(position, int):
-        return None
     index = 0
     cursor = 0
     try:
         while cursor < position:
-            size, start = decode_zigzag_long(data, cursor)
+            size, start = decode_zigzag_long(group, cursor)
             cursor = start + size
             index += 1
     except (Incomplete, IndexError, ValueError):
