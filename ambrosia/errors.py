@@ -15,7 +15,9 @@ one boundary (the backend modules), with the original chained as ``__cause__``.
     │                            dialled
     ├── LogError
     │   ├── LogCorruptError      a bad page that is not the torn tail: refuse to start
-    │   └── LogGapError          a missing chunk or a page sequence gap
+    │   ├── LogGapError          a missing chunk or a page sequence gap
+    │   └── LostAcknowledgedError  a peer's resume point shows this log lost calls it had
+    │                            acknowledged (or pages that produced calls a peer has)
     ├── StorageError             a log store operation failed           (retriable: see flag)
     │   ├── StorageUnavailableError  timeout, 5xx, throttling, connection refused  [retriable]
     │   ├── FenceError           the store itself rejected a stale writer
@@ -95,6 +97,10 @@ class LogCorruptError(LogError):
 
 class LogGapError(LogError):
     """A chunk or a page is missing from the middle of the log."""
+
+
+class LostAcknowledgedError(LogError):
+    """Storage lost acknowledged input (or produced output a peer holds): stop, loudly."""
 
 
 # -- storage --------------------------------------------------------------------------

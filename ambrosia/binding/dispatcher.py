@@ -89,10 +89,12 @@ def rpc_header(method_id: int, kind: int, reserved: int = RESERVED_CALL) -> byte
 class PendingCall:
     """An async call in flight; ``await`` it (inside a handler) for its logged result."""
 
-    __slots__ = ("call_id", "done", "error", "value", "waiter")
+    __slots__ = ("call_id", "destination", "done", "error", "value", "waiter")
 
-    def __init__(self, call_id: int) -> None:
+    def __init__(self, call_id: int, destination: str) -> None:
         self.call_id = call_id
+        # Only this instance may answer: a result from anyone else is refused.
+        self.destination = destination
         self.done = False
         self.value: object = None
         self.error: BaseException | None = None
@@ -128,6 +130,7 @@ class Dispatcher:
         self._handlers: dict[int, Handler] = {}
         self._headers: dict[tuple[int, int], bytes] = {}
         self._pending: dict[int, PendingCall] = {}
+        self._replying = False  # a result is being added: it must not block dispatch
         self._suspended = 0
         self.next_call_id = 1
         self.started = False
@@ -175,9 +178,15 @@ class Dispatcher:
     def quiescent(self) -> bool:
         return not self._pending and self._suspended == 0
 
-    def stream_blocked(self, stream: OutputStream) -> None:
+    def stream_blocked(self, stream: OutputStream) -> bool:
+        """An output stream went over its bound: stop between handlers (True), unless that
+        output is a result or a replay (see ``outputs``); then ask again on its next add."""
+        if self.replaying or self._replying:
+            stream.report_again()
+            return False
         self.blocked.add(stream)
         self.unblocked.clear()
+        return True
 
     def stream_unblocked(self, stream: OutputStream) -> None:
         self.blocked.discard(stream)
@@ -260,7 +269,7 @@ class Dispatcher:
             body = encode_zigzag_long(call_id) + codec.encode_args(args)
         header = self._header(info.method_id, KIND_ASYNC)
         self._stream(destination).add(frame_prefix(len(header) + len(body)) + header, body)
-        pending = PendingCall(call_id)
+        pending = PendingCall(call_id, destination)
         self._pending[call_id] = pending
         return pending
 
@@ -297,7 +306,11 @@ class Dispatcher:
             status = b"\x01"
         header = self._header_result()
         body = encode_zigzag_long(call_id) + status + encoded
-        self._stream(destination).add(frame_prefix(len(header) + len(body)) + header, body)
+        self._replying = True
+        try:
+            self._stream(destination).add(frame_prefix(len(header) + len(body)) + header, body)
+        finally:
+            self._replying = False
 
     def _header_result(self) -> bytes:
         key = (0, -1)
@@ -382,7 +395,7 @@ class Dispatcher:
                 else:
                     method, cursor = decode_zigzag_long(data, start + 2)
                 if data[start + 1] == RESERVED_RESULT:
-                    self._dispatch_result(data[cursor + 1 : stop])
+                    self._dispatch_result(source, data[cursor + 1 : stop])
                 else:
                     handler = handlers.get(method)
                     if handler is None:
@@ -471,12 +484,22 @@ class Dispatcher:
         else:
             self._send_result(reply, result, None)
 
-    def _dispatch_result(self, data: bytes | memoryview) -> None:
+    def _dispatch_result(self, source: str, data: bytes | memoryview) -> None:
         call_id, cursor = decode_zigzag_long(data, 0)
-        pending = self._pending.pop(call_id, None)
-        if pending is None:
-            logger.error("%s: result for unknown call id %d ignored", self.instance, call_id)
+        pending = self._pending.get(call_id)
+        if pending is None or pending.destination != source:
+            # Logged, so replay meets it again and ignores it again: deterministic.
+            logger.error(
+                "%s: result from %s for call id %d ignored: %s",
+                self.instance,
+                source,
+                call_id,
+                "no such call is waiting"
+                if pending is None
+                else f"that call went to {pending.destination}",
+            )
             return
+        del self._pending[call_id]
         status = data[cursor]
         payload = bytes(data[cursor + 1 :])
         try:

@@ -52,11 +52,14 @@ from ambrosia.errors import (
     PeerIdentityError,
     ProtocolError,
 )
+from ambrosia.protocol.batch import check_batch
 from ambrosia.wire.messages import (
+    PEER_PROTOCOL_VERSION,
     Commit,
     DataBatch,
     Direction,
     Hello,
+    Ping,
     ReplayFrom,
     decode_message_body,
     encode,
@@ -66,8 +69,10 @@ from ambrosia.wire.varint import Incomplete, decode_zigzag_int
 
 logger = logging.getLogger("ambrosia.links")
 
-PROTOCOL_VERSION = 1
 TYPE_DATA_BATCH = 17
+# What a sender writes when it has sent nothing for a while: an empty Ping, which the
+# receiver takes as a sign of life (its idle deadline closes silent connections).
+KEEPALIVE = encode(Ping(b""))
 _C2C = Direction.COORDINATOR_TO_COORDINATOR
 # Buffers per sendmsg call (well under the kernel's IOV_MAX of 1024).
 _SENDMSG_BUFFERS_MAX = 64
@@ -100,12 +105,17 @@ class FrameReader:
     runs low, so a byte is moved at most once however the stream is split; the buffer
     grows only to hold one frame larger than itself, never beyond ``frame_bytes_max``.
 
+    It starts at ``buffer_bytes`` (64 KiB: an idle or handshaking connection costs that
+    much, not a frame limit's worth) and ``shrink`` gives a grown buffer back once it
+    holds no unread byte (the owner calls it when the connection goes quiet).
+
     Views handed out (``memoryview`` of type byte + data) are only valid until the next
     ``get_buffer``; callers copy what they keep.
     """
 
-    def __init__(self, frame_bytes_max: int, buffer_bytes: int = 4 << 20) -> None:
+    def __init__(self, frame_bytes_max: int, buffer_bytes: int = 64 * 1024) -> None:
         self.frame_bytes_max = frame_bytes_max
+        self.buffer_bytes_min = buffer_bytes
         self.buffer = bytearray(buffer_bytes)
         self.read_bytes_min = min(64 * 1024, buffer_bytes // 4)
         self.start = 0
@@ -124,6 +134,17 @@ class FrameReader:
                 bigger[: self.end] = self.buffer[: self.end]
                 self.buffer = bigger
         return memoryview(self.buffer)[self.end :]
+
+    @property
+    def has_partial_frame(self) -> bool:
+        return self.end > self.start
+
+    def shrink(self) -> None:
+        """Back to the starting size if nothing unread is held (views must be gone)."""
+        if self.start == self.end and len(self.buffer) > self.buffer_bytes_min:
+            self.buffer = bytearray(self.buffer_bytes_min)
+            self.start = self.end = 0
+            self.frame_bytes_pending = 0
 
     def compact(self) -> None:
         if self.start:
@@ -196,10 +217,17 @@ class IncomingLink(asyncio.BufferedProtocol):
         self.expected_seq = 0
         self.paused = False
         self.closed = False
+        self.admitting = False  # a Hello is being checked: read nothing more until then
+        self.held = False  # the output stream to this peer is over its bound
+        self.frames_received = 0  # progress, for the deadlines (``Runtime._sweep``)
+        self.bytes_received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.owner.incoming_opened(self)  # counts it; refuses one over the limit
+        if self.closed:
+            return
         if transport.get_extra_info("sslcontext") is None:
             return  # plain TCP: no identity; admission decides whether that is allowed
         # The handshake is complete and the chain verified against the deployment CA.
@@ -212,17 +240,23 @@ class IncomingLink(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.reader.end += nbytes
+        self.bytes_received += nbytes
         self._process()
+
+    @property
+    def admitted(self) -> bool:
+        return self.source is not None
 
     def _process(self) -> None:
         if self.closed:
             return
         try:
-            while not self.paused:
+            while not (self.paused or self.held or self.admitting):
                 frame_start = self.reader.start
                 body = self.reader.next_frame()
                 if body is None:
                     break
+                self.frames_received += 1
                 if body[0] == TYPE_DATA_BATCH and self.source is not None:
                     if not self._data(body):
                         # Re-read this frame once the page has room.
@@ -237,6 +271,10 @@ class IncomingLink(asyncio.BufferedProtocol):
             self.fail(f"protocol error: {error}")
         except AmbrosiaError as error:
             self.fail(f"cannot accept input: {error}")
+        except Exception as error:
+            # Whatever a peer sends must end here, not as asyncio's "Fatal error" in the
+            # transport; a non-protocol exception means a check above is missing.
+            self.fail(f"refused input ({type(error).__name__}: {error})")
 
     def _data(self, body: memoryview) -> bool:
         batch = _decode(body)
@@ -246,6 +284,8 @@ class IncomingLink(asyncio.BufferedProtocol):
                 f"batch from {self.source} starts at {batch.first_seq}, "
                 f"expected {self.expected_seq}"
             )
+        # Before anything is logged: a logged batch cannot be taken back.
+        check_batch(batch.payload, batch.count, batch.replayable_count)
         assert self.source is not None
         if not self.owner.try_accept(
             self.source, batch.first_seq, batch.count, batch.replayable_count, batch.payload
@@ -255,13 +295,38 @@ class IncomingLink(asyncio.BufferedProtocol):
         return True
 
     def _control(self, message: object) -> None:
-        if isinstance(message, Hello) and self.source is None:
-            self.source = message.sender
-            accepted = self.owner.accept_hello(self, message)
-            self.expected_seq = accepted + 1
-            self.send(ReplayFrom(accepted, accepted))
+        if isinstance(message, Ping) and self.source is not None:
+            return  # a sender's keepalive: its arrival is all that counts
+        if isinstance(message, Hello) and self.source is None and not self.admitting:
+            # Admission looks the sender up in the catalog: read nothing more until then.
+            self.admitting = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self.owner.accept_hello(self, message)
             return
         raise ProtocolError(f"unexpected {type(message).__name__} from {self.source or 'peer'}")
+
+    def admit(self, source: str, accepted: int) -> None:
+        """The Hello passed: resume after ``accepted``, the last call logged from it."""
+        if self.closed:
+            return
+        self.source = source
+        self.admitting = False
+        self.expected_seq = accepted + 1
+        self.send(ReplayFrom(accepted, accepted))
+        self._resume_reading()
+
+    def hold(self, held: bool) -> None:
+        """Stop (or restart) taking input: the output stream to this peer is over its
+        bound, so the peer gets back-pressure instead of more results piling up."""
+        if held == self.held or self.closed:
+            return
+        self.held = held
+        if held:
+            if self.transport is not None:
+                self.transport.pause_reading()
+        else:
+            self._resume_reading()
 
     def _pause(self) -> None:
         self.paused = True
@@ -273,9 +338,19 @@ class IncomingLink(asyncio.BufferedProtocol):
         if self.closed:
             return
         self.paused = False
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if self.closed or self.paused or self.held or self.admitting:
+            return
         if self.transport is not None:
             self.transport.resume_reading()
         self._process()
+
+    @property
+    def reading(self) -> bool:
+        """False while input is held back on purpose (deadlines do not run then)."""
+        return not (self.paused or self.held or self.admitting)
 
     def send(self, message: Commit | ReplayFrom) -> None:
         if self.transport is not None and not self.closed:
@@ -285,7 +360,10 @@ class IncomingLink(asyncio.BufferedProtocol):
         self.send(Commit(seq, seq))
 
     def fail(self, reason: str) -> None:
-        logger.warning("closing connection from %s: %s", self.source or "unknown peer", reason)
+        if self.closed:
+            return
+        peer = self.source or self.peer_identity or "unknown peer"
+        logger.warning("closing connection from %s: %s", peer, reason)
         self.close()
 
     def close(self) -> None:
@@ -343,7 +421,15 @@ class OutgoingConnection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.loop.add_reader(self.fd, self._on_readable)
         link.protocol = self
-        self.send(encode(Hello(PROTOCOL_VERSION, link.sender, link.stream.destination, link.epoch)))
+        # ``acked`` lets the receiver notice that its log lost calls it acknowledged.
+        hello = Hello(
+            PEER_PROTOCOL_VERSION,
+            link.sender,
+            link.stream.destination,
+            link.epoch,
+            link.stream.acked_through,
+        )
+        self.send(encode(hello))
 
     # -- writing -------------------------------------------------------------------------
 
@@ -476,8 +562,16 @@ class OutgoingConnection:
         if isinstance(message, ReplayFrom) and not self.ready:
             stream.rewind(message.total)
             self.ready = True
+            self.link.resumed(message.total)
             self.link.flush()
         elif isinstance(message, Commit) and self.ready:
+            # Never beyond what was sent (``next_seq``), or than the receiver's own resume
+            # point (during replay ``next_seq`` lags behind what it already holds).
+            if message.seq > max(stream.next_seq, stream.drop_through):
+                raise ProtocolError(
+                    f"{stream.destination} acknowledged {message.seq}, "
+                    f"only {stream.next_seq} were sent"
+                )
             self.link.acked(message.seq)
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} from {stream.destination}")
@@ -552,6 +646,7 @@ class OutgoingLink:
         resolve: Callable[[str], Awaitable[tuple[str, int]]],
         on_ack: Callable[[OutputStream], None],
         tls: ssl.SSLContext | None = None,
+        on_resume: Callable[[OutputStream, int], None] | None = None,
     ) -> None:
         self.sender = sender
         self.tls = tls
@@ -560,6 +655,7 @@ class OutgoingLink:
         self.config = config
         self._resolve = resolve
         self._on_ack = on_ack
+        self._on_resume = on_resume
         self.protocol: OutgoingConnection | None = None
         self.task: asyncio.Task[None] | None = None
         self.batches_sent = 0
@@ -571,6 +667,11 @@ class OutgoingLink:
     def acked(self, seq: int) -> None:
         self.stream.ack(seq)
         self._on_ack(self.stream)
+
+    def resumed(self, total: int) -> None:
+        """The receiver named its resume point (its log holds everything up to ``total``)."""
+        if self._on_resume is not None:
+            self._on_resume(self.stream, total)
 
     def flush(self) -> None:
         connection = self.protocol

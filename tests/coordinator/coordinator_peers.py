@@ -17,9 +17,11 @@ from ambrosia.backends import memory, open_store
 from ambrosia.backends.base import LogStore
 from ambrosia.binding.immortal import Immortal, impulse, rpc
 from ambrosia.coordinator.runtime import Config, Runtime
+from ambrosia.errors import InstanceNotFoundError
 from ambrosia.testing.workloads import chain_step, expected_chain
 
 ASYNC_EVERY = 5
+_NOT_LISTENING_PORT = 1
 
 
 class Recorder(Immortal):
@@ -42,6 +44,11 @@ class Recorder(Immortal):
     def record_awaited(self, n: int) -> int:
         self._record(n)
         return n * 3
+
+    @rpc
+    def answer(self, padding: str) -> str:
+        """Answers without recording (for peers played by a test script)."""
+        return padding
 
 
 class Sender(Immortal):
@@ -85,21 +92,29 @@ class Sender(Immortal):
 
 
 class Peers:
-    """Runtimes on 127.0.0.1 that find each other by name (ports known once listening)."""
+    """Runtimes on 127.0.0.1 that find each other by name (ports known once listening).
+
+    Like a catalog: a name that was never registered (started here, or named in
+    ``registered`` by a test playing that peer) is ``InstanceNotFoundError``; a
+    registered one resolves even while it does not listen.
+    """
 
     def __init__(self) -> None:
         self.ports: dict[str, int] = {}
+        self.registered: set[str] = set()
 
     async def resolve(self, name: str) -> tuple[str, int]:
-        port = self.ports.get(name)
-        if port is None:
-            raise OSError(f"{name} is not listening yet")
-        return "127.0.0.1", port
+        if name not in self.registered:
+            raise InstanceNotFoundError(name)
+        # As a catalog does: a registered name has an address even while nothing listens
+        # there (port 1: connections are refused until the runtime is up).
+        return "127.0.0.1", self.ports.get(name, _NOT_LISTENING_PORT)
 
     async def start(
         self, name: str, factory: Callable[[], Immortal], store: LogStore, config: Config
     ) -> Runtime:
         """Start a runtime on a free port and wait until it is primary."""
+        self.registered.add(name)
         runtime = Runtime(
             instance=name,
             app_factory=factory,

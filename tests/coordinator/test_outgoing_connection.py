@@ -27,6 +27,7 @@ class _Config:
 @dataclass
 class _Stream:
     destination: str = "receiver"
+    acked_through: int = 0
 
 
 @dataclass
