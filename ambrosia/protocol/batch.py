@@ -86,9 +86,7 @@ def _pattern(head: bytes, message_bytes: int, tail: bytes) -> re.Pattern[bytes]:
         if len(_patterns) >= _PATTERNS_MAX:
             _patterns.clear()  # a peer cycling shapes costs compiles, never memory
         rest = message_bytes - len(head)
-        pattern = re.compile(
-            b"(?:" + re.escape(head) + tail + b".{%d})+" % rest, re.DOTALL
-        )
+        pattern = re.compile(b"(?:" + re.escape(head) + tail + b".{%d})+" % rest, re.DOTALL)
         _patterns[key] = pattern
     return pattern
 
