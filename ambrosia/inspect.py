@@ -2,9 +2,11 @@
 
 What an operator wants to know about a log, read with the same rules recovery uses
 (``ambrosia.coordinator.recovery``), so the inspector and recovery never disagree about
-what a valid log is:
+what a valid log is: the verdict below IS recovery's (``recover``, the audit every
+start runs), not a second implementation of it.
 
-- where it is (the store URL) and its metadata record (latest checkpoint, epoch);
+- where it is (the store URL) and its metadata record (latest checkpoint, epoch, the
+  range of chunks it records);
 - every checkpoint: size, the page and chunk replay resumes at, the per-input
   high-water marks and, per output, the next sequence number, what the receiver
   acknowledged and the unacknowledged segments the checkpoint carries;
@@ -14,8 +16,9 @@ what a valid log is:
   number, per destination the latest logged trim point;
 - with ``pages=True``, every page: sequence, epoch, offset, size, its input groups
   (source, sequence range, count) and trim points;
-- the verdict recovery would reach: which checkpoint it loads and how many pages it
-  replays, or the error it would refuse to start with.
+- the verdict recovery would reach: which checkpoint it loads (and which newer ones it
+  would skip as unusable) and how many pages it replays, or the error it would refuse
+  to start with.
 
 Problems are part of the report, not a traceback
 ------------------------------------------------
@@ -24,9 +27,18 @@ page in the middle of a chunk, a missing chunk, a sequence gap, an unreadable
 checkpoint) never stops the inspection: everything that can be read is still shown,
 and a ``PROBLEMS`` section at the end names each one with its location.
 
+Problems are what makes recovery refuse to start: recovery's own error first, then any
+further damage inside the recorded chunk range (found while showing each chunk), which
+would stop the start as soon as the first is repaired. Damage recovery works around or
+never reads is listed under ``WARNINGS`` instead: an unusable checkpoint it falls back
+from, an unreadable older checkpoint, damage in a chunk outside the recorded range (a
+retention leftover), a metadata record without a chunk range.
+
 Then, by default (``check=True``), ``describe_log`` raises the first problem as the
 same ``LogError`` subclass recovery would raise (``LogCorruptError``, ``LogGapError``),
-so a script can tell a healthy log from a damaged one by the exception alone. The
+so a script can tell a log ``ambrosia run`` refuses from one it starts by the exception
+alone (and ``ambrosia log`` exits with status 2 exactly when ``ambrosia run`` would
+refuse to start). The
 raised error's message is the problem followed by the whole report, so
 ``ambrosia log NAME`` (which prints ``ambrosia: error: <message>`` for any
 ``AmbrosiaError`` and exits with status 2) still shows everything it read, on standard
@@ -35,8 +47,8 @@ problem: it is the expected trace of a crash during a write, and recovery cuts i
 
 Reading a running instance's log is safe (the inspector never takes the lease and
 never writes), but the page being written at that moment can show as a torn tail.
-Chunks that recovery would read are read once; the older ones kept by retention are
-read as well, so their damage is reported even though recovery would not notice it.
+Chunks that recovery audited are read once; chunks outside the recorded range are read
+as well, so their damage is shown.
 """
 
 from __future__ import annotations
@@ -46,13 +58,12 @@ from dataclasses import dataclass, field
 from ambrosia.backends import ChunkInfo, LogStore, Meta, open_store
 from ambrosia.coordinator.checkpoint import CheckpointState, decode_checkpoint
 from ambrosia.coordinator.outputs import Segment
-from ambrosia.coordinator.recovery import LogReading, read_log
-from ambrosia.errors import LogError, LogGapError, NotFoundError
+from ambrosia.coordinator.recovery import LogReading, recover
+from ambrosia.errors import LogError, NotFoundError
 from ambrosia.log.page import (
     PAGE_BYTES_MAX_DEFAULT,
     ChunkScan,
     Page,
-    check_sequence,
     instance_id_for,
     scan_chunk,
 )
@@ -88,6 +99,8 @@ class _Survey:
     chunks: list[_ChunkView] = field(default_factory=list)
     recovery: str = ""
     problems: list[LogError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    loaded: CheckpointState | None = None
 
     def add_problem(self, error: LogError) -> None:
         # Recovery's audit and the per-chunk scan can meet the same defect.
@@ -96,12 +109,8 @@ class _Survey:
 
     @property
     def latest(self) -> CheckpointState | None:
-        if self.meta is None or self.meta.checkpoint is None:
-            return None
-        for view in self.checkpoints:
-            if view.number == self.meta.checkpoint:
-                return view.state
-        return None
+        """The checkpoint recovery loads (None if it would refuse or never started)."""
+        return self.loaded
 
 
 async def describe_log(
@@ -141,22 +150,35 @@ async def _survey(store: LogStore, page_bytes_max: int) -> _Survey:
     survey.meta, survey.meta_version = await store.read_meta()
     for number in await store.list_checkpoints():
         survey.checkpoints.append(await _read_checkpoint(store, number))
-    for view in survey.checkpoints:
-        if view.error is not None:
-            survey.add_problem(view.error)
     chunk_infos = await store.list_chunks()
-    scans: dict[int, ChunkScan] = {}
-    reading = await _recovery_verdict(store, survey, chunk_infos, page_bytes_max)
-    if reading is not None:
-        scans.update(reading.scans)
+    reading = await _recovery_verdict(store, survey, page_bytes_max)
+    for view in survey.checkpoints:
+        if view.problem is not None and all(view.number != n for n, _ in _skipped(reading)):
+            survey.warnings.append(f"checkpoint {view.number}: {view.problem}")
+    scans = dict(reading.scans) if reading is not None else {}
+    recorded = survey.meta.chunks if survey.meta is not None else None
     for info in chunk_infos:
         scan = scans.get(info.number)
         problem = None
         if scan is None:
-            scan, problem = await _scan(store, survey, info, page_bytes_max)
+            scan, error = await _scan(store, info, page_bytes_max)
+            if error is not None:
+                problem = str(error)
+                if recorded is None or info.number in recorded:
+                    survey.add_problem(error)
+                else:
+                    survey.warnings.append(f"outside the recorded chunk range: {error}")
         survey.chunks.append(_ChunkView(info, scan, problem))
-    _audit_whole_log(survey)
+    if survey.meta is not None and survey.meta.checkpoint is not None and recorded is None:
+        survey.warnings.append(
+            "the metadata record has no chunk range (written by an older version): a deleted "
+            "newest chunk cannot be detected until the next start records one"
+        )
     return survey
+
+
+def _skipped(reading: LogReading | None) -> list[tuple[int, LogError]]:
+    return [] if reading is None else reading.skipped
 
 
 async def _read_checkpoint(store: LogStore, number: int) -> _CheckpointView:
@@ -174,38 +196,24 @@ async def _read_checkpoint(store: LogStore, number: int) -> _CheckpointView:
 
 
 async def _recovery_verdict(
-    store: LogStore, survey: _Survey, chunks: list[ChunkInfo], page_bytes_max: int
+    store: LogStore, survey: _Survey, page_bytes_max: int
 ) -> LogReading | None:
     """Run recovery's own reading of the log; record what it would conclude."""
-    meta = survey.meta
-    if meta is None or meta.checkpoint is None:
-        if any(chunk.size_bytes for chunk in chunks):
-            survey.add_problem(
-                LogGapError(
-                    f"{store.instance}: the log has pages but no metadata record; "
-                    "recovery refuses to start over it"
-                )
-            )
-            survey.recovery = "recovery would refuse to start: pages without a metadata record"
-        else:
-            survey.recovery = "never started: recovery would begin a new log"
-        return None
-    checkpoint = survey.latest
-    if checkpoint is None:
-        survey.add_problem(
-            LogGapError(
-                f"{store.instance}: the metadata names checkpoint {meta.checkpoint}, "
-                "which is missing or unreadable"
-            )
-        )
-        survey.recovery = f"recovery would fail: checkpoint {meta.checkpoint} cannot be loaded"
-        return None
     try:
-        reading = await read_log(store, checkpoint, page_bytes_max)
+        reading = await recover(store, page_bytes_max)
     except LogError as error:
         survey.add_problem(error)
         survey.recovery = f"recovery would refuse to start: {error}"
         return None
+    checkpoint = reading.checkpoint
+    if checkpoint is None:
+        survey.recovery = "never started: recovery would begin a new log"
+        return reading
+    survey.loaded = checkpoint
+    for number, unusable in reading.skipped:
+        survey.warnings.append(
+            f"checkpoint {number} cannot be used, recovery falls back past it: {unusable}"
+        )
     if reading.pages:
         replayed = (
             f"replay {len(reading.pages)} page(s), sequence "
@@ -215,19 +223,19 @@ async def _recovery_verdict(
         replayed = "replay no pages"
     survey.recovery = (
         f"recovery would load checkpoint {checkpoint.number} and {replayed}, "
-        f"then write chunk {max(reading.last_chunk, checkpoint.number) + 1}"
+        f"then write chunk {reading.next_chunk}"
     )
     return reading
 
 
 async def _scan(
-    store: LogStore, survey: _Survey, info: ChunkInfo, page_bytes_max: int
-) -> tuple[ChunkScan | None, str | None]:
+    store: LogStore, info: ChunkInfo, page_bytes_max: int
+) -> tuple[ChunkScan | None, LogError | None]:
     where = f"{store.url} {store.instance} chunk {info.number}"
     try:
         data = await store.read_chunk(info.number)
-    except NotFoundError as error:
-        return None, f"vanished while reading (retention?): {error}"
+    except NotFoundError as missing:
+        return None, LogError(f"{where} vanished while reading (retention?): {missing}")
     try:
         scan = scan_chunk(
             data,
@@ -235,22 +243,9 @@ async def _scan(
             instance_id=instance_id_for(store.instance),
             page_bytes_max=page_bytes_max,
         )
-    except LogError as error:
-        survey.add_problem(error)
-        return None, str(error)
+    except LogError as damaged:
+        return None, damaged
     return scan, None
-
-
-def _audit_whole_log(survey: _Survey) -> None:
-    """The sequence audit over every chunk kept, not only those recovery reads."""
-    if not survey.chunks or any(view.scan is None for view in survey.chunks):
-        return
-    scans = [(view.info.number, view.scan) for view in survey.chunks if view.scan is not None]
-    first_sequence = 0 if survey.chunks[0].info.number == 0 else None
-    try:
-        check_sequence(scans, first_sequence=first_sequence)
-    except LogError as error:
-        survey.add_problem(error)
 
 
 # -- formatting -----------------------------------------------------------------------------
@@ -266,6 +261,10 @@ def _render(survey: _Survey, *, pages: bool) -> str:
         lines += _render_pages(survey)
     lines.append("")
     lines.append(survey.recovery)
+    if survey.warnings:
+        lines.append("")
+        lines.append(f"WARNINGS ({len(survey.warnings)}):")
+        lines += [f"  {warning}" for warning in survey.warnings]
     if survey.problems:
         lines.append("")
         lines.append(f"PROBLEMS ({len(survey.problems)}):")
@@ -279,6 +278,7 @@ def _render_meta(survey: _Survey) -> list[str]:
         return ["metadata: none (the instance never started)"]
     latest = "none" if meta.checkpoint is None else str(meta.checkpoint)
     line = f"metadata: latest checkpoint {latest}, epoch {meta.epoch}"
+    line += ", chunks " + ("not recorded" if meta.chunks is None else str(meta.chunks))
     if survey.meta_version is not None:
         line += f", version {survey.meta_version}"
     extra = ", ".join(f"{key}={value}" for key, value in meta.extra)
@@ -326,8 +326,13 @@ def _segments(buffered: list[Segment]) -> str:
 
 def _render_chunks(survey: _Survey) -> list[str]:
     lines = ["", f"chunks ({len(survey.chunks)}):"]
+    recorded = survey.meta.chunks if survey.meta is not None else None
     for view in survey.chunks:
         head = f"  chunk {view.info.number}: {view.info.size_bytes} bytes"
+        if recorded is not None and view.info.number < recorded.first:
+            head += " (below the recorded range: a retention leftover)"
+        elif recorded is not None and view.info.number > recorded.last:
+            head += " (beyond the recorded range)"
         scan = view.scan
         if scan is None:
             lines.append(f"{head}, UNREADABLE")

@@ -88,7 +88,14 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobBlock
 from azure.storage.blob.aio import BlobClient, BlobLeaseClient, BlobServiceClient
 
-from ambrosia.backends.base import ChunkInfo, Lease, Meta
+from ambrosia.backends.base import (
+    ChunkInfo,
+    Lease,
+    Meta,
+    meta_from_record,
+    meta_to_record,
+    recorded_as_created,
+)
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
 from ambrosia.errors import (
     AmbrosiaError,
@@ -175,9 +182,7 @@ def _encode_meta(meta: Meta, writer: str) -> bytes:
     # this very swap landed (a retry after a timeout), not an equal one made earlier.
     return orjson.dumps(
         {
-            "checkpoint": meta.checkpoint,
-            "epoch": meta.epoch,
-            "extra": [list(pair) for pair in meta.extra],
+            **meta_to_record(meta),
             "nonce": uuid.uuid4().hex,
             "writer": writer,
         },
@@ -188,11 +193,7 @@ def _encode_meta(meta: Meta, writer: str) -> bytes:
 def _decode_meta(data: bytes, where: str) -> Meta:
     try:
         record = orjson.loads(data)
-        return Meta(
-            checkpoint=record["checkpoint"],
-            epoch=int(record["epoch"]),
-            extra=tuple((str(key), str(value)) for key, value in record["extra"]),
-        )
+        return meta_from_record(record)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise StorageError(f"{where}: unreadable metadata record: {error}") from error
 
@@ -375,8 +376,11 @@ class AzureBlobLogStore:
         existing = {number for number, _ in await self._list_numbers("chunk")}
         highest = max(existing, default=-1)
         first = highest if highest >= 0 else chunk_max
+        recorded, _ = await self.read_meta()
         for number in range(max(first, 0), max(highest, chunk_max) + 1):
             blob = self._blob(self._chunk_name(number))
+            if number not in existing and recorded_as_created(recorded, number):
+                continue  # deleted after it was recorded: damage the audit must name
             if number not in existing:
                 # PreconditionFailedError: the previous writer created it after all.
                 with contextlib.suppress(PreconditionFailedError):

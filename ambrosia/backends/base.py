@@ -24,7 +24,7 @@ is resolved by the caller by reading the chunk's size back before the next appen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,17 +47,95 @@ class ChunkInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkRange:
+    """The chunks the log holds, ``first`` through ``last`` inclusive.
+
+    ``last == first - 1`` is an empty range (a log whose first chunk is not created yet).
+    Every chunk in the range exists in storage: a chunk is recorded after it is created
+    and before its first page is written, and retention raises ``first`` before it
+    deletes anything. So a recorded chunk that storage lacks is always damage, and a
+    chunk beyond ``last`` can only be an empty leftover of a crash between its creation
+    and its recording (or a chunk a takeover pre-created).
+    """
+
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if self.first < 0 or self.last < self.first - 1:
+            raise ValueError(f"chunk range {self.first}..{self.last} is not a range")
+
+    def __contains__(self, number: object) -> bool:
+        return isinstance(number, int) and self.first <= number <= self.last
+
+    def __str__(self) -> str:
+        if self.last < self.first:
+            return f"none yet (the next is {self.first})"
+        return f"{self.first}..{self.last}"
+
+
+@dataclass(frozen=True, slots=True)
 class Meta:
     """The instance's metadata record.
 
     ``checkpoint``: the latest complete checkpoint recovery starts from (None before the
-    first). ``epoch``: the epoch of the writer that last swapped it. ``extra``: small
-    string fields for the coordinator (format version and the like).
+    first). ``epoch``: the epoch of the writer that last swapped it. ``chunks``: which
+    chunks the log holds (``ChunkRange``); None in a record written before the field
+    existed, whose chunks recovery can only take from the store's listing. ``extra``:
+    small string fields for the coordinator (format version and the like).
     """
 
     checkpoint: int | None
     epoch: int
     extra: tuple[tuple[str, str], ...] = ()
+    chunks: ChunkRange | None = None
+
+
+def recorded_as_created(meta: Meta | None, number: int) -> bool:
+    """Whether ``meta`` records chunk ``number`` as created (it is at or below the range's end).
+
+    A lease takeover creates (or fences) chunks a previous writer may have reserved but not
+    created yet; it must not re-create one of these when it is missing: such a chunk was
+    deleted, and recovery's audit must find it missing and name it, not find it empty.
+    """
+    return meta is not None and meta.chunks is not None and number <= meta.chunks.last
+
+
+def meta_to_record(meta: Meta) -> dict[str, Any]:
+    """The JSON object every backend stores for ``meta`` (backends add their own keys).
+
+    ``chunks`` is written as ``[first, last]`` and left out when None, so a record
+    without it is exactly what earlier versions wrote and read.
+    """
+    record: dict[str, Any] = {
+        "checkpoint": meta.checkpoint,
+        "epoch": meta.epoch,
+        "extra": [list(pair) for pair in meta.extra],
+    }
+    if meta.chunks is not None:
+        record["chunks"] = [meta.chunks.first, meta.chunks.last]
+    return record
+
+
+def meta_from_record(record: dict[str, Any]) -> Meta:
+    """The inverse of ``meta_to_record``; KeyError, TypeError or ValueError if malformed.
+
+    Unknown keys are ignored (backend bookkeeping such as a nonce or the writer).
+    """
+    checkpoint = record["checkpoint"]
+    chunks = record.get("chunks")
+    chunk_range = None
+    if chunks is not None:
+        first, last = chunks
+        if type(first) is not int or type(last) is not int:
+            raise TypeError(f"chunk range {chunks!r} is not two integers")
+        chunk_range = ChunkRange(first, last)
+    return Meta(
+        checkpoint=None if checkpoint is None else int(checkpoint),
+        epoch=int(record["epoch"]),
+        extra=tuple((str(key), str(value)) for key, value in record["extra"]),
+        chunks=chunk_range,
+    )
 
 
 class LogStore(Protocol):

@@ -49,7 +49,7 @@ import anyio.to_thread
 import orjson
 
 from ambrosia.backends import validate_instance_name
-from ambrosia.backends.base import ChunkInfo, Lease, Meta
+from ambrosia.backends.base import ChunkInfo, Lease, Meta, meta_from_record, meta_to_record
 from ambrosia.errors import (
     ConfigError,
     LeaseHeldError,
@@ -158,25 +158,13 @@ def _replace_durably(final: Path, data: bytes) -> None:
 
 
 def _encode_meta(meta: Meta, version: int) -> bytes:
-    record = {
-        "version": version,
-        "checkpoint": meta.checkpoint,
-        "epoch": meta.epoch,
-        "extra": [list(pair) for pair in meta.extra],
-    }
-    return orjson.dumps(record)
+    return orjson.dumps({"version": version, **meta_to_record(meta)})
 
 
 def _decode_meta(data: bytes, where: str) -> tuple[Meta, int]:
     try:
         record = orjson.loads(data)
-        checkpoint = record["checkpoint"]
-        meta = Meta(
-            checkpoint=None if checkpoint is None else int(checkpoint),
-            epoch=int(record["epoch"]),
-            extra=tuple((str(key), str(value)) for key, value in record["extra"]),
-        )
-        return meta, int(record["version"])
+        return meta_from_record(record), int(record["version"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise LogCorruptError(where, 0, f"unreadable metadata record: {error}") from error
 

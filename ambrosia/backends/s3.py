@@ -75,7 +75,14 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from ambrosia.backends.base import ChunkInfo, Lease, Meta
+from ambrosia.backends.base import (
+    ChunkInfo,
+    Lease,
+    Meta,
+    meta_from_record,
+    meta_to_record,
+    recorded_as_created,
+)
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
 from ambrosia.errors import (
     AmbrosiaError,
@@ -190,9 +197,7 @@ class _ChunkState:
 def _encode_meta(meta: Meta, writer: str) -> bytes:
     return orjson.dumps(
         {
-            "checkpoint": meta.checkpoint,
-            "epoch": meta.epoch,
-            "extra": [list(pair) for pair in meta.extra],
+            **meta_to_record(meta),
             "nonce": uuid.uuid4().hex,
             "writer": writer,
         },
@@ -203,12 +208,7 @@ def _encode_meta(meta: Meta, writer: str) -> bytes:
 def _decode_meta(data: bytes, where: str) -> tuple[Meta, dict[str, Any]]:
     try:
         record = orjson.loads(data)
-        meta = Meta(
-            checkpoint=record["checkpoint"],
-            epoch=int(record["epoch"]),
-            extra=tuple((str(key), str(value)) for key, value in record["extra"]),
-        )
-        return meta, record
+        return meta_from_record(record), record
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise StorageError(f"{where}: unreadable metadata record: {error}") from error
 
@@ -404,10 +404,13 @@ class S3LogStore:
         return lease
 
     async def _fence_previous_writer(self, token: str, chunk_max: int) -> None:
-        numbers = sorted(await self._chunk_numbers())
-        highest = numbers[-1] if numbers else -1
+        existing = await self._chunk_numbers()
+        highest = max(existing, default=-1)
         first = highest if highest >= 0 else chunk_max
+        recorded, _ = await self.read_meta()
         for number in range(max(first, 0), max(highest, chunk_max) + 1):
+            if number not in existing and recorded_as_created(recorded, number):
+                continue  # deleted after it was recorded: damage the audit must name
             await self._plant_fence(number, token)
         where = self._where("metadata")
         for _ in range(fence_attempts_max):

@@ -22,6 +22,11 @@ never on dispatch. The backlog itself is bounded by ``delivery_backlog_bytes_max
 (input stops being read beyond it). Without persistence (a benchmark switch) pages
 cannot be read back, so the writer waits for delivery room instead.
 
+A chunk switch (``switch_chunk``, asked for by a checkpoint) takes effect with the next
+page sealed: the chunk is created, then ``on_new_chunk`` records it in the metadata, then
+the page is appended, so the metadata always knows every chunk that holds a page
+(``ambrosia.coordinator.recovery``).
+
 A write that fails because the lease or the fence was lost stops the committer for good
 (``failed``): a stale primary must not keep writing or executing.
 """
@@ -31,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ambrosia.backends.base import Lease, LogStore
@@ -71,6 +76,7 @@ class Committer:
         accepted: dict[str, int],
         chunk_bytes_max: int,
         on_chunk_full: Callable[[], None],
+        on_new_chunk: Callable[[int], Awaitable[None]] | None = None,
         persist: bool = True,
         retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
     ) -> None:
@@ -93,6 +99,7 @@ class Committer:
         self._pending_marks: dict[str, int] = {}
         self.chunk_bytes_max = chunk_bytes_max
         self._on_chunk_full = on_chunk_full
+        self._on_new_chunk = on_new_chunk
         self.builder = PageBuilder(page_bytes_max=page_bytes_max)
         self.delivery: deque[DurablePage] = deque()
         self.delivery_ready = asyncio.Event()
@@ -197,6 +204,10 @@ class Committer:
             await call_with_retry(
                 lambda: self.store.create_chunk(self.lease, number), self.retry_policy
             )
+            if self._on_new_chunk is not None:
+                # Recorded in the metadata after it exists and before its first page: a
+                # recorded chunk that storage lacks is then always damage, never a crash.
+                await self._on_new_chunk(number)
             self.chunk = number
             self.chunk_offset = 0
         sequence = self.next_sequence

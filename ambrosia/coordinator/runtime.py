@@ -3,13 +3,15 @@
 Start-up is recovery; a first start is recovery from an empty log:
 
 1. take the writer lease (one writer per instance, fenced by the store);
-2. load the latest checkpoint (on a first start: write checkpoint 0 of the freshly
-   constructed state first), scan and audit the chunks after it;
+2. audit the log and load the latest usable checkpoint (``recovery``: the audit
+   ``ambrosia log`` runs; on a first start: write checkpoint 0 of the freshly
+   constructed state first);
 3. restore connection state: input high-water marks (checkpoint + logged groups), output
    buffers (checkpoint) and what receivers already consumed (logged trim points), so
    regenerated output that was consumed is dropped instead of buffered;
 4. start a NEW chunk (the old last chunk may end in a torn write that cloud stores cannot
-   truncate), start the committer, the peer listener and the outgoing links;
+   truncate) and record it in the metadata before writing into it; start the committer,
+   the peer listener and the outgoing links;
 5. replay the logged pages through the dispatcher (impulses refused meanwhile);
 6. become primary: log the first-start call if it never was, ask for a checkpoint,
    run ``on_become_primary``.
@@ -31,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ambrosia.backends.base import Lease, LogStore, Meta
+from ambrosia.backends.base import ChunkRange, Lease, LogStore
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
 from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher
@@ -40,12 +42,11 @@ from ambrosia.coordinator.checkpoint import CheckpointState, OutputState, encode
 from ambrosia.coordinator.committer import Committer, DurablePage
 from ambrosia.coordinator.links import IncomingLink, OutgoingLink
 from ambrosia.coordinator.outputs import OutputStream
-from ambrosia.coordinator.recovery import read_checkpoint, read_log
+from ambrosia.coordinator.metadata import MetadataKeeper
+from ambrosia.coordinator.recovery import recover
 from ambrosia.coordinator.tls import TlsContexts, TlsSettings, load_contexts
 from ambrosia.errors import (
     AmbrosiaError,
-    LogGapError,
-    PreconditionFailedError,
     ProtocolError,
     ReplayDivergenceError,
 )
@@ -167,7 +168,7 @@ class Runtime:
         )
         self.instance_id = instance_id_for(instance)
         self.lease: Lease | None = None
-        self.meta_version: str | None = None
+        self.metadata: MetadataKeeper | None = None
         self.dispatcher: Dispatcher | None = None
         self.committer: Committer | None = None
         self.streams: dict[str, OutputStream] = {}
@@ -208,22 +209,34 @@ class Runtime:
         logger.info("%s: lease taken, epoch %d", self.instance, self.lease.epoch)
         app = self.app_factory()
         self.dispatcher = Dispatcher(self.instance, app, self._open_stream, self._log_impulse)
-        meta, self.meta_version = await call_with_retry(store.read_meta, policy)
-        if meta is None or meta.checkpoint is None:
+        # The audit ``ambrosia log`` runs (``recovery``): a damaged log stops the start
+        # here, with the chunk or checkpoint named; a corrupt latest checkpoint falls back
+        # to an older kept one when the log from it is intact.
+        reading = await recover(store, self.config.page_bytes_max, policy)
+        self.metadata = MetadataKeeper(
+            store,
+            self._current_lease,
+            meta=reading.meta,
+            version=reading.meta_version,
+            policy=policy,
+        )
+        if reading.checkpoint is None:
             checkpoint = await self._first_checkpoint()
         else:
-            checkpoint = await read_checkpoint(store, meta.checkpoint, policy)
+            checkpoint = reading.checkpoint
             self._restore(checkpoint)
-        # Checkpoints left by earlier lives count for retention too, including one written
-        # by a life that died before pointing the metadata at it. Their resume chunk is
-        # N - 1 or N; assuming N - 1 keeps whatever they might need.
+        # Older kept checkpoints count for retention (the fallback needs the chunks from
+        # the oldest one's resume chunk on). Their resume chunk is N - 1 or N; assuming
+        # N - 1 keeps whatever they might need. Unusable ones and any newer than the one
+        # loaded (written by a life that died before pointing the metadata at it) are
+        # not kept: retention deletes them by number once newer checkpoints exist.
         listed = await call_with_retry(store.list_checkpoints, policy)
+        unusable = {number for number, _ in reading.skipped}
         self.checkpoints = sorted(
-            {(n, max(n - 1, 0)) for n in listed if n != checkpoint.number}
+            {(n, max(n - 1, 0)) for n in listed if n < checkpoint.number and n not in unusable}
             | {(checkpoint.number, checkpoint.resume_chunk)}
-        )
-        reading = await read_log(store, checkpoint, self.config.page_bytes_max, policy)
-        pages, last_chunk = reading.pages, reading.last_chunk
+        )[-self.config.checkpoints_kept :]
+        pages = reading.pages
         accepted = dict(checkpoint.inputs)
         trims: dict[str, int] = {}
         for _, page in pages:
@@ -237,10 +250,14 @@ class Runtime:
         for destination, seq in trims.items():
             self._open_stream(destination).ack(seq)
         self_stream = self._open_stream(self.instance)
-        fresh = meta is None or meta.checkpoint is None
-        new_chunk = 0 if fresh else max(last_chunk, checkpoint.number) + 1
+        # A new chunk for this life, right after the last one the log ever created (a torn
+        # tail in the old last chunk stays behind; cloud stores cannot truncate), recorded
+        # in the metadata before anything is written into it.
+        new_chunk = reading.next_chunk
+        first_chunk = new_chunk if reading.audit is None else reading.audit.chunks.first
         lease = self.lease
         await call_with_retry(lambda: store.create_chunk(lease, new_chunk), policy)
+        await self.metadata.record_start(checkpoint.number, ChunkRange(first_chunk, new_chunk))
         self.committer = Committer(
             store,
             self.lease,
@@ -255,6 +272,7 @@ class Runtime:
             accepted=accepted,
             chunk_bytes_max=self.config.checkpoint_log_bytes,
             on_chunk_full=self._request_checkpoint,
+            on_new_chunk=self.metadata.record_chunk,
             persist=self.config.persist,
             retry_policy=self.config.retry_policy,
         )
@@ -283,35 +301,28 @@ class Runtime:
         self._tasks.append(loop.create_task(self._renew_loop()))
 
     async def _first_checkpoint(self) -> CheckpointState:
+        """Checkpoint 0 of a new log (recovery found no metadata and no pages)."""
         assert self.lease is not None and self.dispatcher is not None
-        chunks = await call_with_retry(self.store.list_chunks, self.config.retry_policy)
-        if any(chunk.size_bytes for chunk in chunks):
-            raise LogGapError(
-                f"{self.instance}: the log has pages but no metadata record; refusing to start "
-                "over it (restore the metadata or remove the log)"
-            )
         state = self._snapshot(number=0, resume_sequence=0, resume_chunk=0)
-        await self._store_checkpoint(0, encode_checkpoint(state))
+        await self._store_checkpoint(0, encode_checkpoint(state), first_chunk=0)
         return state
 
-    async def _store_checkpoint(self, number: int, data: bytes) -> None:
-        """Write checkpoint ``number`` and point the metadata at it, retrying transients."""
+    def _current_lease(self) -> Lease:
+        assert self.lease is not None
+        return self.lease
+
+    async def _store_checkpoint(self, number: int, data: bytes, *, first_chunk: int) -> None:
+        """Write checkpoint ``number`` and point the metadata at it, retrying transients.
+
+        ``first_chunk``: the first chunk the kept checkpoints need, recorded in the same
+        swap, so retention deletes only what the metadata no longer names.
+        """
         lease = self.lease
         assert lease is not None
         policy = self.config.retry_policy
+        assert self.metadata is not None
         await call_with_retry(lambda: self.store.write_checkpoint(lease, number, data), policy)
-        new = Meta(checkpoint=number, epoch=lease.epoch)
-        try:
-            self.meta_version = await call_with_retry(
-                lambda: self.store.swap_meta(lease, expected=self.meta_version, new=new), policy
-            )
-        except PreconditionFailedError:
-            # An ambiguous swap that did land looks like a lost race on its retry: read
-            # back; only a record that is not ours is a real conflict.
-            current, version = await call_with_retry(self.store.read_meta, policy)
-            if current != new:
-                raise
-            self.meta_version = version
+        await self.metadata.record_checkpoint(number, first_chunk)
 
     def _restore(self, checkpoint: CheckpointState) -> None:
         assert self.dispatcher is not None
@@ -616,18 +627,29 @@ class Runtime:
         assert self.lease is not None
         try:
             data = encode_checkpoint(state)
-            await self._store_checkpoint(state.number, data)
-            self.checkpoints.append((state.number, state.resume_chunk))
+            # The kept checkpoints after this one: the newest ``checkpoints_kept``. The
+            # older ones are the fallback when a newer one turns out unreadable, so the
+            # chunks from the oldest one's resume chunk on stay.
+            kept = [*self.checkpoints, (state.number, state.resume_chunk)]
+            kept = kept[-self.config.checkpoints_kept :]
+            first_kept_chunk = min(chunk for _, chunk in kept)
+            await self._store_checkpoint(state.number, data, first_chunk=first_kept_chunk)
+            retire = len(self.checkpoints) + 1 > len(kept)
+            self.checkpoints = kept
             logger.info(
                 "%s: checkpoint %d written (%d bytes)", self.instance, state.number, len(data)
             )
-            kept = self.checkpoints[-self.config.checkpoints_kept :]
-            if len(self.checkpoints) > len(kept):
-                self.checkpoints = kept
-                await self._retain(
-                    min(chunk for _, chunk in kept), min(number for number, _ in kept)
-                )
+            if retire:
+                await self._retain(first_kept_chunk, min(number for number, _ in kept))
         except AmbrosiaError as error:
+            if error.retriable:
+                # Still failing after the retries (say, no descriptor free): the log keeps
+                # going without it, the metadata still names the previous checkpoint, and
+                # the next full chunk tries again. Only replay gets longer.
+                logger.warning(
+                    "%s: checkpoint %d postponed: %s", self.instance, state.number, error
+                )
+                return
             logger.critical("%s: checkpoint failed: %s", self.instance, error)
             self.failure = error
             self.stopped.set()

@@ -33,7 +33,7 @@ from contextlib import AsyncExitStack, suppress
 
 import anyio
 
-from ambrosia.backends.base import Lease, LogStore, Meta
+from ambrosia.backends.base import ChunkRange, Lease, LogStore, Meta
 from ambrosia.errors import (
     FenceError,
     LeaseHeldError,
@@ -54,6 +54,7 @@ __all__ = [
     "check_epochs_increase",
     "check_lease_exclusive",
     "check_listing_order",
+    "check_meta_chunk_record",
     "check_meta_compare_and_swap_race",
     "check_read_chunk_ranges",
     "check_retention",
@@ -318,6 +319,41 @@ async def check_meta_compare_and_swap_race(make_store: StoreFactory) -> None:
         )
 
 
+async def check_meta_chunk_record(make_store: StoreFactory) -> None:
+    """The metadata's chunk range round-trips, survives a takeover, and can be absent.
+
+    Recovery trusts ``Meta.chunks`` to say which chunks must exist, so a backend that
+    dropped it (or kept a stale one after a takeover rewrote the record) would turn a
+    deleted chunk back into a silent loss. An empty range (``last == first - 1``) is
+    what a log records before its first chunk is created.
+    """
+    async with AsyncExitStack() as stack:
+        instance = _instance("meta-chunks")
+        first = await _open(stack, make_store, instance)
+        lease = await first.acquire_lease()
+        records = [
+            Meta(checkpoint=0, epoch=lease.epoch, chunks=ChunkRange(0, -1)),
+            Meta(checkpoint=0, epoch=lease.epoch, chunks=ChunkRange(0, 0)),
+            Meta(checkpoint=7, epoch=lease.epoch, extra=(("k", "v"),), chunks=ChunkRange(6, 9)),
+            Meta(checkpoint=7, epoch=lease.epoch),  # a record without the field
+            Meta(checkpoint=12, epoch=lease.epoch, chunks=ChunkRange(11, 12)),
+        ]
+        version: str | None = None
+        for record in records:
+            version = await first.swap_meta(lease, expected=version, new=record)
+            meta, read_version = await first.read_meta()
+            _expect(meta == record and read_version == version, f"wrote {record}, read {meta}")
+        await first.release_lease(lease)
+        second = await _open(stack, make_store, instance)
+        taken = await second.acquire_lease(wait_s=5.0)
+        meta, version = await second.read_meta()
+        _expect(meta == records[-1], f"after a takeover the metadata reads {meta}")
+        moved = Meta(checkpoint=12, epoch=taken.epoch, chunks=ChunkRange(12, 14))
+        await second.swap_meta(taken, expected=version, new=moved)
+        meta, _ = await first.read_meta()
+        _expect(meta == moved, f"another store object reads {meta}, expected {moved}")
+
+
 async def check_retention(make_store: StoreFactory) -> None:
     """delete_before removes exactly the chunks and checkpoints below the number."""
     async with AsyncExitStack() as stack:
@@ -390,6 +426,7 @@ CONFORMANCE_CHECKS: list[tuple[str, Check]] = [
     ("listing_order", check_listing_order),
     ("checkpoint_invisible_until_complete", check_checkpoint_invisible_until_complete),
     ("meta_compare_and_swap_race", check_meta_compare_and_swap_race),
+    ("meta_chunk_record", check_meta_chunk_record),
     ("retention", check_retention),
     ("read_chunk_ranges", check_read_chunk_ranges),
     ("epochs_increase", check_epochs_increase),

@@ -14,7 +14,7 @@ from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.binding.immortal import Immortal
 from ambrosia.coordinator.outputs import OutputStream
-from ambrosia.coordinator.recovery import read_checkpoint, read_log
+from ambrosia.coordinator.recovery import recover
 from ambrosia.log.page import PAGE_BYTES_MAX_DEFAULT
 
 
@@ -27,19 +27,18 @@ async def replay(
 ) -> Immortal:
     """The application object after replaying ``instance``'s log from ``checkpoint``.
 
-    ``checkpoint`` None means the latest one recorded in the metadata.
+    ``checkpoint`` None means the one recovery would start from (the latest usable).
     """
     store = await open_store(log_url, instance)
     try:
-        if checkpoint is None:
-            meta, _ = await store.read_meta()
-            if meta is None or meta.checkpoint is None:
-                raise LookupError(f"{instance} has no checkpoint to replay from")
-            checkpoint = meta.checkpoint
-        state = await read_checkpoint(store, checkpoint)
-        reading = await read_log(store, state, PAGE_BYTES_MAX_DEFAULT)
+        # The audit every start runs, then the same choice of checkpoint.
+        reading = await recover(store, PAGE_BYTES_MAX_DEFAULT, checkpoint=checkpoint)
     finally:
         await store.close()
+
+    state = reading.checkpoint
+    if state is None:
+        raise LookupError(f"{instance} has no checkpoint to replay from")
 
     def sink(destination: str) -> OutputStream:
         return OutputStream(
