@@ -74,9 +74,20 @@ _TEMPORARY_MARK = ".tmp-"
 _LEASE_POLL_INTERVAL_S = 0.05
 _OPEN_CHUNKS_MAX = 4
 
-# Errors that say "try again later" rather than "this went wrong".
+# Errors that say "try again later" rather than "this went wrong". Descriptor
+# exhaustion (EMFILE, ENFILE) is one: descriptors come back as connections close, and a
+# full table must not end the process.
 _RETRIABLE_ERRNOS = frozenset(
-    {errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.EBUSY, errno.ECONNRESET, errno.EHOSTDOWN}
+    {
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.ETIMEDOUT,
+        errno.EBUSY,
+        errno.ECONNRESET,
+        errno.EHOSTDOWN,
+        errno.EMFILE,
+        errno.ENFILE,
+    }
 )
 
 

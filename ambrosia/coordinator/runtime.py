@@ -29,6 +29,7 @@ import contextlib
 import functools
 import gc
 import logging
+import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,25 +39,31 @@ from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with
 from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.binding.immortal import Immortal
+from ambrosia.catalog.base import validate_instance_name
 from ambrosia.coordinator.checkpoint import CheckpointState, OutputState, encode_checkpoint
 from ambrosia.coordinator.committer import Committer, DurablePage
-from ambrosia.coordinator.links import IncomingLink, OutgoingLink
-from ambrosia.coordinator.outputs import OutputStream
+from ambrosia.coordinator.links import KEEPALIVE, IncomingLink, OutgoingLink
 from ambrosia.coordinator.metadata import MetadataKeeper
+from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.coordinator.recovery import recover
 from ambrosia.coordinator.tls import TlsContexts, TlsSettings, load_contexts
 from ambrosia.errors import (
     AmbrosiaError,
-    ProtocolError,
+    ConfigError,
+    InstanceNotFoundError,
+    LostAcknowledgedError,
     ReplayDivergenceError,
 )
 from ambrosia.log.page import Page, decode_page, instance_id_for
-from ambrosia.wire.messages import Hello
+from ambrosia.wire.messages import PEER_PROTOCOL_VERSION, Hello
 from ambrosia.wire.varint import decode_zigzag_long
 
 logger = logging.getLogger("ambrosia.coordinator")
 
 IMPULSE_SOURCE = "@impulses"
+# Descriptors kept free of peer connections: the log's chunk files, checkpoints, the
+# catalog, outgoing links (counted separately) and whatever the application opens.
+_DESCRIPTORS_RESERVED = 64
 _COPY_GROUP_BELOW_MESSAGE_BYTES = 8192
 MiB = 1024 * 1024
 
@@ -81,6 +88,19 @@ class Config:
     lease_wait_s: float = 30.0
     lease_renew_interval_s: float = 10.0
     impulse_backlog_max: int = 100_000
+    # Peer connections (see ``Runtime.incoming_opened``): at most this many at once, fewer
+    # if the descriptor limit (RLIMIT_NOFILE) leaves less beside the log, checkpoints and
+    # outgoing links; one beyond is closed at once.
+    incoming_connections_max: int = 512
+    # No admitted Hello within this time after connecting: closed.
+    handshake_timeout_s: float = 10.0
+    # A frame begun but not completed for this long (slow loris): closed.
+    incoming_frame_timeout_s: float = 30.0
+    # Nothing at all received from an admitted peer for this long: closed. Senders write
+    # a keepalive (an empty Ping) after ``keepalive_interval_s`` without a batch, so a
+    # healthy idle peer is never cut off; keep the interval well below the timeout.
+    incoming_idle_timeout_s: float = 60.0
+    keepalive_interval_s: float = 15.0
     # Process-level knobs used by ``ambrosia.host`` (see ``ambrosia.coordinator.watchdog``):
     # a handler running longer than this is named in a warning (0: never);
     handler_warning_s: float = 10.0
@@ -143,6 +163,43 @@ def _call_head(data: bytes | memoryview, start: int) -> bytes:
     return bytes(data[start : kind_at + 1])
 
 
+class _Watch:
+    """What the deadlines remember of one peer connection (see ``Runtime._sweep_loop``)."""
+
+    __slots__ = ("bytes_seen", "frames_seen", "opened_at", "progress_at", "quiet_at")
+
+    def __init__(self, now: float) -> None:
+        self.opened_at = now
+        self.bytes_seen = 0
+        self.frames_seen = 0
+        self.progress_at = now  # the last time a frame completed (or the link was held)
+        self.quiet_at = now  # the last time any byte arrived
+
+    def expired(self, link: IncomingLink, now: float, config: Config) -> str | None:
+        if link.bytes_received != self.bytes_seen:
+            self.bytes_seen = link.bytes_received
+            self.quiet_at = now
+        if link.frames_received != self.frames_seen:
+            self.frames_seen = link.frames_received
+            self.progress_at = now
+        if not link.reading:
+            # Input held back on purpose (page full, output over its bound, admission
+            # under way) is our delay, not the peer's.
+            self.progress_at = self.quiet_at = now
+        if not link.admitted:
+            if not link.admitting and now - self.opened_at > config.handshake_timeout_s:
+                return f"no Hello within {config.handshake_timeout_s} s"
+            return None
+        if link.reader.has_partial_frame:
+            if now - self.progress_at > config.incoming_frame_timeout_s:
+                return f"a frame made no progress for {config.incoming_frame_timeout_s} s"
+        elif now - self.quiet_at > config.incoming_idle_timeout_s:
+            return f"nothing received for {config.incoming_idle_timeout_s} s"
+        else:
+            link.reader.shrink()  # quiet between frames: give a grown buffer back
+        return None
+
+
 class Runtime:
     """One immortal: coordinator and binding in one process, on one event loop."""
 
@@ -189,6 +246,13 @@ class Runtime:
         self.failure: BaseException | None = None
         self.primary = asyncio.Event()
         self.replayed_pages = 0
+        # Every open peer connection (admitted or not) and what the deadlines know of it.
+        self.connections: dict[IncomingLink, _Watch] = {}
+        # The highest epoch admitted from each sender in this process's life: a lower one
+        # is a stale primary of that peer, still running somewhere.
+        self.peer_epochs: dict[str, int] = {}
+        self._keepalives: dict[str, tuple[int, float]] = {}
+        self._admissions: set[asyncio.Task[None]] = set()
 
     @property
     def tls_required(self) -> bool:
@@ -299,6 +363,7 @@ class Runtime:
             self._start_link(stream)
         self._tasks.append(loop.create_task(self._deliver_loop()))
         self._tasks.append(loop.create_task(self._renew_loop()))
+        self._tasks.append(loop.create_task(self._sweep_loop()))
 
     async def _first_checkpoint(self) -> CheckpointState:
         """Checkpoint 0 of a new log (recovery found no metadata and no pages)."""
@@ -349,8 +414,8 @@ class Runtime:
             buffer_bytes_max=self.config.output_buffer_bytes_max,
             batch_bytes_max=self.config.batch_bytes_max,
             on_dirty=self._on_dirty,
-            on_blocked=dispatcher.stream_blocked,
-            on_unblocked=dispatcher.stream_unblocked,
+            on_blocked=self._stream_blocked,
+            on_unblocked=self._stream_unblocked,
         )
         self.streams[destination] = stream
         if self.committer is not None:
@@ -369,6 +434,7 @@ class Runtime:
             resolve=self._resolve,
             on_ack=self._on_ack,
             tls=self.tls.client if self.tls is not None else None,
+            on_resume=self._check_resume,
         )
         self.links[stream.destination] = link
         link.start()
@@ -419,17 +485,114 @@ class Runtime:
 
     # -- input ---------------------------------------------------------------------------
 
-    def accept_hello(self, link: IncomingLink, hello: Hello) -> int:
+    def incoming_opened(self, link: IncomingLink) -> None:
+        """A peer connected: count it, and refuse it beyond the connection limit."""
+        self.connections[link] = _Watch(asyncio.get_running_loop().time())
+        limit = self.incoming_connections_limit()
+        if len(self.connections) > limit:
+            link.fail(f"too many peer connections (limit {limit})")
+
+    def incoming_connections_limit(self) -> int:
+        """``incoming_connections_max``, lowered to what the descriptor limit leaves."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limit = self.config.incoming_connections_max
+        if soft != resource.RLIM_INFINITY:
+            limit = min(limit, soft - _DESCRIPTORS_RESERVED - len(self.links))
+        return max(limit, 1)
+
+    def accept_hello(self, link: IncomingLink, hello: Hello) -> None:
+        """Check a Hello; the link answers (``admit``) or is closed, after a catalog look-up."""
+        refusal = self._hello_refusal(link, hello)
+        if refusal is not None:
+            link.fail(refusal)
+            return
+        task = asyncio.get_running_loop().create_task(self._admit(link, hello))
+        self._admissions.add(task)
+        task.add_done_callback(self._admissions.discard)
+
+    def _hello_refusal(self, link: IncomingLink, hello: Hello) -> str | None:
+        sender = hello.sender
+        if hello.protocol_version != PEER_PROTOCOL_VERSION:
+            return f"protocol version {hello.protocol_version}, expected {PEER_PROTOCOL_VERSION}"
         if hello.receiver != self.instance:
-            raise ProtocolError(f"peer {hello.sender} thinks it is talking to {hello.receiver}")
-        if hello.sender in (self.instance, IMPULSE_SOURCE):
-            raise ProtocolError(f"peer claims the reserved name {hello.sender!r}")
-        previous = self.incoming.get(hello.sender)
+            return f"peer {sender[:80]!r} thinks it is talking to {hello.receiver[:80]!r}"
+        try:
+            validate_instance_name(sender)
+        except ConfigError:
+            return f"sender name {sender[:80]!r} is not a valid instance name"
+        if sender in (self.instance, IMPULSE_SOURCE):
+            return f"peer claims the reserved name {sender!r}"
+        if link.peer_identity is not None and link.peer_identity != sender:
+            return f"certificate names {link.peer_identity}, Hello claims {sender}"
+        if link.peer_identity is None and self.tls_required:
+            return f"{sender} has no TLS identity, and TLS is required"
+        if hello.sender_epoch < 1:
+            return f"epoch {hello.sender_epoch} is not positive"
+        if hello.sender_epoch < self.peer_epochs.get(sender, 0):
+            return (
+                f"stale epoch {hello.sender_epoch} from {sender} "
+                f"(epoch {self.peer_epochs[sender]} already admitted)"
+            )
+        if hello.acked < 0:
+            return f"acknowledged sequence number {hello.acked} is negative"
+        return None
+
+    async def _admit(self, link: IncomingLink, hello: Hello) -> None:
+        sender = hello.sender
+        try:
+            await asyncio.wait_for(self._resolve(sender), self.config.connect_timeout_s)
+        except InstanceNotFoundError:
+            link.fail(f"{sender} is not registered in the catalog")
+            return
+        except (AmbrosiaError, OSError, TimeoutError) as error:
+            # Fail closed: the peer dials again; by then the catalog may answer.
+            link.fail(f"cannot check that {sender} is registered: {error}")
+            return
+        refusal = self._hello_refusal(link, hello)  # again: another Hello may have won
+        if link.closed or refusal is not None:
+            link.fail(refusal or "closed")
+            return
+        assert self.committer is not None and self.dispatcher is not None
+        accepted = self.committer.accepted.get(sender, 0)
+        if hello.acked > accepted:
+            link.close()
+            self.stop_for_lost(
+                f"{sender} holds calls up to {hello.acked} as acknowledged by "
+                f"{self.instance}, whose log ends at {accepted} from it: this log lost "
+                f"acknowledged calls {accepted + 1}..{hello.acked}"
+            )
+            return
+        self.peer_epochs[sender] = hello.sender_epoch
+        previous = self.incoming.get(sender)
         if previous is not None and previous is not link:
             previous.close()
-        self.incoming[hello.sender] = link
-        assert self.committer is not None
-        return self.committer.accepted.get(hello.sender, 0)
+        self.incoming[sender] = link
+        link.admit(sender, accepted)
+        stream = self.streams.get(sender)
+        if stream is not None and stream.blocked and stream not in self.dispatcher.blocked:
+            link.hold(True)
+
+    def stop_for_lost(self, what: str) -> None:
+        """This log lost what it had acknowledged: stop rather than run as if it had not."""
+        if self.failure is None:
+            self.failure = LostAcknowledgedError(f"{self.instance}: {what}")
+            logger.critical("%s: stopping: %s", self.instance, self.failure)
+        self.stopped.set()
+
+    def _check_resume(self, stream: OutputStream, total: int) -> None:
+        """A receiver's resume point beyond anything produced: our log lost those pages.
+
+        Only once replay is over: until then ``next_seq`` is still being regenerated.
+        """
+        dispatcher = self.dispatcher
+        if dispatcher is None or dispatcher.replaying or not dispatcher.is_primary:
+            return
+        if stream.drop_through > stream.next_seq:
+            self.stop_for_lost(
+                f"{stream.destination} resumes after call {stream.drop_through}, but this "
+                f"log only ever produced {stream.next_seq} calls to it: it lost the pages "
+                "that produced the rest"
+            )
 
     def try_accept(
         self, source: str, first_seq: int, count: int, replayable: int, payload: bytes | memoryview
@@ -442,8 +605,64 @@ class Runtime:
         self.committer.wait_for_room(callback)
 
     def incoming_closed(self, link: IncomingLink) -> None:
+        self.connections.pop(link, None)
         if link.source is not None and self.incoming.get(link.source) is link:
             del self.incoming[link.source]
+
+    def _stream_blocked(self, stream: OutputStream) -> None:
+        """Output to a peer over its bound (see ``outputs``).
+
+        Application calls into it stop the dispatcher, and input keeps being logged (the
+        log is the queue, so two immortals flooding each other cannot deadlock). Results
+        and replay never stop the dispatcher; then the peer's input is held instead.
+        """
+        assert self.dispatcher is not None
+        held = not self.dispatcher.stream_blocked(stream)
+        link = self.incoming.get(stream.destination)
+        if link is not None:
+            link.hold(held)
+
+    def _stream_unblocked(self, stream: OutputStream) -> None:
+        link = self.incoming.get(stream.destination)
+        if link is not None:
+            link.hold(False)
+        assert self.dispatcher is not None
+        self.dispatcher.stream_unblocked(stream)
+
+    async def _sweep_loop(self) -> None:
+        """Deadlines of peer connections and keepalives of ours, on one timer."""
+        config = self.config
+        interval_s = max(
+            0.01,
+            min(
+                config.handshake_timeout_s,
+                config.incoming_frame_timeout_s,
+                config.incoming_idle_timeout_s,
+                config.keepalive_interval_s,
+            )
+            / 4,
+        )
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval_s)
+            now = loop.time()
+            for link, watch in list(self.connections.items()):
+                reason = watch.expired(link, now, config)
+                if reason is not None:
+                    link.fail(reason)
+            self._send_keepalives(now)
+
+    def _send_keepalives(self, now: float) -> None:
+        for destination, link in self.links.items():
+            connection = link.protocol
+            if connection is None or not connection.ready:
+                continue
+            sent, since = self._keepalives.get(destination, (-1, now))
+            if sent != link.batches_sent:
+                self._keepalives[destination] = (link.batches_sent, now)
+            elif now - since >= self.config.keepalive_interval_s:
+                connection.send(KEEPALIVE)
+                self._keepalives[destination] = (sent, now)
 
     def _on_durable(self, marks: dict[str, int]) -> None:
         for source, seq in marks.items():
@@ -492,6 +711,8 @@ class Runtime:
             dispatcher.replaying = False
             self.streams[self.instance].on_drop = None
             dispatcher.is_primary = True
+            for stream in list(self.streams.values()):
+                self._check_resume(stream, stream.drop_through)
             if not dispatcher.started:
                 self._log_first_start()
             self._request_checkpoint()
@@ -699,7 +920,9 @@ class Runtime:
             task.cancel()
         for link in self.links.values():
             link.close()
-        for incoming in list(self.incoming.values()):
+        for task in list(self._admissions):
+            task.cancel()
+        for incoming in list(self.connections):
             incoming.close()
         if self.server is not None:
             self.server.close()

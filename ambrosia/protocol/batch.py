@@ -47,6 +47,9 @@ _RPC_BYTES_MIN: Final = 4
 # Below this many messages the single pass of the loop is cheaper than a pattern lookup.
 _PATTERN_COUNT_MIN: Final = 4
 _PATTERNS_MAX: Final = 256
+# The pattern steps over a message's arguments byte by byte (in C): worth it for small
+# messages only. Large ones are few per batch, and parsing each head costs far less.
+_PATTERN_MESSAGE_BYTES_MAX: Final = 4096
 # A ZigZagLong: up to 9 bytes with the high bit set, then one without.
 _VARINT_CONTINUATION: Final = b"[\x80-\xff]"
 _VARINT_LAST: Final = b"[\x00-\x7f]"
@@ -68,7 +71,9 @@ def check_batch(payload: BytesLike, count: int, replayable_count: int) -> None:
         raise ProtocolError(f"batch announces {count} messages in {end} bytes")
     try:
         first_stop, head_bytes, tail = _check_message(payload, 0, end)
-        if count >= _PATTERN_COUNT_MIN and first_stop * count == end:
+        if count >= _PATTERN_COUNT_MIN and first_stop * count == end and (
+            first_stop <= _PATTERN_MESSAGE_BYTES_MAX
+        ):
             pattern = _pattern(bytes(payload[:head_bytes]), first_stop, tail)
             if pattern.fullmatch(payload) is not None:
                 return
