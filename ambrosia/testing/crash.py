@@ -7,6 +7,13 @@ client got every awaited result exactly once, both stop cleanly, retention kept 
 last checkpoints, and an offline replay of each log from its checkpoint rebuilds the
 same state.
 
+Some kills are aimed rather than random (``checkpoint_double_kills``): the server is
+killed the moment its output shows "checkpoint N written" (often before any page reached
+chunk N, so checkpoint N resumes in a chunk that is no longer the newest one the log
+will have), restarted, and killed again during that recovery (right after it takes the
+lease, or right after it becomes primary, before its first checkpoint). That is the
+pair of kills that once left a log its own recovery refused.
+
 The parameters exist for the backends: a cloud store's lease outlives a SIGKILLed holder
 (the restarted process waits for it to expire), so a run there affords fewer kills, and a
 fault-injection run gives each process start its own environment (its fault seed).
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +56,8 @@ class CrashSettings:
     progress_between_kills: bool = False
     checkpoints_kept: int = 2  # what the processes run with (``--checkpoints-kept``)
     check_retention: bool = True
+    # Aimed double kills of the server (module docstring), each counted as two kills.
+    checkpoint_double_kills: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,39 @@ def _client_sent(deployment: Deployment) -> int:
 
 def _client_progressed(deployment: Deployment, sent_before: int) -> bool:
     return _client_sent(deployment) > sent_before
+
+
+_CHECKPOINT_WRITTEN = re.compile(r": checkpoint \d+ written")
+_DURING_RECOVERY = (": lease taken, epoch ", ": primary (replayed ")
+_POLL_S = 0.001
+
+
+def _poll(
+    deployment: Deployment, condition: Callable[[], bool], deadline: float, what: str
+) -> None:
+    """Wait for ``condition`` at a millisecond's pace (an aimed kill must land at once)."""
+    while not condition():
+        assert time.monotonic() < deadline, f"crash scenario took too long waiting for {what}"
+        process = deployment.processes.get("server")
+        assert process is not None and process.poll() is None, deployment.output("server")[-3000:]
+        time.sleep(_POLL_S)
+
+
+def _double_kill(
+    deployment: Deployment, start: Callable[[str], None], deadline: float, marker: str
+) -> None:
+    """Kill the server right after "checkpoint N written", then again during recovery."""
+    written = len(_CHECKPOINT_WRITTEN.findall(deployment.output("server")))
+
+    def checkpointed() -> bool:
+        return len(_CHECKPOINT_WRITTEN.findall(deployment.output("server"))) > written
+
+    _poll(deployment, checkpointed, deadline, "a checkpoint to kill after")
+    deployment.kill("server")
+    start("server")
+    _poll(deployment, lambda: marker in deployment.output("server"), deadline, marker)
+    deployment.kill("server")
+    start("server")
 
 
 def run_crash_scenario(
@@ -108,6 +151,7 @@ def run_crash_scenario(
         start("server")
         start("client")
         kills = 0
+        aimed = 0
         deadline = time.monotonic() + settings.kills_timeout_s
         sent_at_kill = 0
         while kills < settings.kills:
@@ -123,6 +167,12 @@ def run_crash_scenario(
             status = deployment.status("client")
             if status is not None and status["done"]:
                 break
+            if kills % 4 == 1 and aimed < settings.checkpoint_double_kills:
+                marker = _DURING_RECOVERY[aimed % len(_DURING_RECOVERY)]
+                _double_kill(deployment, start, deadline, marker)
+                aimed += 1
+                kills += 2
+                continue
             victims = rng.choice([("client",), ("server",), ("client", "server")])
             for victim in victims:
                 deployment.kill(victim)

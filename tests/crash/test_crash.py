@@ -25,6 +25,9 @@ SETTINGS = CrashSettings(
     # Every kill lands after the client made progress since the previous one, so each of
     # the twelve interrupts real work rather than a process still starting.
     progress_between_kills=True,
+    # Two of the twelve are aimed: right after "checkpoint N written", then again during
+    # the recovery that follows (the pair that once left a log its recovery refused).
+    checkpoint_double_kills=2,
 )
 
 
