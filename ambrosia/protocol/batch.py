@@ -50,9 +50,11 @@ _PATTERNS_MAX: Final = 256
 # The pattern steps over a message's arguments byte by byte (in C): worth it for small
 # messages only. Large ones are few per batch, and parsing each head costs far less.
 _PATTERN_MESSAGE_BYTES_MAX: Final = 4096
-# A ZigZagLong: up to 9 bytes with the high bit set, then one without.
+# A ZigZagLong: up to 9 bytes with the high bit set, then one without; after 9 (63 bits)
+# the last may carry only bit 63, as ``decode_zigzag_long`` (and so the binding) requires.
 _VARINT_CONTINUATION: Final = b"[\x80-\xff]"
 _VARINT_LAST: Final = b"[\x00-\x7f]"
+_VARINT_TENTH: Final = b"[\x00\x01]"
 
 _patterns: dict[tuple[bytes, int], re.Pattern[bytes]] = {}
 
@@ -99,14 +101,10 @@ def _pattern(head: bytes, message_bytes: int, tail: bytes) -> re.Pattern[bytes]:
 def _call_id_lookahead(room: int, status: bool) -> bytes:
     """A lookahead for a call id (and a status byte) in the ``room`` bytes left."""
     continuation_max = min(9, room - 1 - status)
-    return (
-        b"(?="
-        + _VARINT_CONTINUATION
-        + b"{0,%d}" % continuation_max
-        + _VARINT_LAST
-        + (b"[\x00\x01]" if status else b"")
-        + b")"
-    )
+    call_id = _VARINT_CONTINUATION + b"{0,%d}" % min(8, continuation_max) + _VARINT_LAST
+    if continuation_max == 9:
+        call_id = b"(?:" + call_id + b"|" + _VARINT_CONTINUATION + b"{9}" + _VARINT_TENTH + b")"
+    return b"(?=" + call_id + (b"[\x00\x01]" if status else b"") + b")"
 
 
 def _check_message(data: BytesLike, position: int, end: int) -> tuple[int, int, bytes]:
