@@ -712,7 +712,11 @@ class Runtime:
             self.streams[self.instance].on_drop = None
             dispatcher.is_primary = True
             for stream in list(self.streams.values()):
-                self._check_resume(stream, stream.drop_through)
+                # Not the self-stream: the first-start call enters it from the runtime,
+                # not from replay, so its numbering is not regenerated; its resume point
+                # is this log itself.
+                if stream.destination != self.instance:
+                    self._check_resume(stream, stream.drop_through)
             if not dispatcher.started:
                 self._log_first_start()
             self._request_checkpoint()
