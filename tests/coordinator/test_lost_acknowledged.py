@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from pathlib import Path
 
+import pytest
 from coordinator_peers import Peers, Recorder, Sender
 
-from ambrosia.backends import open_store
+from ambrosia.backends import memory, open_store
 from ambrosia.coordinator.runtime import Config, Runtime
 from ambrosia.errors import LostAcknowledgedError
+from ambrosia.wire import Direction, Hello, MessageDecoder, ReplayFrom, encode
 
 TOTAL = 400
 
@@ -66,3 +69,71 @@ def test_a_receiver_whose_log_lost_acknowledged_calls_stops(tmp_path: Path) -> N
             await server.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 50))
+
+
+class _AheadReceiver:
+    """A receiver played by the test: it admits any Hello and names a resume point
+    ``resume_after`` that the sender's stream to it never reached."""
+
+    def __init__(self, resume_after: int) -> None:
+        self.resume_after = resume_after
+        self.hellos: list[Hello] = []
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        decoder = MessageDecoder(Direction.COORDINATOR_TO_COORDINATOR)
+        hello = None
+        while hello is None:
+            data = await reader.read(65536)
+            if not data:
+                return
+            decoder.feed(data)
+            hello = next(iter(decoder), None)
+        assert isinstance(hello, Hello)
+        self.hellos.append(hello)
+        writer.write(encode(ReplayFrom(self.resume_after, self.resume_after)))
+        # Read (and ignore) whatever follows, until the sender goes away.
+        while await reader.read(65536):
+            pass
+
+
+@pytest.mark.parametrize("resume_after", [1_000_000, 6], ids=["far-ahead", "one-beyond"])
+def test_a_sender_whose_log_lost_what_a_receiver_holds_stops(resume_after: int) -> None:
+    """Case 7, sender side: the receiver's ReplayFrom names a call this instance never
+    produced toward it (its own log lost the pages that produced them): the instance
+    stops with LostAcknowledgedError naming the receiver and both numbers."""
+
+    async def scenario() -> None:
+        peers = Peers()
+        receiver = _AheadReceiver(resume_after)
+        server = await asyncio.start_server(receiver.serve, "127.0.0.1", 0)
+        peers.registered.add("server")
+        peers.ports["server"] = server.sockets[0].getsockname()[1]
+        name = f"lost-sender-{uuid.uuid4().hex}"
+        store = await open_store(f"memory://{name}", "client")
+        client = await peers.start("client", Sender, store, Config())
+        try:
+            app = client.dispatcher.app if client.dispatcher else None
+            assert isinstance(app, Sender)
+            # Forks 1..4, then awaits call 5: five calls to "server", and no more until
+            # a result comes (none will).
+            app.this.begin.impulse("server", 100, 10)
+            await asyncio.wait_for(client.stopped.wait(), 20)
+            failure = client.failure
+            assert isinstance(failure, LostAcknowledgedError), failure
+            message = str(failure)
+            assert client.streams["server"].next_seq == 5
+            assert "server" in message
+            assert f"resumes after call {resume_after}" in message
+            assert "only ever produced 5 calls" in message
+            assert [hello.sender for hello in receiver.hellos] == ["client"]
+            assert receiver.hellos[0].acked == 0
+        finally:
+            await client.stop()
+            for writer in receiver.writers:
+                writer.close()
+            server.close()
+            memory.forget(name)
+
+    asyncio.run(asyncio.wait_for(scenario(), 40))
