@@ -43,14 +43,16 @@ from ambrosia.catalog.base import validate_instance_name
 from ambrosia.coordinator.checkpoint import CheckpointState, OutputState, encode_checkpoint
 from ambrosia.coordinator.committer import Committer, DurablePage
 from ambrosia.coordinator.links import KEEPALIVE, IncomingLink, OutgoingLink
+from ambrosia.coordinator.listener import Listener
 from ambrosia.coordinator.metadata import MetadataKeeper
 from ambrosia.coordinator.outputs import OutputStream
-from ambrosia.coordinator.recovery import recover
+from ambrosia.coordinator.recovery import read_checkpoint, recover
 from ambrosia.coordinator.tls import TlsContexts, TlsSettings, load_contexts
 from ambrosia.errors import (
     AmbrosiaError,
     ConfigError,
     InstanceNotFoundError,
+    LogCorruptError,
     LostAcknowledgedError,
     ReplayDivergenceError,
 )
@@ -233,7 +235,7 @@ class Runtime:
         self.incoming: dict[str, IncomingLink] = {}
         self.delivered: dict[str, int] = {}
         self.delivered_sequence = -1
-        self.server: asyncio.Server | None = None
+        self.server: Listener | None = None
         self.bound_port = 0
         self._dirty: set[OutputStream] = set()
         self._flush_scheduled = False
@@ -348,17 +350,19 @@ class Runtime:
             self._on_dirty(self_stream)
         loop = asyncio.get_running_loop()
         host, port = self.listen_address
-        if self.tls is None:
-            self.server = await loop.create_server(lambda: IncomingLink(self), host, port)
-        else:
-            self.server = await loop.create_server(
-                lambda: IncomingLink(self),
-                host,
-                port,
-                ssl=self.tls.server,
-                ssl_handshake_timeout=self.config.tls_handshake_timeout_s,
-            )
-        self.bound_port = self.server.sockets[0].getsockname()[1]
+        # Not loop.create_server: it accepts a burst of sockets before any limit is
+        # checked (``ambrosia.coordinator.listener``).
+        self.server = await Listener.bind(
+            host,
+            port,
+            lambda: IncomingLink(self),
+            limit=self.incoming_connections_limit,
+            open_count=lambda: len(self.connections),
+            tls=self.tls.server if self.tls is not None else None,
+            tls_handshake_timeout_s=self.config.tls_handshake_timeout_s,
+        )
+        self.server.start()
+        self.bound_port = self.server.port
         for stream in list(self.streams.values()):
             self._start_link(stream)
         self._tasks.append(loop.create_task(self._deliver_loop()))
@@ -368,6 +372,24 @@ class Runtime:
     async def _first_checkpoint(self) -> CheckpointState:
         """Checkpoint 0 of a new log (recovery found no metadata and no pages)."""
         assert self.lease is not None and self.dispatcher is not None
+        policy = self.config.retry_policy
+        if 0 in await call_with_retry(self.store.list_checkpoints, policy):
+            # A first life died between writing checkpoint 0 and pointing the metadata at
+            # it. Checkpoints are create-only (s3, azblob), so rewriting it with this
+            # life's epoch would be refused for good: adopt it. No page was written after
+            # it (the first chunk comes later), so it is exactly a fresh start.
+            state = await read_checkpoint(self.store, 0, policy)
+            if state.instance != self.instance or state.number != 0:
+                raise LogCorruptError(
+                    f"{self.store.url} {self.instance} checkpoint 0",
+                    0,
+                    f"names {state.instance!r} number {state.number}",
+                )
+            logger.info("%s: checkpoint 0 of an earlier first start adopted", self.instance)
+            self._restore(state)
+            assert self.metadata is not None
+            await self.metadata.record_checkpoint(0, 0)
+            return state
         state = self._snapshot(number=0, resume_sequence=0, resume_chunk=0)
         await self._store_checkpoint(0, encode_checkpoint(state), first_chunk=0)
         return state

@@ -35,6 +35,7 @@ from coordinator_peers import ASYNC_EVERY, Peers, Recorder, Sender
 
 from ambrosia.backends import open_store
 from ambrosia.backends.base import LogStore
+from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.coordinator.checkpoint import decode_checkpoint, encode_checkpoint
 from ambrosia.coordinator.runtime import Config, Runtime
 from ambrosia.errors import LogCorruptError, LogError, LogGapError
@@ -458,5 +459,49 @@ def test_two_kills_around_a_checkpoint_leave_a_log_that_starts(storage: Storage)
             await client.stop()
             await server.stop()
         await describe_log(storage.url, "server")  # the audit agrees: no problem
+
+    asyncio.run(scenario())
+
+
+# -- a first start killed between checkpoint 0 and the metadata ------------------------------
+
+
+@backends("file", "s3")
+def test_first_start_killed_before_its_metadata_starts_again(storage: Storage) -> None:
+    """A first life that wrote checkpoint 0 and died before pointing the metadata at it
+    (the window a SIGKILL hit in the s3 crash test): the next start adopts that checkpoint
+    (checkpoints are create-only, so writing its own would be refused for good)."""
+
+    async def scenario() -> None:
+        peers = Peers()
+        store = await storage.open("server")
+        try:
+            lease = await store.acquire_lease(wait_s=20)
+            # What the dead life wrote: its fresh state, under its own epoch.
+            first = server_runtime(store, peers)
+            first.lease = lease
+            first.dispatcher = Dispatcher("server", Recorder(), first._open_stream, print)
+            state = first._snapshot(number=0, resume_sequence=0, resume_chunk=0)
+            await store.write_checkpoint(lease, 0, encode_checkpoint(state))
+            meta, _ = await store.read_meta()
+            assert meta is None or meta.checkpoint is None
+            await store.release_lease(lease)
+        finally:
+            await store.close()
+        server = await peers.start("server", Recorder, await storage.open("server"), CONFIG)
+        client = await peers.start("client", Sender, await storage.open("client"), CONFIG)
+        try:
+            await send(server, client, 40, 10)
+            assert_exactly_once(server, client, 40)
+        finally:
+            await client.stop()
+            await server.stop()
+        server, client = await restart_both(storage, peers)
+        try:
+            assert_exactly_once(server, client, 40)
+        finally:
+            await client.stop()
+            await server.stop()
+        await describe_log(storage.url, "server")
 
     asyncio.run(scenario())
