@@ -540,6 +540,9 @@ class OutgoingConnection:
                 )
                 self.close(error)
                 return
+            if received == 0:
+                self.close(None)  # close_notify: read() returns 0 rather than raising
+                return
             reader.end += received
             self._read_frames()
         if tls.outgoing.pending and not self.closed:
