@@ -276,3 +276,64 @@ def test_azblob_missing_container_credentials_and_endpoint(
 def closed_endpoint() -> str:
     """An http endpoint on loopback where nothing listens (connections are refused)."""
     return f"http://127.0.0.1:{free_loopback_ports(1)[0]}"
+
+
+# -- the transport: mutual TLS, or plain TCP chosen explicitly ---------------------------------
+
+
+def test_run_refuses_to_choose_a_transport_for_the_user(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    cli.register("server", f"file://{tmp_path}/log")
+    refused(cli("run", "server"), "--tls-cert", "--tls-key", "--tls-ca", "--plaintext")
+    assert len(cli("run", "server").stderr.strip().splitlines()) == 1
+    refused(
+        cli("run", "server", "--plaintext", "--tls-cert", "x.crt"), "--plaintext and --tls-cert"
+    )
+    refused(cli("run", "server", "--tls-cert", "x.crt"), "missing key", "--tls-key", "--tls-ca")
+    missing = tmp_path / "missing"
+    refused(
+        cli("run", "server", "--tls-cert", "a", "--tls-key", "b", "--tls-ca", str(missing)),
+        "does not exist",
+    )
+    assert not cli.ran("server")
+
+
+def test_plaintext_stays_on_loopback_unless_chosen_twice(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    address = ("--address", "192.0.2.7:7001")
+    done = cli("register", "server", *address, "--log", f"file://{tmp_path}", "--app", APP)
+    assert done.returncode == 0, done.stderr
+    refused(cli("run", "server", "--plaintext"), "192.0.2.7", "--plaintext-beyond-loopback")
+    refused(cli("run", "server", "--plaintext-beyond-loopback"), "only goes with --plaintext")
+    # A deployment file choosing plaintext is held to the same rule.
+    (tmp_path / "ambrosia.toml").write_text("[tls]\nplaintext = true\n")
+    refused(cli("run", "server"), "192.0.2.7", "not a loopback address")
+    assert not cli.ran("server")
+
+
+def test_certs_then_two_instances_over_mutual_tls(tmp_path: Path) -> None:
+    """``ambrosia certs`` end to end: its CA and certificates carry real calls."""
+    from ambrosia.testing.harness import Deployment
+
+    deployment = Deployment(tmp_path, env={"AMBROSIA_CHAIN_TOTAL": "300"}, tls=True)
+    made = deployment.cli("certs", str(deployment.certs_dir), "server", "client")
+    assert "created CA" in made and "client: --tls-cert" in made
+    for name in ("ca.key", "server.key", "client.key"):
+        assert (deployment.certs_dir / name).stat().st_mode & 0o777 == 0o600
+    deployment.register("server", "ambrosia.testing.workloads:ChainServer")
+    deployment.register("client", "ambrosia.testing.workloads:ChainClient")
+    try:
+        deployment.start("server")
+        deployment.start("client")
+        deployment.wait_for(
+            lambda: bool((deployment.status("client") or {}).get("done")), 60, "the client"
+        )
+        deployment.wait_for(
+            lambda: (deployment.status("server") or {}).get("count") == 300, 30, "the server"
+        )
+        server = deployment.status("server")
+        assert server is not None and server["out_of_order"] == []
+        assert "--tls-cert" in " ".join(deployment.transport_args("client"))
+        assert "closing connection" not in deployment.output("server")
+    finally:
+        deployment.stop_all()
