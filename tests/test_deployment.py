@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ambrosia.backends.retry import RetryPolicy
 from ambrosia.coordinator.runtime import Config
+from ambrosia.coordinator.tls import TlsSettings, Transport
 from ambrosia.deployment import (
     DeploymentFile,
     command_line_coordinator_fields,
     command_line_store_options,
+    command_line_transport,
     find_deployment_file,
     load_deployment,
     parse_deployment,
@@ -196,3 +200,77 @@ def test_command_line_assignments() -> None:
         parse_option_assignment("nothing", "--store-option")
     with pytest.raises(ConfigError, match="--coordinator-option checkpoint_bytes"):
         command_line_coordinator_fields({"checkpoint_bytes": 1})
+
+
+# -- the transport ([tls] and the --tls-*/--plaintext flags) ------------------------------------
+
+TLS_FILE = """
+[tls]
+cert = "certs/{instance}.crt"
+key = "certs/{instance}.key"
+ca = "/etc/ambrosia/ca.crt"
+
+[instances.special]
+tls = { cert = "/srv/special.crt" }
+
+[instances.local]
+tls = { plaintext = true }
+"""
+
+
+def _transport(name: str, deployment: DeploymentFile, **flags: Any) -> Transport:
+    return resolve_run(
+        name,
+        deployment,
+        registered_log_url="file:///log",
+        registered_app=None,
+        transport=command_line_transport(**flags),
+    ).transport
+
+
+def test_tls_section_paths_templates_and_per_instance_overrides() -> None:
+    deployment = parse(TLS_FILE)
+    server = _transport("server", deployment)
+    assert server.tls == TlsSettings(
+        Path("/etc/certs/server.crt"), Path("/etc/certs/server.key"), Path("/etc/ambrosia/ca.crt")
+    )
+    settings = resolve_run(
+        "server", deployment, registered_log_url="file:///l", registered_app=None
+    )
+    assert settings.config.tls == server.tls
+    special = _transport("special", deployment)
+    assert special.tls is not None
+    assert special.tls.certificate_path == Path("/srv/special.crt")
+    assert special.tls.key_path == Path("/etc/certs/special.key")
+    # A layer choosing plaintext next to inherited TLS files is ambiguous.
+    with pytest.raises(ConfigError, match="both plaintext and TLS files"):
+        _transport("local", deployment)
+
+
+def test_command_line_choice_replaces_the_files() -> None:
+    deployment = parse(TLS_FILE)
+    plain = _transport("server", deployment, plaintext=True)
+    assert plain == Transport(plaintext=True)
+    flags = _transport("local", deployment, cert="/x/c.crt", key="/x/c.key", ca="/x/ca.crt")
+    assert flags.tls == TlsSettings(Path("/x/c.crt"), Path("/x/c.key"), Path("/x/ca.crt"))
+    # Nothing chosen anywhere: resolution says so; starting refuses (Transport.check).
+    assert _transport("x", DeploymentFile()) == Transport()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[tls]\nplaintext = 1\n", "tls.plaintext: must be true or false"),
+        ('[tls]\ncertificate = "x"\n', "tls.certificate: unknown key"),
+        ('[tls]\nplaintext = true\ncert = "x"\n', "choose one"),
+        ('[instances.a]\ntls = { key = "" }\n', "instances.a.tls.key: must be a non-empty"),
+    ],
+)
+def test_tls_section_errors_name_the_key(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        parse(text)
+
+
+def test_incomplete_tls_names_what_is_missing() -> None:
+    with pytest.raises(ConfigError, match=r"missing key \(--tls-key or tls.key\), ca"):
+        _transport("x", DeploymentFile(), cert="/a.crt")
