@@ -261,13 +261,15 @@ async def client_handshake(
         if not received:
             raise ConnectionResetError("peer closed the connection during the TLS handshake")
         incoming.write(received)
-    if outgoing.pending:
-        # The client's Finished (and certificate) go out with the last round.
-        await loop.sock_sendall(sock, outgoing.read())
+    # Checked before the last flight goes out: a server that is not the instance dialled
+    # never receives this instance's certificate.
     named = instance_named_by(tls.getpeercert())
     if named != expected:
         raise PeerIdentityError(
             f"dialled {expected}, but its certificate names "
             f"{'no instance' if named is None else named}"
         )
+    if outgoing.pending:
+        # The client's certificate and Finished.
+        await loop.sock_sendall(sock, outgoing.read())
     return tls, incoming, outgoing
