@@ -59,6 +59,7 @@ from ambrosia.wire.messages import (
     DataBatch,
     Direction,
     Hello,
+    InputHeld,
     Ping,
     ReplayFrom,
     decode_message_body,
@@ -318,10 +319,13 @@ class IncomingLink(asyncio.BufferedProtocol):
 
     def hold(self, held: bool) -> None:
         """Stop (or restart) taking input: the output stream to this peer is over its
-        bound, so the peer gets back-pressure instead of more results piling up."""
+        bound, so the peer gets back-pressure instead of more results piling up. The
+        peer is told (InputHeld), so that it can tell this pause from silence."""
         if held == self.held or self.closed:
             return
         self.held = held
+        if self.source is not None:
+            self.send(InputHeld(held))
         if held:
             if self.transport is not None:
                 self.transport.pause_reading()
@@ -352,7 +356,7 @@ class IncomingLink(asyncio.BufferedProtocol):
         """False while input is held back on purpose (deadlines do not run then)."""
         return not (self.paused or self.held or self.admitting)
 
-    def send(self, message: Commit | ReplayFrom) -> None:
+    def send(self, message: Commit | ReplayFrom | InputHeld) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(encode(message))
 
@@ -576,6 +580,8 @@ class OutgoingConnection:
                     f"only {stream.next_seq} were sent"
                 )
             self.link.acked(message.seq)
+        elif isinstance(message, InputHeld) and self.ready:
+            self.link.peer_held(message.held)
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} from {stream.destination}")
 
@@ -650,6 +656,7 @@ class OutgoingLink:
         on_ack: Callable[[OutputStream], None],
         tls: ssl.SSLContext | None = None,
         on_resume: Callable[[OutputStream, int], None] | None = None,
+        on_peer_held: Callable[[OutputStream, bool], None] | None = None,
     ) -> None:
         self.sender = sender
         self.tls = tls
@@ -659,6 +666,8 @@ class OutgoingLink:
         self._resolve = resolve
         self._on_ack = on_ack
         self._on_resume = on_resume
+        self._on_peer_held = on_peer_held
+        self.peer_holding = False  # the receiver said it holds our input (InputHeld)
         self.protocol: OutgoingConnection | None = None
         self.task: asyncio.Task[None] | None = None
         self.batches_sent = 0
@@ -675,6 +684,14 @@ class OutgoingLink:
         """The receiver named its resume point (its log holds everything up to ``total``)."""
         if self._on_resume is not None:
             self._on_resume(self.stream, total)
+
+    def peer_held(self, held: bool) -> None:
+        """The receiver holds (or reads again) our input: its output to us is over its
+        bound. Until the connection drops (then: not holding, as nothing is known)."""
+        if held != self.peer_holding:
+            self.peer_holding = held
+            if self._on_peer_held is not None:
+                self._on_peer_held(self.stream, held)
 
     def flush(self) -> None:
         connection = self.protocol
@@ -721,6 +738,7 @@ class OutgoingLink:
                 if self.protocol is not None:
                     self.protocol.close()
                 self.protocol = None
+                self.peer_held(False)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.config.reconnect_delay_max_s)
 

@@ -31,9 +31,27 @@ runtime) reacts in two ways:
 The bound that results: ``buffer_bytes_max`` plus one handler's output, plus the results
 of the calls from that peer that were already logged when its input was held (at most
 what the committer holds undelivered, ``Config.delivery_backlog_bytes_max``), plus what
-replay regenerates. Caveat: two immortals that both exceed the bound toward each other
-at once hold each other's input, which only a reconnection unties; keep the bound large
-against what peers send each other in one go.
+replay regenerates.
+
+Two peers over the bound toward each other. Holding a peer's input stops its calls, but
+also its results and everything else it sends on that connection. When A's results to B
+and B's results to A are both over the bound at once, each holds the other's input, so
+neither reads what would drain the other's stream: a deadlock that no reconnection
+unties (admission holds again at once), and no deadline ends (held input is our delay).
+Two real runtimes making awaited calls to each other with large results reach it in
+their first round (``tests/coordinator/test_mutual_backpressure.py``).
+
+A receiver that holds a sender's input therefore says so on that connection
+(``InputHeld``, receiver -> sender), and the sender keeps it until the connection drops.
+The hold exists against a peer that does not read its results; a peer that says it
+holds ours for the same reason is alive and waiting for us, so we read its input after
+all (``Runtime._hold_wanted``): its results drain its stream, it reads ours again, and
+ours drains. At any moment at least one of the two reads, so the pair makes progress.
+A peer that only claims to hold (and floods calls without reading) is still held once
+its results pass ``Config.output_buffer_paused_peer_bytes_max``: the hard bound. Two
+real runtimes can both pass it only when a peer's calls, sent before its own stream
+went over, ask for more than that many bytes of results (its dispatcher stops before
+sending more calls into a full stream); keep the hard bound large against that.
 """
 
 from __future__ import annotations

@@ -78,6 +78,9 @@ class Config:
     delivery_pages_max: int = 4
     delivery_backlog_bytes_max: int = 1024 * MiB
     output_buffer_bytes_max: int = 32 * MiB
+    # Results to a peer that said it holds our input (InputHeld) keep its input read up
+    # to this many buffered bytes (see ``outputs``); beyond, its input is held anyway.
+    output_buffer_paused_peer_bytes_max: int = 128 * MiB
     batch_bytes_max: int = 1 * MiB
     message_bytes_max: int = 4 * MiB
     frame_bytes_max: int = 16 * MiB
@@ -457,6 +460,7 @@ class Runtime:
             on_ack=self._on_ack,
             tls=self.tls.client if self.tls is not None else None,
             on_resume=self._check_resume,
+            on_peer_held=self._peer_held,
         )
         self.links[stream.destination] = link
         link.start()
@@ -592,7 +596,7 @@ class Runtime:
         link.admit(sender, accepted)
         stream = self.streams.get(sender)
         if stream is not None and stream.blocked and stream not in self.dispatcher.blocked:
-            link.hold(True)
+            link.hold(self._hold_wanted(stream))
 
     def stop_for_lost(self, what: str) -> None:
         """This log lost what it had acknowledged: stop rather than run as if it had not."""
@@ -642,7 +646,22 @@ class Runtime:
         held = not self.dispatcher.stream_blocked(stream)
         link = self.incoming.get(stream.destination)
         if link is not None:
-            link.hold(held)
+            link.hold(held and self._hold_wanted(stream))
+
+    def _hold_wanted(self, stream: OutputStream) -> bool:
+        """Hold the input of a peer whose results are over their bound, unless the peer
+        holds ours for the same reason (both would wait forever), within a hard bound."""
+        link = self.links.get(stream.destination)
+        if link is None or not link.peer_holding:
+            return True
+        return stream.buffered_bytes > self.config.output_buffer_paused_peer_bytes_max
+
+    def _peer_held(self, stream: OutputStream, held: bool) -> None:
+        """A peer holds (or reads again) our input: read its input again if we hold it only
+        for results (a cycle otherwise). If it reads again, the next result decides."""
+        link = self.incoming.get(stream.destination)
+        if held and link is not None and link.held:
+            link.hold(self._hold_wanted(stream))
 
     def _stream_unblocked(self, stream: OutputStream) -> None:
         link = self.incoming.get(stream.destination)

@@ -29,6 +29,7 @@ with :class:`~ambrosia.errors.UnknownMessageTypeError`, exactly like a type nobo
     15    BecomingPrimary                 -               yes             -
     16    Hello                           -               -               yes
     17    DataBatch                       -               -               yes
+    18    InputHeld                       -               -               yes
 
 Binding protocol layouts (facts of the original protocol)
 ---------------------------------------------------------
@@ -76,6 +77,9 @@ except in these control messages.
   point; the sender resends from the RPC *after* these numbers.
 - 14 TrimTo: ``seq: ZigZagLong``: the sender may drop its buffered output up to and
   including ``seq``.
+- 18 InputHeld: ``held: 1 byte`` (0 or 1), receiver -> sender: the receiver stopped (1)
+  or resumed (0) reading this connection because its own output to the sender is over
+  its bound (see ``ambrosia.coordinator.outputs``): a paused peer, not a silent one.
 
 For Commit and ReplayFrom both counts are non-negative and replayable never exceeds
 total (replayable counts a subset of all RPCs); a message that breaks this is refused at
@@ -122,6 +126,7 @@ __all__ = [
     "Hello",
     "IncomingRpc",
     "InitialMessage",
+    "InputHeld",
     "Message",
     "MessageType",
     "OutgoingRpc",
@@ -144,7 +149,7 @@ __all__ = [
 ]
 
 INSTANCE_NAME_BYTES_MAX: Final = 1024
-PEER_PROTOCOL_VERSION: Final = 2  # 2: Hello carries ``acked``
+PEER_PROTOCOL_VERSION: Final = 3  # 2: Hello carries ``acked``; 3: InputHeld
 
 
 class MessageType(enum.IntEnum):
@@ -166,6 +171,7 @@ class MessageType(enum.IntEnum):
     BECOMING_PRIMARY = 15
     HELLO = 16
     DATA_BATCH = 17
+    INPUT_HELD = 18
 
 
 class RpcKind(enum.IntEnum):
@@ -329,6 +335,14 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
+class InputHeld:
+    """Type 18: the receiver holds (True) or reads again (False) the sender's input."""
+
+    held: bool
+    message_type: ClassVar[MessageType] = MessageType.INPUT_HELD
+
+
+@dataclass(frozen=True, slots=True)
 class DataBatch:
     """Type 17: ``count`` packed incoming-RPC messages, never parsed by coordinators.
 
@@ -362,6 +376,7 @@ Message: TypeAlias = (
     | BecomingPrimary
     | Hello
     | DataBatch
+    | InputHeld
 )
 
 # -- decoding -------------------------------------------------------------------------
@@ -513,6 +528,13 @@ def _decode_hello(body: memoryview, direction: Direction) -> Message:
     return Hello(version, sender, receiver, epoch, acked)
 
 
+def _decode_input_held(body: memoryview, direction: Direction) -> Message:
+    _expect_end(body, 2)
+    if body[1] > 1:
+        raise ProtocolError(f"InputHeld flag {body[1]} is not 0 or 1")
+    return InputHeld(body[1] == 1)
+
+
 def _decode_data_batch(body: memoryview, direction: Direction) -> Message:
     first_seq, position = decode_zigzag_long(body, 1)
     count, position = decode_zigzag_int(body, position)
@@ -568,6 +590,7 @@ _DECODERS: Final[dict[Direction, dict[int, _BodyDecoder]]] = {
         MessageType.TRIM_TO: _decode_trim_to,
         MessageType.HELLO: _decode_hello,
         MessageType.DATA_BATCH: _decode_data_batch,
+        MessageType.INPUT_HELD: _decode_input_held,
     },
 }
 
@@ -808,6 +831,11 @@ def _write_initial_message(out: bytearray, message: Message) -> None:
     _write_fields(out, MessageType.INITIAL_MESSAGE, message.data)
 
 
+def _write_input_held(out: bytearray, message: Message) -> None:
+    assert isinstance(message, InputHeld)
+    _write_fields(out, MessageType.INPUT_HELD, b"\x01" if message.held else b"\x00")
+
+
 def _write_hello(out: bytearray, message: Message) -> None:
     assert isinstance(message, Hello)
     sender = _encoded_name(message.sender)
@@ -882,6 +910,7 @@ _WRITERS: Final[dict[type, _Writer]] = {
     BecomingPrimary: _write_empty,
     Hello: _write_hello,
     DataBatch: _write_data_batch,
+    InputHeld: _write_input_held,
 }
 
 

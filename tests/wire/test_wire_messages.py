@@ -51,7 +51,7 @@ def test_outgoing_rpc_becomes_the_incoming_rpc_the_destination_sees() -> None:
     assert encode(outgoing)[2 + len(name_field) :] == encode(incoming)[2:]
 
 
-@pytest.mark.parametrize("message_type", [18, 99, 255])
+@pytest.mark.parametrize("message_type", [19, 99, 255])
 @pytest.mark.parametrize("direction", list(Direction))
 def test_unknown_types_are_refused(direction: Direction, message_type: int) -> None:
     with pytest.raises(UnknownMessageTypeError) as caught:

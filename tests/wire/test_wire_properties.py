@@ -30,6 +30,7 @@ from ambrosia.wire import (
     Hello,
     IncomingRpc,
     InitialMessage,
+    InputHeld,
     LogRecordDecoder,
     Message,
     MessageDecoder,
@@ -137,6 +138,7 @@ def message_strategies(
         MessageType.DATA_BATCH: data_batches(),
         MessageType.PING: st.builds(Ping, blobs),
         MessageType.PING_RETURN: st.builds(PingReturn, blobs),
+        MessageType.INPUT_HELD: st.builds(InputHeld, st.booleans()),
     }
 
 
