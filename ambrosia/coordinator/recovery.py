@@ -249,6 +249,11 @@ def _next_chunk(audit: ChunkAudit, checkpoint: CheckpointState) -> int:
     return max(audit.chunks.last, audit.listed_last, checkpoint.number - 1) + 1
 
 
+# Reads of a log whose writer is running: how many times a view that changed under the
+# audit is taken again before its finding stands.
+_LIVE_READ_ATTEMPTS = 5
+
+
 async def recover(
     store: LogStore,
     page_bytes_max: int,
@@ -261,16 +266,27 @@ async def recover(
     ``checkpoint`` names one checkpoint to use (no fallback); None means the latest
     usable one. Raises ``LogError`` when the log cannot be used as it is.
     """
-    meta, version = await call_with_retry(store.read_meta, policy)
-    if meta is None or meta.checkpoint is None:
-        listed = await call_with_retry(store.list_chunks, policy)
-        if any(info.size_bytes for info in listed):
-            raise LogGapError(
-                f"{store.instance}: the log has pages but no metadata record; refusing to "
-                "start over it (restore the metadata or remove the log)"
-            )
-        return LogReading(meta, version, None, [], None, [], 0)
-    audit = await audit_chunks(store, meta, page_bytes_max, policy)
+    for attempt in range(_LIVE_READ_ATTEMPTS):
+        meta, version = await call_with_retry(store.read_meta, policy)
+        try:
+            if meta is None or meta.checkpoint is None:
+                listed = await call_with_retry(store.list_chunks, policy)
+                if any(info.size_bytes for info in listed):
+                    raise LogGapError(
+                        f"{store.instance}: the log has pages but no metadata record; "
+                        "refusing to start over it (restore the metadata or remove the log)"
+                    )
+                return LogReading(meta, version, None, [], None, [], 0)
+            audit = await audit_chunks(store, meta, page_bytes_max, policy)
+            break
+        except (LogError, NotFoundError):
+            # A reader beside a live writer (``ambrosia log``, replay checks) can see the
+            # metadata from before a chunk switch or a retention swap and the chunks from
+            # after it. Only a view in which the metadata did not move is evidence.
+            _, now = await call_with_retry(store.read_meta, policy)
+            if now == version or attempt == _LIVE_READ_ATTEMPTS - 1:
+                raise
+    assert meta is not None and meta.checkpoint is not None
     if checkpoint is not None:
         candidates = [checkpoint]
     else:
