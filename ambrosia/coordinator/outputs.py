@@ -56,11 +56,14 @@ sending more calls into a full stream); keep the hard bound large against that.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ambrosia.wire.varint import decode_zigzag_long
+
+logger = logging.getLogger("ambrosia.outputs")
 
 
 @dataclass(slots=True)
@@ -170,9 +173,7 @@ class OutputStream:
     def _limits_reached(self) -> None:
         if len(self.open) >= self.batch_bytes_max:
             self.seal()
-        if self.buffered_bytes > self.buffer_bytes_max and (
-            not self.blocked or self._report_again
-        ):
+        if self.buffered_bytes > self.buffer_bytes_max and (not self.blocked or self._report_again):
             self.blocked = True
             self._report_again = False
             self._update_check_at()
@@ -222,8 +223,20 @@ class OutputStream:
         self.unsent = self.inflight
         self.inflight = deque()
         if resume_after < self.acked_through:
-            # The receiver lost what it had acknowledged: its log is behind ours. We cannot
-            # resend what we freed, so keep going and let the audit report it.
+            # The receiver lost what it had acknowledged: its log is behind ours. Our Hello
+            # carried ``acked_through``, so a receiver that checks it stops on its own
+            # (``Runtime._admit``: LostAcknowledgedError); this one answered anyway, or our
+            # acknowledged point moved after the Hello. What it lost was freed here and
+            # cannot be resent: say so once, loudly, and go on from what it acknowledged.
+            logger.error(
+                "%s resumes after call %d but had acknowledged calls up to %d: its log "
+                "lost acknowledged calls %d..%d, which cannot be resent",
+                self.destination,
+                resume_after,
+                self.acked_through,
+                resume_after + 1,
+                self.acked_through,
+            )
             resume_after = self.acked_through
         self.acked_through = resume_after
         self.drop_through = max(self.drop_through, resume_after)

@@ -7,8 +7,10 @@ segment bytes, so a wrong byte cut shows up as a wrong or unparsable message.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -279,6 +281,30 @@ def test_rewind_to_zero_resends_everything_and_never_rewinds_below_acked() -> No
     stream.rewind(2)
     assert stream.acked_through == 5
     assert sent(stream.take_unsent()) == expected(6, 8)
+
+
+def test_a_receiver_resuming_below_what_it_acknowledged_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The receiver lost acknowledged calls (it stops itself when it sees our Hello's
+    acknowledged point; this is the sender's view when it answers anyway): one ERROR line
+    naming the destination, its resume point, what it had acknowledged and the lost range."""
+    stream, _ = make(batch_bytes_max=25)
+    add(stream, 1, 8)
+    stream.take_unsent()
+    caplog.set_level(logging.DEBUG, logger="ambrosia.outputs")
+    stream.rewind(0)
+    stream.ack(6)
+    stream.rewind(6)  # at what it acknowledged: nothing lost, nothing said
+    assert caplog.records == []
+    stream.rewind(3)
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and record.name == "ambrosia.outputs"
+    message = record.getMessage()
+    assert message.startswith("peer resumes after call 3 but had acknowledged calls up to 6")
+    assert "lost acknowledged calls 4..6" in message
+    assert stream.acked_through == 6
+    assert sent(stream.take_unsent()) == expected(7, 8)
 
 
 def test_rewind_twice_without_sending_in_between() -> None:
