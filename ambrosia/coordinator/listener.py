@@ -26,12 +26,15 @@ import errno
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
 logger = logging.getLogger("ambrosia.links")
 
 # How long accepting pauses when the process or the system is out of descriptors.
 ACCEPT_PAUSE_S = 0.1
+# Refused TLS handshakes logged one by one in any second; the rest are counted.
+REFUSALS_LOGGED_PER_S_MAX = 10
 _EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
@@ -60,6 +63,9 @@ class Listener:
         self._open_count = open_count
         self._tls = tls
         self._tls_handshake_timeout_s = tls_handshake_timeout_s
+        self._refusals_window_start = 0.0
+        self._refusals_logged = 0
+        self._refusals_suppressed = 0
         self._making: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self.refused = 0
@@ -145,10 +151,33 @@ class Listener:
                 ssl=self._tls,
                 ssl_handshake_timeout=self._tls_handshake_timeout_s if self._tls else None,
             )
-        except (OSError, ssl.SSLError, TimeoutError) as error:
-            # A failed or abandoned TLS handshake: asyncio has closed the transport.
+        except (ssl.SSLError, TimeoutError) as error:
+            # A refused certificate or a handshake past its deadline: an audit trail wants
+            # one line per refusal, but a flood of them must not fill the disk.
+            self._refused(address, error)
+            connection.close()
+        except OSError as error:
+            # The peer went away mid-handshake: asyncio has closed the transport.
             logger.debug("connection from %s not made: %s", _describe(address), error)
             connection.close()
+
+    def _refused(self, address: object, error: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._refusals_window_start >= 1.0:
+            if self._refusals_suppressed:
+                logger.warning(
+                    "%d more TLS handshakes refused in the last second (not logged one by one)",
+                    self._refusals_suppressed,
+                )
+            self._refusals_window_start = now
+            self._refusals_logged = 0
+            self._refusals_suppressed = 0
+        if self._refusals_logged < REFUSALS_LOGGED_PER_S_MAX:
+            self._refusals_logged += 1
+            reason = "handshake deadline passed" if isinstance(error, TimeoutError) else error
+            logger.warning("TLS handshake from %s refused: %s", _describe(address), reason)
+        else:
+            self._refusals_suppressed += 1
 
     def close(self) -> None:
         if self._task is not None:

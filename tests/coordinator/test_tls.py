@@ -254,14 +254,30 @@ REFUSED = {
 }
 
 
+def _refusal_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.WARNING
+        and ("refused" in record.getMessage() or "closing connection" in record.getMessage())
+    ]
+
+
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_refused_peer_gets_nothing_and_a_good_peer_is_served(
-    case: str, certs: CertificateDirectory, tmp_path: Path
+    case: str, certs: CertificateDirectory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
         async with started_pair(certs) as pair:
             context = REFUSED[case](certs, tmp_path)
-            received = await attempt(pair.port, context, hello("client"))
+            with caplog.at_level(logging.WARNING):
+                received = await attempt(pair.port, context, hello("client"))
+                async with asyncio.timeout(DEADLINE_S):
+                    while not _refusal_lines(caplog):
+                        await asyncio.sleep(0.01)
+            # One line says why, with no traceback (an audit trail, not a crash).
+            assert len(_refusal_lines(caplog)) == 1, caplog.text
+            assert not any(record.exc_info for record in caplog.records), caplog.text
             assert not replay_from_in(received), (case, received)
             assert received == b"", (case, received)
             await pair.run_calls(TOTAL)
