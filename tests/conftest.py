@@ -1,8 +1,10 @@
 """Session-wide storage emulators for every test directory: real processes, stopped by PID.
 
 ``azurite`` and ``moto_server`` start once per session on free loopback ports. Without an
-emulator the tests that need it are skipped with the reason, except in CI (the ``CI``
-environment variable is set), where a missing emulator fails the run.
+emulator (missing, or it did not start) the tests that need it are skipped with the
+emulator's error, except in CI (the ``CI`` environment variable is set), where they
+fail. Every run ends with a section listing each skipped test and why
+(``ambrosia.testing.skips``): a skip must not read as a pass.
 ``azblob_env`` and ``s3_env`` put the endpoint and credentials into the environment
 (``monkeypatch``), where both the processes a test starts and the test itself (offline
 replay, log audits) find them, exactly as a deployment would.
@@ -31,6 +33,9 @@ from ambrosia.testing.emulators import (  # noqa: E402
     start_moto_server,
     start_or_skip,
 )
+from ambrosia.testing.skips import pytest_terminal_summary  # noqa: E402
+
+__all__ = ["pytest_terminal_summary"]  # a hook: pytest finds it by name here
 
 
 @pytest.fixture(scope="session")

@@ -265,16 +265,16 @@ def start_moto_server(*, startup_timeout_s: float = startup_timeout_s_default) -
 
 
 def start_or_skip(start: Callable[[], _Emulator]) -> _Emulator:
-    """For pytest fixtures: start an emulator, or skip the test with the reason.
+    """For pytest fixtures: start an emulator, or skip the test with the emulator's error.
 
-    When the ``CI`` environment variable is set a missing emulator fails the test
-    instead: in CI no backend test may be skipped.
+    When the ``CI`` environment variable is set an emulator that is missing or did not
+    start fails the test instead: in CI no backend test may be skipped
+    (``ambrosia.testing.skips``, which also lists every skip at the end of a run).
     """
-    import pytest
+    from ambrosia.testing.skips import skip_unless_ci
 
     try:
         return start()
-    except EmulatorUnavailableError as error:
-        if os.environ.get("CI"):
-            pytest.fail(f"emulator required in CI: {error}")
-        pytest.skip(str(error))
+    except (EmulatorUnavailableError, OSError) as error:
+        # OSError: the executable exists but could not be run (permissions, format).
+        skip_unless_ci(f"emulator unavailable: {error}")
