@@ -9,6 +9,18 @@ user would start them, and killed by PID. Several processes may run one instance
 Links between the processes are plain TCP on loopback (``--plaintext``), or with
 ``tls=True`` mutual TLS: a private CA is made in ``DIRECTORY/certs`` and each registered
 instance gets its certificate there (``ambrosia.certs``), passed with ``--tls-*``.
+
+Exit codes are evidence, so they are looked at before anything else: ``wait_for``
+checks every process before it tests its condition (a condition that already holds
+must not hide a process that died), and ``kill`` and ``start`` check the process they
+replace, so a process that crashed by itself is never restarted silently. With
+``strict_exits=True`` (the crash scenario and the soak) the only expected ends are the
+harness's own: our SIGKILL, or whatever follows our ``terminate`` (its caller checks the
+code). Without it, an exit 0 is accepted too (examples that finish on their own) and a
+SIGKILL from elsewhere, as before.
+
+``log_findings`` scans every log file a deployment's processes wrote for Python
+tracebacks and CRITICAL lines, naming file and line.
 """
 
 from __future__ import annotations
@@ -21,8 +33,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ambrosia.certs import (
     CA_CERTIFICATE_FILE,
@@ -31,6 +44,30 @@ from ambrosia.certs import (
     load_ca,
     tls_settings_for,
 )
+
+# Lines of a process log that are failures wherever they appear: an uncaught exception's
+# traceback, and the coordinator's CRITICAL lines (log writer failed, lease lost,
+# checkpoint failed, stopping). The log format is "TIME LEVEL NAME: MESSAGE".
+LOG_FAILURE_MARKERS = ("Traceback (most recent call last)", " CRITICAL ")
+TAIL_CHARACTERS = 3000
+
+StopKind = Literal["kill", "terminate"]
+
+
+class ProcessFailed(AssertionError):
+    """A process ended in a way the harness did not cause; names it and its log tail."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogFinding:
+    """A failure line in a process log: ``path:line_number: text``."""
+
+    path: Path
+    line_number: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line_number}: {self.text}"
 
 
 def free_port() -> int:
@@ -49,9 +86,11 @@ class Deployment:
         env: dict[str, str] | None = None,
         run_args: tuple[str, ...] = (),
         tls: bool = False,
+        strict_exits: bool = False,
     ) -> None:
         self.directory = directory
         self.tls = tls
+        self.strict_exits = strict_exits
         self.certs_dir = directory / "certs"
         directory.mkdir(parents=True, exist_ok=True)
         self.status_dir = directory / "status"
@@ -68,6 +107,8 @@ class Deployment:
         self.apps: dict[str, str] = {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.starts: dict[str, int] = {}
+        # How the harness ended the current process of a label, if it did.
+        self.stopped: dict[str, StopKind] = {}
 
     def cli(self, *args: str, input_text: str | None = None) -> str:
         done = subprocess.run(
@@ -129,6 +170,7 @@ class Deployment:
         )
         log.close()
         self.processes[key] = process
+        self.stopped.pop(key, None)
         return process
 
     def transport_args(self, name: str) -> tuple[str, ...]:
@@ -146,14 +188,23 @@ class Deployment:
         )
 
     def kill(self, name: str) -> None:
+        """SIGKILL process ``name`` (a label); fail if it had already ended by itself."""
         process = self.processes.get(name)
-        if process is not None and process.poll() is None:
+        if process is None:
+            return
+        if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait()
+            # A process that exited between the poll and the signal ended by itself.
+            if process.returncode == -signal.SIGKILL:
+                self.stopped[name] = "kill"
+        self.check_exit(name)
 
     def terminate(self, name: str, timeout_s: float = 10.0) -> int:
+        """SIGTERM (SIGKILL after ``timeout_s``) process ``name``; its exit code."""
         process = self.processes[name]
         if process.poll() is None:
+            self.stopped[name] = "terminate"
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout_s)
@@ -163,8 +214,45 @@ class Deployment:
         return process.returncode
 
     def stop_all(self) -> None:
-        for name in list(self.processes):
-            self.kill(name)
+        """SIGKILL whatever still runs, checking nothing (cleanup after a failure)."""
+        for name, process in self.processes.items():
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                self.stopped[name] = "kill"
+
+    def exit_failure(self, name: str) -> str | None:
+        """Why process ``name`` (a label) ended unexpectedly, or None if it did not.
+
+        Expected: still running, our SIGKILL, anything after our ``terminate``; without
+        ``strict_exits`` also an exit 0 or a SIGKILL from elsewhere.
+        """
+        process = self.processes.get(name)
+        code = None if process is None else process.poll()
+        if code is None:
+            return None
+        stopped = self.stopped.get(name)
+        if stopped == "terminate" or (stopped == "kill" and code == -signal.SIGKILL):
+            return None
+        if not self.strict_exits and code in (0, -signal.SIGKILL):
+            return None
+        run = self.starts.get(name, 0)
+        path = self.directory / f"{name}.{run}.log"
+        return (
+            f"{name} (run {run}, {path}) exited by itself with code {code}; "
+            f"its last output:\n{self.output(name)[-TAIL_CHARACTERS:]}"
+        )
+
+    def check_exit(self, name: str) -> None:
+        failure = self.exit_failure(name)
+        if failure is not None:
+            raise ProcessFailed(failure)
+
+    def check_exits(self, *, ignore: tuple[str, ...] = ()) -> None:
+        """Fail with the first process (but those in ``ignore``) that ended unexpectedly."""
+        for name in self.processes:
+            if name not in ignore:
+                self.check_exit(name)
 
     def status(self, name: str) -> dict[str, Any] | None:
         try:
@@ -181,17 +269,20 @@ class Deployment:
         *,
         ignore: tuple[str, ...] = (),
     ) -> None:
-        """Poll ``predicate``; fail at once if a process (but those in ``ignore``) failed."""
+        """Poll ``predicate``; fail at once if a process (but those in ``ignore``) failed.
+
+        Exit codes are checked before the predicate, every round, so a condition that
+        already holds (a status file left by a process that then crashed) never hides
+        a failure.
+        """
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while True:
+            self.check_exits(ignore=ignore)
             if predicate():
                 return
-            for name, process in self.processes.items():
-                code = process.poll()
-                if name not in ignore and code not in (None, -signal.SIGKILL, 0):
-                    raise AssertionError(f"{name} exited with {code}: {self.output(name)[-3000:]}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
             time.sleep(0.02)
-        raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
 
     def output(self, name: str, run: int | None = None) -> str:
         """What process ``name`` (a label) printed in its last run, or in run ``run``."""
@@ -202,3 +293,26 @@ class Deployment:
     def outputs(self, name: str) -> str:
         """Everything process ``name`` (a label) printed, over all its runs."""
         return "".join(self.output(name, run) for run in range(1, self.starts.get(name, 0) + 1))
+
+    def log_files(self) -> list[Path]:
+        """Every process log file of this deployment, in label and run order."""
+        return [
+            self.directory / f"{label}.{run}.log"
+            for label in sorted(self.starts)
+            for run in range(1, self.starts[label] + 1)
+        ]
+
+    def log_findings(self, allowed: tuple[str, ...] = ()) -> list[LogFinding]:
+        """Traceback and CRITICAL lines in every process log, but lines holding an
+        ``allowed`` substring (a caller that expects some says which, and why)."""
+        findings = []
+        for path in self.log_files():
+            if not path.exists():
+                continue
+            lines = path.read_text(errors="replace").splitlines()
+            for number, line in enumerate(lines, start=1):
+                if any(marker in line for marker in LOG_FAILURE_MARKERS) and not any(
+                    text in line for text in allowed
+                ):
+                    findings.append(LogFinding(path, number, line.strip()))
+        return findings
