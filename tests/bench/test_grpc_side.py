@@ -69,7 +69,7 @@ def test_server_counts_every_byte() -> None:
         process = server._child.process if server._child else None
     assert count.messages > 0
     assert count.payload_bytes == count.messages * 100
-    assert 0 < count.seconds < 5
+    assert count.seconds > 0  # what the server measured; how long is not a test
     assert process is not None and process.poll() is not None  # stopped on exit
 
 
@@ -88,7 +88,8 @@ def test_run_throughput_in_separate_processes() -> None:
         assert point.megabytes_per_second == pytest.approx(
             point.messages_per_second * point.size_bytes / 1e6
         )
-        assert 0.3 < point.seconds < 5
+        assert point.seconds > 0
+        assert point.messages_per_second == pytest.approx(point.messages / point.seconds)
     assert "grpc 16 B done" in labels
 
 
