@@ -21,6 +21,10 @@ from ambrosia.errors import InstanceNotFoundError
 from ambrosia.testing.workloads import chain_step, expected_chain
 
 ASYNC_EVERY = 5
+# The coordinator tests' one liveness limit: a wait this long means something is stuck.
+# What they wait for (a runtime becoming primary, a few thousand calls, a close) takes
+# well under a few seconds here, even on a loaded 2-core machine: at least 10x headroom.
+LIVENESS_S = 60.0
 _NOT_LISTENING_PORT = 1
 
 
@@ -125,7 +129,7 @@ class Peers:
         )
         await runtime.start()
         self.ports[name] = runtime.bound_port
-        await asyncio.wait_for(runtime.primary.wait(), 5)
+        await asyncio.wait_for(runtime.primary.wait(), LIVENESS_S)
         return runtime
 
 

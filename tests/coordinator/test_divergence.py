@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from coordinator_peers import LIVENESS_S
+
 from ambrosia import Immortal, rpc
 from ambrosia.backends import open_store
 from ambrosia.coordinator.runtime import Runtime
@@ -69,7 +71,7 @@ def test_replay_that_calls_a_different_method_is_reported() -> None:
         Stepper.use_other_method = True
         try:
             second = await _run(url, until_steps=None)
-            await asyncio.wait_for(second.stopped.wait(), 5)
+            await asyncio.wait_for(second.stopped.wait(), LIVENESS_S)
             assert isinstance(second.failure, ReplayDivergenceError), second.failure
             assert "diverged at self-call" in str(second.failure)
             await second.stop()

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from coordinator_peers import Pair, forget
+from coordinator_peers import LIVENESS_S, Pair, forget
 
-STALL_S = 2.0
+# No progress for this long while connections drop fails the run early: reconnecting
+# waits at most reconnect_delay_max_s (1 s), so this is 20x the longest pause.
+STALL_S = 20.0
 
 
 class Progress:
@@ -30,7 +32,7 @@ class Progress:
 
 def run(coroutine_function: object) -> None:
     assert callable(coroutine_function)
-    asyncio.run(asyncio.wait_for(coroutine_function(), 30))
+    asyncio.run(asyncio.wait_for(coroutine_function(), 2 * LIVENESS_S))
 
 
 def drop_all(pair: Pair, *, abort: bool) -> int:
@@ -58,7 +60,7 @@ def test_calls_arrive_once_in_order_without_failures() -> None:
         try:
             await pair.start()
             pair.begin(total=600, per_step=20)
-            await pair.wait(lambda: pair.finished(600), 10, "all calls")
+            await pair.wait(lambda: pair.finished(600), LIVENESS_S, "all calls")
             pair.check_exactly_once(600)
         finally:
             await pair.stop()
@@ -76,7 +78,7 @@ def test_first_calls_flow_without_any_reconnection() -> None:
         try:
             await pair.start()
             pair.begin(total=50, per_step=10)  # the first call opens the link
-            await pair.wait(lambda: pair.finished(50), 3, "all calls")
+            await pair.wait(lambda: pair.finished(50), LIVENESS_S, "all calls")
             pair.check_exactly_once(50)
         finally:
             await pair.stop()

@@ -10,6 +10,8 @@ import asyncio
 import socket
 from dataclasses import dataclass, field
 
+from coordinator_peers import LIVENESS_S
+
 from ambrosia.coordinator.links import (
     OutgoingConnection,
     _connect,
@@ -136,7 +138,7 @@ def test_peer_closing_ends_the_connection() -> None:
         connection, _, peer, listener = await _pair(1 << 20)
         try:
             peer.close()
-            await asyncio.wait_for(connection.lost, 5)
+            await asyncio.wait_for(connection.lost, LIVENESS_S)
             assert connection.closed and not connection.ready
             connection.send(b"after close")  # ignored, never raises
         finally:

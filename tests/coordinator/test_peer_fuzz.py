@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from coordinator_peers import Pair, forget
+from coordinator_peers import LIVENESS_S, Pair, forget
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -92,14 +92,14 @@ def test_fuzzed_peers_never_reach_the_log_or_stop_the_real_peer() -> None:
         pair.begin(total=total, per_step=2)
 
     async def audit() -> None:
-        await pair.wait(lambda: pair.finished(total), 20, "the real peer")
+        await pair.wait(lambda: pair.finished(total), LIVENESS_S, "the real peer")
         pair.check_exactly_once(total)
         server = pair.server
         assert server is not None and server.committer is not None
         assert server.failure is None
         # The log audit every start runs: every page readable, and every batch logged
         # from the fuzzer passes the link's own check.
-        await asyncio.wait_for(server.committer.drain(), 10)
+        await asyncio.wait_for(server.committer.drain(), LIVENESS_S)
         meta, _ = await server.store.read_meta()
         assert meta is not None and meta.checkpoint is not None
         policy = server.config.retry_policy
