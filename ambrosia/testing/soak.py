@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -75,7 +76,14 @@ class _Progress:
         )
 
 
+def _interrupt(signal_number: int, frame: object) -> None:
+    # A SIGTERM unwinds like Ctrl-C, so the scenario SIGKILLs the processes it started
+    # instead of leaving them running.
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(
         prog="python -m ambrosia.testing.soak", description=__doc__.split("\n\n")[0]
     )
