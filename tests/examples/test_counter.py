@@ -49,6 +49,10 @@ def sigkill(deployment: Deployment, name: str) -> int:
     return int(running)
 
 
+# A liveness limit: the whole scenario, six kills included, takes about 3 s here.
+LIVENESS_S = 60.0
+
+
 def is_up(deployment: Deployment, name: str) -> bool:
     """The current run of ``name`` has recovered and serves (its coordinator said so)."""
     return f"{name}: primary (" in deployment.output(name)
@@ -81,7 +85,9 @@ def run_counter_scenario(directory: Path, env: dict[str, str], seed: int) -> Non
         # The server comes up; kill it as soon as its log grows past its own first
         # start (the client's first call is logged, its result may not be out yet).
         deployment.start("server")
-        grew = wait_until(lambda: log_bytes(deployment, "server") > FIRST_START_LOG_BYTES, 10)
+        grew = wait_until(
+            lambda: log_bytes(deployment, "server") > FIRST_START_LOG_BYTES, LIVENESS_S
+        )
         assert grew, deployment.output("server")
         kills += sigkill(deployment, "server")
         # With the server down, nothing can reach the client: kill it too.
@@ -99,12 +105,12 @@ def run_counter_scenario(directory: Path, env: dict[str, str], seed: int) -> Non
         def finished() -> bool:
             return "2" in printed_values(deployment, "client")
 
-        deployment.wait_for(finished, 15, "the client to print 2")
+        deployment.wait_for(finished, LIVENESS_S, "the client to print 2")
         assert printed_values(deployment, "client") == ["1", "2"]
         # A process still starting up has no SIGTERM handler yet; let both come up.
         deployment.wait_for(
             lambda: all(is_up(deployment, name) for name in ("client", "server")),
-            15,
+            LIVENESS_S,
             "both processes to be up",
         )
         assert deployment.terminate("client") == 0

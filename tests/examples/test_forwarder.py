@@ -9,7 +9,6 @@ through logged self-calls.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ pytestmark = pytest.mark.crash
 
 MESSAGES = 6000
 TICK_S = 0.02  # 100 messages per tick: about 1.2 s of sending, so kills land mid-stream
+# A liveness limit: the whole run, kills and restarts included, takes about 4 s here.
+LIVENESS_S = 60.0
 
 
 def sigkill(deployment: Deployment, name: str) -> int:
@@ -71,20 +72,22 @@ def test_forwarder_exactly_once_and_deterministic_reports(
 
     kills = 0
     try:
-        deployment.wait_for(lambda: sink_state().received > 0, 15, "the first messages")
+        deployment.wait_for(lambda: sink_state().received > 0, LIVENESS_S, "the first messages")
         for victim in ("forwarder", "source", "forwarder"):
             time.sleep(rng.uniform(0.1, 0.4))
             kills += sigkill(deployment, victim)
             time.sleep(rng.uniform(0.0, 0.2))
             deployment.start(victim)
         deployment.wait_for(
-            lambda: len(sink_state().reports) == MESSAGES // REPORT_EVERY, 20, "every report"
+            lambda: len(sink_state().reports) == MESSAGES // REPORT_EVERY,
+            LIVENESS_S,
+            "every report",
         )
         # A process still starting up has no SIGTERM handler yet; let all come up.
         names = ("source", "forwarder", "sink")
         deployment.wait_for(
             lambda: all(f"{name}: primary (" in deployment.output(name) for name in names),
-            15,
+            LIVENESS_S,
             "every process to be up",
         )
         for name in names:
@@ -99,7 +102,10 @@ def test_forwarder_exactly_once_and_deterministic_reports(
     numbers = [number for number, _ in sink.reports]
     assert numbers == list(range(1, MESSAGES // REPORT_EVERY + 1))
     elapsed = [elapsed_s for _, elapsed_s in sink.reports]
-    assert all(later > earlier for earlier, later in itertools.pairwise(elapsed))
+    # Each report read the clock afresh (no value logged once and repeated). No order is
+    # asserted: a wall clock may be stepped back between reads; what must hold is that
+    # replay reproduces these exact values (below).
+    assert len(set(elapsed)) == len(elapsed), elapsed
 
     # The forwarder handled the stream in more than one life: the kills hit mid-stream.
     lives = asyncio.run(epochs_with_input(deployment.log_url, "forwarder", "source"))

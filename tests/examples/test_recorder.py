@@ -28,6 +28,11 @@ def listing(title: str, lines: list[str]) -> str:
     return "\n".join([title, *(f"  {line}" for line in lines)]) + "\n"
 
 
+# A liveness limit: each step (a start, a line recorded, a recovery) takes about a second
+# here, even on a loaded 2-core machine.
+LIVENESS_S = 60.0
+
+
 def type_line(process: subprocess.Popen[bytes], line: str) -> None:
     assert process.stdin is not None
     process.stdin.write(f"{line}\n".encode())
@@ -35,7 +40,10 @@ def type_line(process: subprocess.Popen[bytes], line: str) -> None:
 
 
 def run_recorder_scenario(
-    deployment: Deployment, *, start_timeout_s: float = 10, restart_timeout_s: float = 10
+    deployment: Deployment,
+    *,
+    start_timeout_s: float = LIVENESS_S,
+    restart_timeout_s: float = LIVENESS_S,
 ) -> str:
     """Type lines, SIGKILL, restart: logged lines come back by replay. Returns the log report.
 
@@ -51,10 +59,11 @@ def run_recorder_scenario(
         first = deployment.start("recorder", stdin=subprocess.PIPE)
         deployment.wait_for(lambda: shows("recovered 0 line(s):\n"), start_timeout_s, "the start")
         type_line(first, "apples")
-        deployment.wait_for(lambda: shows(listing("recorded input:", ["apples"])), 10, "apples")
+        expected = listing("recorded input:", ["apples"])
+        deployment.wait_for(lambda: shows(expected), LIVENESS_S, "apples")
         type_line(first, "pears")
         expected = listing("recorded input:", ["apples", "pears"])
-        deployment.wait_for(lambda: shows(expected), 10, "pears")
+        deployment.wait_for(lambda: shows(expected), LIVENESS_S, "pears")
         deployment.kill("recorder")
         assert first.stdin is not None
         first.stdin.close()
@@ -66,7 +75,7 @@ def run_recorder_scenario(
         )
         type_line(second, "plums")
         expected = listing("recorded input:", ["apples", "pears", "plums"])
-        deployment.wait_for(lambda: shows(expected), 10, "plums")
+        deployment.wait_for(lambda: shows(expected), LIVENESS_S, "plums")
         # End of input ends the pump, not the immortal.
         assert second.stdin is not None
         second.stdin.close()
