@@ -48,7 +48,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
             status = deployment.status("client")
             return bool(status and status["done"])
 
-        deployment.wait_for(done, 15, "the chain client to finish")
+        deployment.wait_for(done, 60, "the chain client to finish")  # takes ~1 s here
         assert deployment.terminate("client") == 0
         assert deployment.terminate("server") == 0
     finally:

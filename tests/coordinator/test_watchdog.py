@@ -39,7 +39,7 @@ APPS_DIRECTORY = Path(__file__).resolve().parents[1] / "apps"
 WARNING_S = 0.5
 GRACE_S = 1.0
 GRACE_LONG_S = 600.0  # longer than any test: only a second signal can end the process
-WAIT_S = 20.0  # generous: a process start, a warning or an exit, on a loaded machine
+WAIT_S = 60.0  # a liveness limit: a process start, a warning or an exit take ~1 s here
 EXIT_FORCED_SIGTERM = EXIT_FORCED_BASE + signal.SIGTERM
 
 # records 1..3 are calls 1..3 from the feeder; the stuck call is call 4.
