@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ambrosia.catalog.base import validate_instance_name
 from ambrosia.coordinator.tls import TlsSettings, identity_uri
 from ambrosia.errors import ConfigError
+from ambrosia.names import validate_instance_name
 
 __all__ = [
     "CA_VALID_DAYS",

@@ -69,10 +69,10 @@ from urllib.parse import urlsplit
 
 from ambrosia.backends.retry import RetryPolicy
 from ambrosia.catalog import CATALOG_ENVIRONMENT_VARIABLE
-from ambrosia.catalog.base import validate_instance_name
 from ambrosia.coordinator.runtime import Config
 from ambrosia.coordinator.tls import TlsSettings, Transport
 from ambrosia.errors import ConfigError
+from ambrosia.names import validate_instance_name
 
 __all__ = [
     "CONFIG_ENVIRONMENT_VARIABLE",

@@ -12,7 +12,7 @@ deployment fails with one clear ``ConfigError`` and leaves nothing behind.
 
 Testing knob: with ``AMBROSIA_FAULTS`` set, the log store is wrapped in a fault
 injector that fails calls the way cloud storage does, and the process reports how its
-retries behaved (``ambrosia.testing.faults``). Never set it in production.
+retries behaved (``ambrosia.backends.faults``). Never set it in production.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ambrosia.backends import LogStore, open_store
+from ambrosia.backends import faults as faults_knob
 from ambrosia.binding.immortal import Immortal
 from ambrosia.catalog import Catalog, default_catalog_url, open_catalog
 from ambrosia.coordinator.runtime import Config, Runtime
@@ -40,8 +41,8 @@ from ambrosia.errors import ConfigError
 
 logger = logging.getLogger("ambrosia.host")
 
-# A testing knob: wrap the log store in a fault injector (see ambrosia.testing.faults).
-FAULTS_ENVIRONMENT_VARIABLE = "AMBROSIA_FAULTS"
+# A testing knob: wrap the log store in a fault injector (see ambrosia.backends.faults).
+FAULTS_ENVIRONMENT_VARIABLE = faults_knob.FAULTS_ENVIRONMENT_VARIABLE
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -143,9 +144,7 @@ async def serve(
         reporter = None
         faults = os.environ.get(FAULTS_ENVIRONMENT_VARIABLE, "").strip()
         if faults:
-            from ambrosia.testing.faults import install_faults
-
-            store, reporter = install_faults(store, faults, run_config.retry_policy)
+            store, reporter = faults_knob.install_faults(store, faults, run_config.retry_policy)
             logger.warning(
                 "%s: testing knob %s=%r is on", name, FAULTS_ENVIRONMENT_VARIABLE, faults
             )

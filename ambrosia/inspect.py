@@ -56,6 +56,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ambrosia.backends import ChunkInfo, LogStore, Meta, open_store
+from ambrosia.backends.retry import call_with_retry
 from ambrosia.coordinator.checkpoint import CheckpointState, decode_checkpoint
 from ambrosia.coordinator.outputs import Segment
 from ambrosia.coordinator.recovery import LogReading, recover
@@ -147,10 +148,12 @@ async def describe_log(
 
 async def _survey(store: LogStore, page_bytes_max: int) -> _Survey:
     survey = _Survey(url=store.url, instance=store.instance)
-    survey.meta, survey.meta_version = await store.read_meta()
-    for number in await store.list_checkpoints():
+    # Transient storage failures are retried here, by the store's caller, as the
+    # coordinator does (ambrosia.backends.retry says why not inside the store).
+    survey.meta, survey.meta_version = await call_with_retry(store.read_meta)
+    for number in await call_with_retry(store.list_checkpoints):
         survey.checkpoints.append(await _read_checkpoint(store, number))
-    chunk_infos = await store.list_chunks()
+    chunk_infos = await call_with_retry(store.list_chunks)
     reading = await _recovery_verdict(store, survey, page_bytes_max)
     for view in survey.checkpoints:
         if view.problem is not None and all(view.number != n for n, _ in _skipped(reading)):
@@ -186,7 +189,7 @@ async def _read_checkpoint(store: LogStore, number: int) -> _CheckpointView:
     # decoding, and so the checks, are recovery's.
     where = f"{store.url} {store.instance} checkpoint {number}"
     try:
-        data = await store.read_checkpoint(number)
+        data = await call_with_retry(lambda: store.read_checkpoint(number))
     except NotFoundError as error:
         return _CheckpointView(number, 0, None, f"vanished while reading (retention?): {error}")
     try:
@@ -233,7 +236,7 @@ async def _scan(
 ) -> tuple[ChunkScan | None, LogError | None]:
     where = f"{store.url} {store.instance} chunk {info.number}"
     try:
-        data = await store.read_chunk(info.number)
+        data = await call_with_retry(lambda: store.read_chunk(info.number))
     except NotFoundError as missing:
         return None, LogError(f"{where} vanished while reading (retention?): {missing}")
     try:

@@ -17,14 +17,14 @@ A backend module exposes one coroutine function::
     async def open(url: urllib.parse.SplitResult, instance: str, **options: object) -> LogStore
 
 ``url`` is the already split URL (scheme lower-cased); ``instance`` has passed
-``validate_instance_name``. It returns a ready store for that one instance (see
-``ambrosia.backends.base``) or raises ``ConfigError`` for a URL, option or credential it
-cannot use. Unknown options are a ``ConfigError`` too, so a typo never goes unnoticed.
-The module imports its third-party dependencies at module level: ``open_store`` turns
-an ``ImportError`` of those into a ``ConfigError`` naming the extra to install. Foreign
-exceptions raised later (OSError, azure.core, botocore) are translated inside the
-backend into the ``StorageError`` tree with the cause chained. Every backend must pass
-``ambrosia.testing.conformance``.
+``ambrosia.names.validate_instance_name`` (the one rule for every layer). It returns a
+ready store for that one instance (see ``ambrosia.backends.base``) or raises
+``ConfigError`` for a URL, option or credential it cannot use. Unknown options are a
+``ConfigError`` too, so a typo never goes unnoticed. The module imports its third-party
+dependencies at module level: ``open_store`` turns an ``ImportError`` of those into a
+``ConfigError`` naming the extra to install. Foreign exceptions raised later (OSError,
+azure.core, botocore) are translated inside the backend into the ``StorageError`` tree
+with the cause chained. Every backend must pass ``ambrosia.testing.conformance``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from typing import cast
 
 from ambrosia.backends.base import ChunkInfo, Lease, LogStore, Meta
 from ambrosia.errors import ConfigError
+from ambrosia.names import INSTANCE_NAME_BYTES_MAX, validate_instance_name
 
 __all__ = [
     "INSTANCE_NAME_BYTES_MAX",
@@ -47,8 +48,6 @@ __all__ = [
     "validate_instance_name",
 ]
 
-INSTANCE_NAME_BYTES_MAX = 255
-
 # scheme -> (module, extra that provides its dependencies, or None)
 _BACKENDS: dict[str, tuple[str, str | None]] = {
     "file": ("ambrosia.backends.file", None),
@@ -58,22 +57,6 @@ _BACKENDS: dict[str, tuple[str, str | None]] = {
 }
 
 _ACCEPTED = "file:///absolute/dir, memory://name, azblob://container/prefix, s3://bucket/prefix"
-
-
-def validate_instance_name(instance: str) -> None:
-    """Refuse names that cannot be a directory or object-name component everywhere."""
-    encoded = instance.encode("utf-8", errors="surrogatepass")
-    problem = None
-    if not instance:
-        problem = "is empty"
-    elif len(encoded) > INSTANCE_NAME_BYTES_MAX:
-        problem = f"is {len(encoded)} bytes, limit {INSTANCE_NAME_BYTES_MAX}"
-    elif instance in (".", "..") or "/" in instance or "\\" in instance:
-        problem = "must not be '.', '..' or contain a slash"
-    elif any(ord(character) < 0x20 or ord(character) == 0x7F for character in instance):
-        problem = "must not contain control characters"
-    if problem is not None:
-        raise ConfigError(f"instance name {instance!r} {problem}")
 
 
 def _split(url: str) -> urllib.parse.SplitResult:

@@ -58,9 +58,11 @@ accepts the append only if exactly these bytes are already at that position. An 
 blob holds at most ``append_blocks_max`` (50,000) blocks: roll chunks over before that.
 
 Every SDK exception is translated here, in ``_translate``, with the cause chained;
-throttling, 5xx and timeouts become ``StorageUnavailableError`` and are retried by
-``ambrosia.backends.retry`` (the SDK's own retries are switched off so there is one
-policy, with one set of limits).
+throttling, 5xx and timeouts become ``StorageUnavailableError``, which the store's caller
+retries (``ambrosia.backends.retry``: the store makes one attempt per request, and the
+SDK's own retries are switched off, so there is one policy with one set of limits). A
+retried call finds what an earlier attempt left: an append its blocks, an acquisition
+its own lease id on the lock (``AcquisitionToken``), a first metadata write its record.
 """
 
 from __future__ import annotations
@@ -76,7 +78,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-import orjson
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
@@ -88,15 +89,16 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobBlock
 from azure.storage.blob.aio import BlobClient, BlobLeaseClient, BlobServiceClient
 
-from ambrosia.backends.base import (
-    ChunkInfo,
-    Lease,
-    Meta,
-    meta_from_record,
-    meta_to_record,
-    recorded_as_created,
+from ambrosia.backends._cloud import (
+    RETRIABLE_STATUSES,
+    AcquisitionToken,
+    decode_meta,
+    encode_meta,
+    parse_store_url,
+    probe_failure,
+    request,
 )
-from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
+from ambrosia.backends.base import ChunkInfo, Lease, Meta, recorded_as_created
 from ambrosia.errors import (
     AmbrosiaError,
     ConfigError,
@@ -124,7 +126,6 @@ lease_duration_s_max = 60
 name_number_digits = 10
 
 _CONTAINER_PATTERN = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
-_RETRIABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _HELD_LEASE_CODES = frozenset({"LeaseAlreadyPresent", "LeaseIsBreakingAndCannotBeAcquired"})
 _Result = TypeVar("_Result")
 
@@ -169,33 +170,12 @@ def _translate(error: BaseException, where: str) -> AmbrosiaError:
             return NotFoundError(detail)
         if status in (401, 403):
             return ConfigError(f"{detail}: access denied; check the credentials")
-        if status in _RETRIABLE_STATUS:
+        if status in RETRIABLE_STATUSES:
             return StorageUnavailableError(detail)
         return StorageError(f"{detail}: {error.message}")
     if isinstance(error, AzureError):
         return StorageUnavailableError(f"{where}: {error.message}")
     return StorageError(f"{where}: {error!r}")
-
-
-def _encode_meta(meta: Meta, writer: str) -> bytes:
-    # The nonce makes every swap's body unique, so reading back the same body proves that
-    # this very swap landed (a retry after a timeout), not an equal one made earlier.
-    return orjson.dumps(
-        {
-            **meta_to_record(meta),
-            "nonce": uuid.uuid4().hex,
-            "writer": writer,
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
-
-
-def _decode_meta(data: bytes, where: str) -> Meta:
-    try:
-        record = orjson.loads(data)
-        return meta_from_record(record)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise StorageError(f"{where}: unreadable metadata record: {error}") from error
 
 
 def _number_from_name(name: str, prefix: str) -> int | None:
@@ -216,7 +196,6 @@ class AzureBlobLogStore:
         lease_duration_s: int,
         lease_poll_interval_s: float,
         request_timeout_s: float,
-        retry_policy: RetryPolicy,
         closers: list[Callable[[], Awaitable[None]]],
     ) -> None:
         self._service = service
@@ -228,7 +207,7 @@ class AzureBlobLogStore:
         self._lease_duration_s = lease_duration_s
         self._lease_poll_interval_s = lease_poll_interval_s
         self._request_timeout_s = request_timeout_s
-        self._retry_policy = retry_policy
+        self._acquisition = AcquisitionToken()
         self._closers = closers
         self._holder: Lease | None = None
         self._chunk_max = -1
@@ -258,18 +237,14 @@ class AzureBlobLogStore:
         return f"{what} of {self._instance!r} in {self.url}"
 
     async def _call(self, where: str, operation: Callable[[], Awaitable[_Result]]) -> _Result:
-        """One storage request: timed out, translated, retried if retriable."""
-
-        async def attempt() -> _Result:
-            try:
-                with anyio.fail_after(self._request_timeout_s):
-                    return await operation()
-            except AmbrosiaError:
-                raise
-            except (AzureError, TimeoutError) as error:
-                raise _translate(error, where) from error
-
-        return await call_with_retry(attempt, self._retry_policy)
+        """One storage request, timed out and translated; the caller retries."""
+        return await request(
+            where,
+            operation,
+            timeout_s=self._request_timeout_s,
+            foreign=(AzureError,),
+            translate=_translate,
+        )
 
     def _require(self, lease: Lease) -> str:
         if self._holder is None or lease != self._holder:
@@ -324,7 +299,9 @@ class AzureBlobLogStore:
                     b"", overwrite=True, match_condition=MatchConditions.IfMissing
                 ),
             )
-        token = str(uuid.uuid4())
+        # Azure grants an acquisition that proposes the lease id already holding the
+        # lease, so a retry after a lost reply takes the lease it already has.
+        token = self._acquisition.propose(lambda: str(uuid.uuid4()))
         lease_client = BlobLeaseClient(lock, token)
         deadline_s = time.monotonic() + wait_s
         while True:
@@ -342,7 +319,7 @@ class AzureBlobLogStore:
                     ) from None
                 await anyio.sleep(min(self._lease_poll_interval_s, remaining_s))
         try:
-            return await self._become_writer(lock, token)
+            lease = await self._become_writer(lock, token)
         except BaseException:
             # If even the release fails, the lease expires on its own.
             with (
@@ -352,6 +329,8 @@ class AzureBlobLogStore:
             ):
                 await lease_client.release()
             raise
+        self._acquisition.acquired()
+        return lease
 
     async def _become_writer(self, lock: BlobClient, token: str) -> Lease:
         where = self._where("writer lease")
@@ -400,9 +379,16 @@ class AzureBlobLogStore:
 
     async def release_lease(self, lease: Lease) -> None:
         token = self._require(lease)
-        self._holder = None
         lease_client = BlobLeaseClient(self._blob("lock"), token)
-        await self._call(self._where("writer lease release"), lease_client.release)
+        try:
+            await self._call(self._where("writer lease release"), lease_client.release)
+        except AmbrosiaError as error:
+            # A retriable failure leaves the lease ours, so that the caller's retry can
+            # release it; anything else ends it here.
+            if not error.retriable:
+                self._holder = None
+            raise
+        self._holder = None
 
     async def _reserve_chunk(self, lease: Lease, number: int) -> None:
         """Record ``chunkmax >= number`` in the lock's metadata, under the lock lease."""
@@ -522,7 +508,7 @@ class AzureBlobLogStore:
                 lambda: blob.commit_block_list(blocks, match_condition=MatchConditions.IfMissing),
             )
         except PreconditionFailedError:
-            # Our own earlier attempt may have committed it (a retry after a timeout).
+            # An earlier call's attempt may have committed it (the caller's retry).
             if await self.read_checkpoint(number) != data:
                 raise PreconditionFailedError(
                     f"{where}: already exists with other content"
@@ -547,7 +533,8 @@ class AzureBlobLogStore:
         if found is None:
             return None, None
         body, etag = found
-        return _decode_meta(body, self._where("metadata")), etag
+        meta, _ = decode_meta(body, self._where("metadata"))
+        return meta, etag
 
     async def _read_meta_raw(self) -> tuple[bytes, str] | None:
         blob = self._blob("meta")
@@ -567,7 +554,7 @@ class AzureBlobLogStore:
         token = lease.token
         blob = self._blob("meta")
         where = self._where("metadata")
-        body = _encode_meta(new, token)
+        body = encode_meta(new, token)
         try:
             if expected is None:
                 result: dict[str, Any] = await self._call(
@@ -590,10 +577,16 @@ class AzureBlobLogStore:
                 )
             return str(result["etag"])
         except PreconditionFailedError:
+            # A retried swap whose first attempt landed lands here too (the nonce makes
+            # its body differ): the caller compares the record it reads back.
             current = await self._read_meta_raw()
-            if current is not None and current[0] == body:
-                return current[1]  # our earlier attempt landed before a timeout
             found = current[1] if current is not None else None
+            if expected is None and current is not None:
+                _, writer = decode_meta(current[0], where)
+                if writer == token:
+                    # Our first write landed but its lease was not taken: take it now,
+                    # or every later swap (made under the lease) would be refused.
+                    await self._take_blob_lease(blob, token, steal=False)
             raise PreconditionFailedError(
                 f"{where}: expected version {expected}, found {found}"
             ) from None
@@ -637,23 +630,14 @@ class AzureBlobLogStore:
 
 
 def _parse_url(url: urllib.parse.SplitResult) -> tuple[str, str]:
-    shown = url.geturl()
-    if url.username or url.password or url.port or url.query or url.fragment:
-        raise ConfigError(
-            f"malformed azblob URL {shown!r}: expected azblob://CONTAINER/PREFIX with no "
-            "credentials, port, query or fragment (credentials come from the environment)"
-        )
-    container = url.hostname or ""
-    if _CONTAINER_PATTERN.fullmatch(container) is None or url.netloc != container:
-        raise ConfigError(
-            f"malformed azblob URL {shown!r}: container {url.netloc!r} must be 3 to 63 "
-            "lowercase letters, digits and single hyphens, starting and ending with a "
-            "letter or digit"
-        )
-    prefix = url.path.strip("/")
-    if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
-        raise ConfigError(f"malformed azblob URL {shown!r}: bad prefix {prefix!r}")
-    return container, prefix
+    return parse_store_url(
+        url,
+        container_word="container",
+        container_pattern=_CONTAINER_PATTERN,
+        container_rule="3 to 63 lowercase letters, digits and single hyphens, starting and "
+        "ending with a letter or digit",
+        credentials_from="the environment",
+    )
 
 
 async def open(
@@ -667,7 +651,6 @@ async def open(
     lease_poll_interval_s: float = 0.05,
     connect_timeout_s: float = 5.0,
     request_timeout_s: float = 60.0,
-    retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
     **unknown: object,
 ) -> AzureBlobLogStore:
     """Open the log of ``instance`` at ``azblob://CONTAINER/PREFIX``; see the module docstring.
@@ -695,7 +678,6 @@ async def open(
         lease_duration_s=lease_duration_s,
         lease_poll_interval_s=lease_poll_interval_s,
         request_timeout_s=request_timeout_s,
-        retry_policy=retry_policy,
         closers=closers,
     )
     try:
@@ -714,7 +696,7 @@ def _make_service(
 ) -> tuple[BlobServiceClient, list[Callable[[], Awaitable[None]]], str]:
     connection_string = connection_string or os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
     account_url = account_url or os.environ.get("AZURE_STORAGE_ACCOUNT_URL")
-    # retry_total=0: ambrosia.backends.retry is the only retry policy.
+    # retry_total=0: the store's caller retries (ambrosia.backends.retry).
     settings: dict[str, Any] = {
         "retry_total": 0,
         "connection_timeout": connect_timeout_s,
@@ -763,11 +745,4 @@ async def _probe_container(
                 if _code(error) != "ContainerAlreadyExists":
                     raise
     except (AzureError, TimeoutError) as error:
-        translated = _translate(error, where)
-        if isinstance(translated, NotFoundError):
-            message = f"{where} does not exist; create it, or pass create=True (--create)"
-        elif isinstance(translated, StorageUnavailableError):
-            message = f"cannot reach Azure Blob storage for {where}: {translated}"
-        else:
-            message = str(translated)
-        raise ConfigError(message) from error
+        raise probe_failure(_translate(error, where), where, "Azure Blob storage") from error

@@ -5,6 +5,36 @@ failures into errors whose ``retriable`` flag is set (``StorageUnavailableError`
 module retries exactly those and nothing else, so a fence or a precondition failure
 reaches the caller on the first attempt.
 
+Who retries: the caller of a ``LogStore``, never the store
+----------------------------------------------------------
+Retries happen at one layer, the store's caller: the coordinator wraps each store call
+in ``call_with_retry`` with its ``Config.retry_policy``, and the readers outside it
+(``ambrosia.inspect``, recovery's audit) do the same with theirs. A backend makes one
+attempt per request (its SDK's own retries are off too) and only translates and marks
+the failure. Why there, and not inside the backends:
+
+- One set of limits. Retries nested in two layers multiply: eight attempts in the store
+  times eight in the coordinator is 64 requests, and each layer's time bound is spent
+  again by the other, so neither bound holds.
+- The caller knows what an operation means. A failed checkpoint can wait for the next
+  one, a failed retention for the next checkpoint, a failed renewal must stop the
+  writer before its lease expires; one policy in the store could not tell them apart.
+- Every store gets the same treatment: the file store's transient errors (descriptor
+  exhaustion) and a fault injector wrapped around any store
+  (``ambrosia.backends.faults``) are retried exactly like a cloud store's 503.
+
+What this asks of the stores: a call that fails may have had some of its effect (an
+append whose reply timed out after the bytes landed, a takeover that failed after it
+took the lock), and the caller's retry repeats the whole call. So each store makes the
+retry of a whole call finish the job rather than conflict with its own earlier attempt:
+an append finds its exact bytes in place and succeeds (or raises
+``OffsetMismatchError`` for the caller to read back); an acquisition proposes the lease
+token of the acquisition that failed (``ambrosia.backends._cloud.AcquisitionToken``); a
+lease renewal recognises the lock record it wrote; a metadata swap that finds its own
+record raises ``PreconditionFailedError`` and the caller compares what it reads back
+(``ambrosia.coordinator.metadata``). ``ambrosia.testing.conformance`` holds every store
+to the append rule, and the stores' tests make requests land and then time out.
+
 Delays follow "full jitter": before retry number ``n`` (1-based) the caller sleeps a
 uniformly random time in ``[0, min(delay_max_s, delay_initial_s * 2 ** (n - 1))]``.
 Randomizing the whole interval spreads the retries of many clients that failed together

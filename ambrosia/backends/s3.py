@@ -45,7 +45,11 @@ clock time: the fences above, not the clocks, keep a stale writer out of the log
 ``swap_meta``, ``write_checkpoint`` and ``delete_before`` read the lock first; the
 takeover also rewrites an existing metadata object (new ETag), so a stale swap fails on
 its ETag. Every botocore exception is translated in ``_translate``; throttling, 5xx and
-timeouts are retried by ``ambrosia.backends.retry`` (botocore's own retries are off).
+timeouts become ``StorageUnavailableError``, which the store's caller retries
+(``ambrosia.backends.retry``: the store makes one attempt per request, and botocore's
+own retries are off). A retried call finds what an earlier attempt left: an append its
+page, a lease renewal the lock record it wrote (``_rewrite_own_lock``), an acquisition
+its own token in the lock (``AcquisitionToken``).
 """
 
 from __future__ import annotations
@@ -75,15 +79,16 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from ambrosia.backends.base import (
-    ChunkInfo,
-    Lease,
-    Meta,
-    meta_from_record,
-    meta_to_record,
-    recorded_as_created,
+from ambrosia.backends._cloud import (
+    RETRIABLE_STATUSES,
+    AcquisitionToken,
+    decode_meta,
+    encode_meta,
+    parse_store_url,
+    probe_failure,
+    request,
 )
-from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
+from ambrosia.backends.base import ChunkInfo, Lease, Meta, recorded_as_created
 from ambrosia.errors import (
     AmbrosiaError,
     ConfigError,
@@ -106,7 +111,6 @@ _FENCE_MAGIC = b"ambrosia-fence:"
 _FENCE_BYTES = len(_FENCE_MAGIC) + 32  # the token is a 32-digit hex UUID
 _FENCE_METADATA_KEY = "ambrosia-fence"
 _BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
-_RETRIABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _RETRIABLE_CODES = frozenset(
     {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
 )
@@ -133,7 +137,7 @@ def _translate(error: BaseException, where: str) -> AmbrosiaError:
         if status in (401, 403):
             return ConfigError(f"{detail}: access denied; check the AWS credentials")
         # 409 ConditionalRequestConflict: a concurrent conditional write is in flight.
-        if status in _RETRIABLE_STATUS or code in _RETRIABLE_CODES or status == 409:
+        if status in RETRIABLE_STATUSES or code in _RETRIABLE_CODES or status == 409:
             return StorageUnavailableError(detail)
         return StorageError(f"{detail}: {error}")
     if isinstance(error, BotoCoreError):
@@ -194,25 +198,6 @@ class _ChunkState:
     fence_token: str | None
 
 
-def _encode_meta(meta: Meta, writer: str) -> bytes:
-    return orjson.dumps(
-        {
-            **meta_to_record(meta),
-            "nonce": uuid.uuid4().hex,
-            "writer": writer,
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
-
-
-def _decode_meta(data: bytes, where: str) -> tuple[Meta, dict[str, Any]]:
-    try:
-        record = orjson.loads(data)
-        return meta_from_record(record), record
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise StorageError(f"{where}: unreadable metadata record: {error}") from error
-
-
 class S3LogStore:
     """One instance's log in an S3 bucket; see the module docstring."""
 
@@ -227,7 +212,6 @@ class S3LogStore:
         lease_duration_s: float,
         lease_poll_interval_s: float,
         request_timeout_s: float,
-        retry_policy: RetryPolicy,
     ) -> None:
         self._client = client
         self._stack = stack
@@ -238,7 +222,7 @@ class S3LogStore:
         self._lease_duration_s = lease_duration_s
         self._lease_poll_interval_s = lease_poll_interval_s
         self._request_timeout_s = request_timeout_s
-        self._retry_policy = retry_policy
+        self._acquisition = AcquisitionToken()
         self._holder: Lease | None = None
         self._lock_etag: str | None = None
         self._chunk_max = -1
@@ -270,18 +254,14 @@ class S3LogStore:
         return f"{self._base}checkpoint-{number:0{name_number_digits}d}"
 
     async def _call(self, where: str, operation: Callable[[], Awaitable[_Result]]) -> _Result:
-        """One storage request: timed out, translated, retried if retriable."""
-
-        async def attempt() -> _Result:
-            try:
-                with anyio.fail_after(self._request_timeout_s):
-                    return await operation()
-            except AmbrosiaError:
-                raise
-            except (BotoCoreError, ClientError, TimeoutError) as error:
-                raise _translate(error, where) from error
-
-        return await call_with_retry(attempt, self._retry_policy)
+        """One storage request, timed out and translated; the caller retries."""
+        return await request(
+            where,
+            operation,
+            timeout_s=self._request_timeout_s,
+            foreign=(BotoCoreError, ClientError),
+            translate=_translate,
+        )
 
     async def _get(self, key: str, **extra: Any) -> tuple[bytes, str, dict[str, str]]:
         response = await self._client.get_object(Bucket=self._bucket, Key=key, **extra)
@@ -327,20 +307,11 @@ class S3LogStore:
         key = self._base + "lock"
         body = record.encode()
         condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
-        where = self._where("lock")
-        try:
-            response = await self._call(
-                where,
-                lambda: self._client.put_object(
-                    Bucket=self._bucket, Key=key, Body=body, **condition
-                ),
-            )
-            return str(response["ETag"])
-        except PreconditionFailedError:
-            found = await self._get_or_none(key, where)
-            if found is not None and found[0] == body:
-                return found[1]  # our own attempt landed before a timeout
-            raise
+        response = await self._call(
+            self._where("lock"),
+            lambda: self._client.put_object(Bucket=self._bucket, Key=key, Body=body, **condition),
+        )
+        return str(response["ETag"])
 
     async def _rewrite_own_lock(self, lease: Lease, **changes: Any) -> None:
         """Replace our lock record (If-Match our ETag); LeaseLostError if it was taken."""
@@ -355,11 +326,33 @@ class S3LogStore:
             try:
                 self._lock_etag = await self._put_lock(record, if_match=self._lock_etag)
             except (PreconditionFailedError, NotFoundError) as error:
-                self._holder = None
-                raise LeaseLostError(
-                    f"{self._where('writer lease')}: taken over by another writer"
-                ) from error
+                # Our own earlier write, whose reply was lost (the caller saw a timeout
+                # and retried), may have moved the ETag: then the rewrite is made on it.
+                if not await self._adopt_own_lock(lease):
+                    self._holder = None
+                    raise LeaseLostError(
+                        f"{self._where('writer lease')}: taken over by another writer"
+                    ) from error
+                try:
+                    self._lock_etag = await self._put_lock(record, if_match=self._lock_etag)
+                except (PreconditionFailedError, NotFoundError) as again:
+                    self._holder = None
+                    raise LeaseLostError(
+                        f"{self._where('writer lease')}: taken over by another writer"
+                    ) from again
             self._chunk_max = record.chunk_max
+
+    async def _adopt_own_lock(self, lease: Lease) -> bool:
+        """Whether the lock still names ``lease`` (then its ETag becomes the one to match).
+
+        Only this store writes records with its token, so a record holding it is one of
+        ours: an earlier rewrite that landed although the caller saw it fail (a timeout).
+        """
+        record, etag = await self._read_lock()
+        if record is None or record.holder != lease.token or record.epoch != lease.epoch:
+            return False
+        self._lock_etag = etag
+        return True
 
     async def _check_lock(self, lease: Lease) -> None:
         token = self._require(lease)
@@ -369,7 +362,7 @@ class S3LogStore:
             raise LeaseLostError(f"{self._where('writer lease')}: taken over by another writer")
 
     async def acquire_lease(self, *, wait_s: float = 0.0) -> Lease:
-        token = uuid.uuid4().hex
+        token = self._acquisition.propose(lambda: uuid.uuid4().hex)
         where = self._where("writer lease")
         deadline_s = time.monotonic() + wait_s
         while True:
@@ -401,6 +394,7 @@ class S3LogStore:
         self._ends.clear()
         self._fences.clear()
         await self._fence_previous_writer(token, chunk_max)
+        self._acquisition.acquired()
         return lease
 
     async def _fence_previous_writer(self, token: str, chunk_max: int) -> None:
@@ -417,9 +411,9 @@ class S3LogStore:
             found = await self._get_or_none(self._base + "meta", where)
             if found is None:
                 return
-            meta, _record = _decode_meta(found[0], where)
+            meta, _ = decode_meta(found[0], where)
             try:
-                await self._put_meta(_encode_meta(meta, token), if_match=found[1])
+                await self._put_meta(encode_meta(meta, token), if_match=found[1])
                 return
             except PreconditionFailedError:
                 continue
@@ -464,8 +458,13 @@ class S3LogStore:
     async def release_lease(self, lease: Lease) -> None:
         try:
             await self._rewrite_own_lock(lease, holder=None, expires_at_s=0.0)
-        finally:
-            self._holder = None
+        except AmbrosiaError as error:
+            # A retriable failure leaves the lease ours, so that the caller's retry can
+            # release it; anything else ends it here.
+            if not error.retriable:
+                self._holder = None
+            raise
+        self._holder = None
 
     # -- chunks --------------------------------------------------------------------------
 
@@ -633,6 +632,7 @@ class S3LogStore:
                 ),
             )
         except PreconditionFailedError:
+            # An earlier call's attempt may have written it (the caller's retry).
             if await self.read_checkpoint(number) != data:
                 raise PreconditionFailedError(
                     f"{where}: already exists with other content"
@@ -655,7 +655,7 @@ class S3LogStore:
         found = await self._get_or_none(self._base + "meta", where)
         if found is None:
             return None, None
-        meta, _ = _decode_meta(found[0], where)
+        meta, _ = decode_meta(found[0], where)
         return meta, found[1]
 
     async def _put_meta(self, body: bytes, *, if_match: str | None) -> str:
@@ -671,9 +671,9 @@ class S3LogStore:
             )
             return str(response["ETag"])
         except (PreconditionFailedError, NotFoundError):
+            # A retried swap whose first attempt landed lands here too (the nonce makes
+            # its body differ): the caller compares the record it reads back.
             found = await self._get_or_none(key, where)
-            if found is not None and found[0] == body:
-                return found[1]  # our own attempt landed before a timeout
             current = found[1] if found is not None else None
             raise PreconditionFailedError(
                 f"{where}: expected version {if_match}, found {current}"
@@ -681,7 +681,7 @@ class S3LogStore:
 
     async def swap_meta(self, lease: Lease, *, expected: str | None, new: Meta) -> str:
         await self._check_lock(lease)
-        return await self._put_meta(_encode_meta(new, lease.token), if_match=expected)
+        return await self._put_meta(encode_meta(new, lease.token), if_match=expected)
 
     # -- retention -----------------------------------------------------------------------
 
@@ -723,22 +723,13 @@ class S3LogStore:
 
 
 def _parse_url(url: urllib.parse.SplitResult) -> tuple[str, str]:
-    shown = url.geturl()
-    if url.username or url.password or url.port or url.query or url.fragment:
-        raise ConfigError(
-            f"malformed s3 URL {shown!r}: expected s3://BUCKET/PREFIX with no credentials, "
-            "port, query or fragment (credentials come from the AWS credential chain)"
-        )
-    bucket = url.hostname or ""
-    if _BUCKET_PATTERN.fullmatch(bucket) is None or url.netloc != bucket or ".." in bucket:
-        raise ConfigError(
-            f"malformed s3 URL {shown!r}: bucket {url.netloc!r} must be 3 to 63 lowercase "
-            "letters, digits, dots and hyphens"
-        )
-    prefix = url.path.strip("/")
-    if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
-        raise ConfigError(f"malformed s3 URL {shown!r}: bad prefix {prefix!r}")
-    return bucket, prefix
+    return parse_store_url(
+        url,
+        container_word="bucket",
+        container_pattern=_BUCKET_PATTERN,
+        container_rule="3 to 63 lowercase letters, digits, dots and hyphens",
+        credentials_from="the AWS credential chain",
+    )
 
 
 async def open(
@@ -752,7 +743,6 @@ async def open(
     lease_poll_interval_s: float = 0.05,
     connect_timeout_s: float = 5.0,
     request_timeout_s: float = 60.0,
-    retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
     **unknown: object,
 ) -> S3LogStore:
     """Open the log of ``instance`` at ``s3://BUCKET/PREFIX``; see the module docstring.
@@ -788,7 +778,7 @@ async def open(
     config = AioConfig(
         connect_timeout=connect_timeout_s,
         read_timeout=request_timeout_s,
-        # ambrosia.backends.retry is the only retry policy.
+        # The store's caller retries (ambrosia.backends.retry): one attempt here.
         retries={"total_max_attempts": 1, "mode": "standard"},
         s3={"addressing_style": "path"} if endpoint_url else None,
     )
@@ -805,7 +795,6 @@ async def open(
         lease_duration_s=lease_duration_s,
         lease_poll_interval_s=lease_poll_interval_s,
         request_timeout_s=request_timeout_s,
-        retry_policy=retry_policy,
     )
     try:
         await _probe_bucket(client, bucket, region, endpoint_url, create, connect_timeout_s)
@@ -843,11 +832,4 @@ async def _probe_bucket(
                 if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
     except (BotoCoreError, ClientError, TimeoutError) as error:
-        translated = _translate(error, where)
-        if isinstance(translated, NotFoundError):
-            message = f"{where} does not exist; create it, or pass create=True (--create)"
-        elif isinstance(translated, StorageUnavailableError):
-            message = f"cannot reach S3 for {where}: {translated}"
-        else:
-            message = str(translated)
-        raise ConfigError(message) from error
+        raise probe_failure(_translate(error, where), where, "S3") from error

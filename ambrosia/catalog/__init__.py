@@ -35,8 +35,9 @@ from urllib.parse import SplitResult, urlsplit
 
 import anyio
 
-from ambrosia.catalog.base import Catalog, InstanceRecord, validate_instance_name
+from ambrosia.catalog.base import Catalog, InstanceRecord
 from ambrosia.errors import ConfigError
+from ambrosia.names import validate_instance_name
 
 __all__ = [
     "CATALOG_ENVIRONMENT_VARIABLE",

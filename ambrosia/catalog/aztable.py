@@ -45,13 +45,14 @@ from azure.core.exceptions import (
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
-from ambrosia.catalog.base import InstanceRecord, validate_instance_name
+from ambrosia.catalog.base import InstanceRecord
 from ambrosia.errors import (
     CatalogError,
     ConfigError,
     InstanceNotFoundError,
     RegistrationConflictError,
 )
+from ambrosia.names import validate_instance_name
 
 __all__ = ["AzureTableCatalog", "open"]
 

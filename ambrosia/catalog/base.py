@@ -34,13 +34,12 @@ from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from ambrosia.errors import ConfigError
+from ambrosia.names import validate_instance_name
 
-instance_name_length_max = 64
 address_length_max = 255
 log_url_length_max = 2048
 replicas_max = 64
 
-_INSTANCE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _APP_PATTERN = re.compile(
     r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 )
@@ -74,20 +73,6 @@ SETTINGS_FIELDS = (
     "upgrade_version",
     "replicas",
 )
-
-
-def validate_instance_name(name: str) -> str:
-    """Return ``name`` if it is 1..64 characters of ``[A-Za-z0-9_.-]``; else ConfigError.
-
-    The alphabet is what is safe in a file name, a blob prefix, an Azure table row key
-    and a URL path segment without escaping, so one name works on every backend.
-    """
-    if not isinstance(name, str) or _INSTANCE_NAME_PATTERN.fullmatch(name) is None:
-        raise ConfigError(
-            f"invalid instance name {name!r}: use 1 to {instance_name_length_max} "
-            "characters of letters, digits, '_', '.' and '-'"
-        )
-    return name
 
 
 def validate_address(address: str) -> str:

@@ -37,13 +37,14 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ambrosia.catalog.base import InstanceRecord, validate_instance_name
+from ambrosia.catalog.base import InstanceRecord
 from ambrosia.errors import (
     CatalogError,
     ConfigError,
     InstanceNotFoundError,
     RegistrationConflictError,
 )
+from ambrosia.names import validate_instance_name
 
 schema_version = 1
 busy_timeout_s_default = 10.0

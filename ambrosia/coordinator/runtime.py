@@ -39,7 +39,6 @@ from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with
 from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.binding.immortal import Immortal
-from ambrosia.catalog.base import validate_instance_name
 from ambrosia.coordinator.checkpoint import CheckpointState, OutputState, encode_checkpoint
 from ambrosia.coordinator.committer import Committer, DurablePage
 from ambrosia.coordinator.links import KEEPALIVE, IncomingLink, OutgoingLink
@@ -57,6 +56,7 @@ from ambrosia.errors import (
     ReplayDivergenceError,
 )
 from ambrosia.log.page import Page, decode_page, instance_id_for
+from ambrosia.names import validate_instance_name
 from ambrosia.wire.messages import PEER_PROTOCOL_VERSION, Hello
 from ambrosia.wire.varint import decode_zigzag_long
 
@@ -983,6 +983,11 @@ class Runtime:
             with contextlib.suppress(BaseException):
                 await task
         if self.lease is not None:
+            lease = self.lease
+            # Released now, the next start takes the lease at once instead of waiting out
+            # its expiry; a failure only costs that wait.
             with contextlib.suppress(Exception):
-                await self.store.release_lease(self.lease)
+                await call_with_retry(
+                    lambda: self.store.release_lease(lease), self.config.retry_policy
+                )
         await self.store.close()

@@ -17,7 +17,7 @@ of type URI::
 
     ambrosia:instance:NAME
 
-where NAME is a valid instance name (``ambrosia.catalog.base.validate_instance_name``).
+where NAME is a valid instance name (``ambrosia.names.validate_instance_name``).
 The name is compared as an exact string: no case folding, no wildcards, no host-name
 rules, which is why it is not a DNS name (instance names may hold ``_`` and upper case,
 which DNS matching would fold or refuse). A certificate with no such URI, or with two
@@ -56,8 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ambrosia.catalog.base import validate_instance_name
 from ambrosia.errors import ConfigError, PeerIdentityError
+from ambrosia.names import validate_instance_name
 
 __all__ = [
     "IDENTITY_URI_PREFIX",

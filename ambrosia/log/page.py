@@ -24,14 +24,14 @@ Page layout
         48     -  body              body length bytes
 
     body  := group * (group count), trims
-    group := source name length (ZigZagInt, 0..255), source name (UTF-8),
+    group := source name length (ZigZagInt, 0..64), source name (UTF-8),
              first seq (ZigZagLong, >= 1: the number of the group's first message in
                         the stream from that source, whose first message is 1),
              count (ZigZagInt, >= 1), replayable count (ZigZagInt, 0..count: messages
              that are not impulses), messages length (ZigZagInt),
              messages (opaque packed RPC messages; this module never parses them)
     trims := trim count (ZigZagInt), then that many pairs of
-             destination name length (ZigZagInt, 0..255), destination name (UTF-8),
+             destination name length (ZigZagInt, 0..64), destination name (UTF-8),
              trim seq (ZigZagLong, >= 0): "the receiver has durably logged everything
              up to this seq from us", so output up to it never needs resending.
 
@@ -80,10 +80,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import xxhash
 
 from ambrosia.errors import LogCorruptError, LogGapError, ProtocolError
+from ambrosia.names import INSTANCE_NAME_BYTES_MAX
 from ambrosia.wire.varint import (
     INT32_MAX,
     INT64_MAX,
@@ -115,7 +117,8 @@ __all__ = [
 MAGIC = b"AMBP"
 FORMAT_VERSION = 1
 HEADER_BYTES = 48
-NAME_BYTES_MAX = 255
+# Names in a page are instance names: the limit is theirs (ambrosia.names).
+NAME_BYTES_MAX: Final = INSTANCE_NAME_BYTES_MAX
 PAGE_BYTES_MAX_DEFAULT = 8 * 1024 * 1024
 """Default limit on a page's body length; the decoder checks it before slicing."""
 
@@ -301,7 +304,7 @@ class PageBuilder:
     ) -> None:
         """Copy a group of packed messages into the page.
 
-        Raises ValueError on impossible counts, a name over 255 bytes, or when the body
+        Raises ValueError on impossible counts, a name over NAME_BYTES_MAX, or when the body
         would exceed ``page_bytes_max`` (check ``body_bytes`` first).
         """
         if not 1 <= first_seq <= INT64_MAX:

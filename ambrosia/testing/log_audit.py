@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from ambrosia.backends import open_store
 from ambrosia.backends.base import LogStore
+from ambrosia.backends.retry import call_with_retry
 from ambrosia.coordinator.recovery import LogReading, pages_after, read_checkpoint, recover
 from ambrosia.coordinator.runtime import Config
 from ambrosia.errors import AmbrosiaError
@@ -144,7 +145,7 @@ async def _check_retention(store: LogStore, reading: LogReading, kept: int) -> l
         f"falls back to checkpoint {reading.checkpoint.number}"
         for _, error in reading.skipped
     ]
-    listed = await store.list_checkpoints()
+    listed = await call_with_retry(store.list_checkpoints)
     if named not in listed:
         violations.append(f"{instance}: the metadata names checkpoint {named}, absent: {listed}")
     if len(listed) > kept + RETENTION_SLACK:

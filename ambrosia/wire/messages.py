@@ -104,6 +104,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Final, TypeAlias
 
 from ambrosia.errors import ProtocolError, UnknownMessageTypeError
+from ambrosia.names import INSTANCE_NAME_BYTES_MAX
 from ambrosia.wire.varint import (
     BytesLike,
     Incomplete,
@@ -148,7 +149,6 @@ __all__ = [
     "encode_into",
 ]
 
-INSTANCE_NAME_BYTES_MAX: Final = 1024
 PEER_PROTOCOL_VERSION: Final = 3  # 2: Hello carries ``acked``; 3: InputHeld
 
 

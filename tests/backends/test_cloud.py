@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
+from typing import Any, TypeVar
 
 import anyio
 import pytest
@@ -14,13 +16,14 @@ from ambrosia.backends import azblob, open_store
 from ambrosia.backends.base import Lease, LogStore
 from ambrosia.backends.faults import FaultInjectingStore, FaultRates
 from ambrosia.backends.retry import RetryPolicy, RetryStats, call_with_retry
-from ambrosia.errors import ConfigError, LeaseHeldError, LeaseLostError
+from ambrosia.errors import ConfigError, LeaseHeldError, LeaseLostError, StorageUnavailableError
 from ambrosia.testing.conformance import CONFORMANCE_CHECKS, Check
 from ambrosia.testing.emulators import Azurite, MotoServer, free_loopback_ports
 
 pytestmark = pytest.mark.emulator
 
 StoreFactory = Callable[[str], Awaitable[LogStore]]
+_T = TypeVar("_T")
 BACKENDS = ["azblob", "s3"]
 FAST_RETRIES = RetryPolicy(
     attempts_max=12, delay_initial_s=0.001, delay_max_s=0.02, total_s_max=10.0
@@ -48,7 +51,7 @@ def make_store(request: pytest.FixtureRequest, aws_credentials: None) -> Iterato
         options = {"endpoint_url": server.endpoint_url, "lease_duration_s": 15}
 
     async def factory(instance: str) -> LogStore:
-        return await open_store(url, instance, create=True, retry_policy=FAST_RETRIES, **options)
+        return await open_store(url, instance, create=True, **options)
 
     yield factory
 
@@ -99,6 +102,74 @@ def test_page_appends_under_faults_keep_every_page_exactly_once(make_store: Stor
             assert stats.gave_up == 0
             assert stats.attempts_per_call_max <= FAST_RETRIES.attempts_max
             assert max(stats.delays_s) <= FAST_RETRIES.delay_max_s
+
+    anyio.run(main)
+
+
+def test_requests_that_land_but_report_a_timeout_are_finished_by_the_callers_retry(
+    make_store: StoreFactory,
+) -> None:
+    """The store makes one attempt per request; its caller retries whole operations.
+
+    Here one request in five lands and then reports a timeout, inside every operation
+    (a lease takeover's fencing, a renewal's lock rewrite, a chunk's creation, an append,
+    a checkpoint). Each retried operation must finish what the lost reply left: the
+    acquisition without waiting out its own lease, the renewal without losing it.
+    """
+    chooser = random.Random(20240611)
+    pages = [f"page {index:03d} ".encode() * (1 + index % 5) for index in range(30)]
+    stats = RetryStats()
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            instance = f"lost-replies-{uuid.uuid4().hex[:8]}"
+            first = await make_store(instance)
+            stack.push_async_callback(first.close)
+            # A previous writer's chunk: the takeover has a chunk to fence.
+            old = await first.acquire_lease()
+            await first.create_chunk(old, 0)
+            await first.append(old, 0, expected_offset=0, data=b"old")
+            store = await make_store(instance)
+            stack.push_async_callback(store.close)
+            plain_call = store._call  # type: ignore[attr-defined]
+            lost_replies = 0
+
+            async def lands_then_times_out(where: str, operation: Any) -> Any:
+                nonlocal lost_replies
+                result = await plain_call(where, operation)
+                if chooser.random() < 0.2:
+                    lost_replies += 1
+                    raise StorageUnavailableError(f"{where}: timed out after it landed")
+                return result
+
+            async def retried(operation: Callable[[], Awaitable[_T]]) -> _T:
+                return await call_with_retry(operation, FAST_RETRIES, stats=stats)
+
+            await first.release_lease(old)
+            store._call = lands_then_times_out  # type: ignore[attr-defined]
+            lease = await retried(lambda: store.acquire_lease(wait_s=0.0))
+            assert lease.epoch > old.epoch
+            await retried(lambda: store.create_chunk(lease, 1))
+            offset = 0
+            for page in pages:
+                await retried(
+                    lambda page=page, offset=offset: store.append(
+                        lease, 1, expected_offset=offset, data=page
+                    )
+                )
+                offset += len(page)
+                renewed = await retried(lambda: store.renew_lease(lease))
+                assert renewed == lease
+            await retried(lambda: store.write_checkpoint(lease, 2, b"state"))
+            store._call = plain_call  # type: ignore[attr-defined]
+            assert lost_replies >= 5
+            assert stats.gave_up == 0
+            assert await store.read_chunk(1) == b"".join(pages)
+            assert await store.read_chunk(0) == b"old"
+            assert await store.read_checkpoint(2) == b"state"
+            # The lease survived every renewal whose reply was lost: still ours to use.
+            await store.append(lease, 1, expected_offset=offset, data=b"end")
+            await store.release_lease(lease)
 
     anyio.run(main)
 

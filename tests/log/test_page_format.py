@@ -14,6 +14,7 @@ from ambrosia.errors import LogCorruptError, LogGapError
 from ambrosia.log import (
     HEADER_BYTES,
     MAGIC,
+    NAME_BYTES_MAX,
     ChunkScan,
     Page,
     PageBuilder,
@@ -168,10 +169,11 @@ def test_builder_checks_its_arguments_and_limit() -> None:
         builder.add_group("a", 1, 0, 0, b"")
     with pytest.raises(ValueError, match="replayable"):
         builder.add_group("a", 1, 1, 2, b"")
-    with pytest.raises(ValueError, match="255"):
-        builder.add_group("é" * 128, 1, 1, 1, b"")
-    with pytest.raises(ValueError, match="255"):
-        builder.add_trim("x" * 256, 1)
+    # The limit is the instance-name limit (ambrosia.names), counted in bytes of UTF-8.
+    with pytest.raises(ValueError, match=f"limit {NAME_BYTES_MAX}"):
+        builder.add_group("é" * (NAME_BYTES_MAX // 2 + 1), 1, 1, 1, b"")
+    with pytest.raises(ValueError, match=f"limit {NAME_BYTES_MAX}"):
+        builder.add_trim("x" * (NAME_BYTES_MAX + 1), 1)
     builder.add_group("a", 1, 1, 1, b"x" * 80)
     with pytest.raises(ValueError, match="limit 100"):
         builder.add_group("b", 1, 1, 1, b"x" * 20)
