@@ -314,6 +314,14 @@ class _Run:
                 if name != "client"
             )
 
+        # Every process up again first: a status file outlives its writer, so a process
+        # killed late could look finished while its restart is still starting (and a
+        # SIGTERM then would find no handler installed yet).
+        self.deployment.wait_for(
+            lambda: all(self.recovered(name) for name in names),
+            self.settings.finish_timeout_s,
+            "every process to finish its last recovery",
+        )
         self.deployment.wait_for(
             finished,
             self.settings.finish_timeout_s,
