@@ -359,7 +359,9 @@ class FileLogStore:
         with self._lock, _translated(f"create {path}"):
             self._check_lease_sync(lease)
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                # O_DSYNC here too: this descriptor is kept for the chunk's appends.
+                flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DSYNC
+                fd = os.open(path, flags, 0o644)
             except FileExistsError:
                 size = os.stat(path).st_size
                 if size != 0:
