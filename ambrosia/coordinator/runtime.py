@@ -349,6 +349,16 @@ class Runtime:
         self_stream.on_drop = _SelfCallAudit(self.instance, pages).check
         # Self-calls restored from the checkpoint that never reached the log go in first.
         self_stream.ack(accepted.get(self.instance, 0))
+        if not self.dispatcher.started and self_stream.next_seq == 0 and accepted.get(
+            self.instance, 0
+        ):
+            # The log holds the first-start call, made after this checkpoint. It entered
+            # the self-stream from the runtime, not from a handler, so replay would not
+            # number it: the handlers' self-calls would then be numbered from 1 instead of
+            # 2 and meet the log's call 1 (the first start) as a divergence. Number it
+            # again, as the first life did; it is dropped as consumed, checked against
+            # the log like any regenerated self-call.
+            self._log_first_start()
         if self_stream.has_unsent:
             self._on_dirty(self_stream)
         loop = asyncio.get_running_loop()

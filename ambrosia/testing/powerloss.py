@@ -72,13 +72,18 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.lowlevel
 
 from ambrosia.backends.base import ChunkInfo, Lease, LogStore, Meta
 
+if TYPE_CHECKING:
+    from ambrosia.backends.file import FileLogStore
+
 __all__ = ["PowerLossDisk", "PowerLossStore", "SimulatedCrash"]
+
+_T = TypeVar("_T")
 
 
 class SimulatedCrash(BaseException):
@@ -119,6 +124,7 @@ class _Directory:
     operations: int = 0  # mutating operations since the last arm
     crash_at: int | None = None
     on_crash: Callable[[], None] | None = None
+    life: int = 0  # raised at every crash: work of an older life must not touch the new one
 
 
 def _apply(content: bytearray, kind: str, position: int, data: bytes) -> None:
@@ -141,6 +147,8 @@ class PowerLossDisk:
         self._directories: dict[Path, _Directory] = {}
         self._descriptors: dict[int, _Descriptor] = {}
         self._null_fd: int | None = None
+        # The life (directory, number) whose store call this thread is running, if any.
+        self._thread = threading.local()
         self.crashes = 0
         self.shim = _OsShim(self)
 
@@ -164,6 +172,33 @@ class PowerLossDisk:
                 self._close_dead(directory)
             _os.close(self._null_fd)
             self._null_fd = None
+
+    def bind(self, store: FileLogStore) -> None:
+        """Tie ``store``'s worker-thread calls to the current life of its directory.
+
+        A crashed process runs nothing more; here its store calls may still be queued for
+        or running in a worker thread when its tasks have ended (a cancelled task does
+        not wait for its thread). Marked with their life, they fail once a newer life
+        has begun instead of writing into it. The store has no hook for this, so its
+        ``_run`` (the one hop to a worker thread) is wrapped on this instance.
+        """
+        with self._lock:
+            state = self._directories[Path(store.directory)]
+            life = state.life
+        hop = store._run
+        local = self._thread
+
+        async def run(function: Callable[..., _T], *args: object) -> _T:
+            def marked() -> _T:
+                local.life = (state, life)
+                try:
+                    return function(*args)
+                finally:
+                    local.life = None
+
+            return await hop(marked)
+
+        vars(store)["_run"] = run
 
     def track(self, directory: Path) -> None:
         """Model ``directory`` from now on; what it holds now is taken as durable."""
@@ -234,6 +269,7 @@ class PowerLossDisk:
         rng = self.rng
         self.crashes += 1
         state.crashed = True
+        state.life += 1
         state.crash_at = None
         if interrupted is not None:
             descriptor, position, data = interrupted
@@ -302,6 +338,9 @@ class PowerLossDisk:
     def _alive(self, state: _Directory) -> None:
         if state.crashed:
             raise SimulatedCrash(f"{state.path}: the power of its writer was cut")
+        mark = getattr(self._thread, "life", None)
+        if mark is not None and mark[0] is state and mark[1] != state.life:
+            raise SimulatedCrash(f"{state.path}: a call of life {mark[1]} after its crash")
 
     def _count(self, state: _Directory, interrupted: tuple[_Descriptor, int, bytes] | None) -> None:
         """One mutating operation: the armed one crashes instead of completing."""
