@@ -670,6 +670,7 @@ class OutgoingLink:
         self.peer_holding = False  # the receiver said it holds our input (InputHeld)
         self.protocol: OutgoingConnection | None = None
         self.task: asyncio.Task[None] | None = None
+        self.closing = False  # set by close(): the dial loop ends even if a cancel was lost
         self.batches_sent = 0
         self._last_refusal: str | None = None
 
@@ -712,12 +713,18 @@ class OutgoingLink:
         delay = self.config.reconnect_delay_min_s
         loop = asyncio.get_running_loop()
         destination = self.stream.destination
-        while True:
+        while not self.closing:
             try:
                 host, port = await self._resolve(destination)
                 sock, tls = await asyncio.wait_for(
                     self._dial(loop, host, port), self.config.connect_timeout_s
                 )
+                if self.closing:
+                    # On Python 3.11 ``wait_for`` can swallow the cancel of ``close`` when
+                    # the dial completes in the same turn: the link must still end here
+                    # rather than wait on a connection nobody will ever close.
+                    sock.close()
+                    return
                 connection = OutgoingConnection(self, sock, tls)
                 delay = self.config.reconnect_delay_min_s
                 self._last_refusal = None
@@ -759,6 +766,7 @@ class OutgoingLink:
         return sock, _TlsSession(session, incoming, outgoing)
 
     def close(self) -> None:
+        self.closing = True
         if self.task is not None:
             self.task.cancel()
         if self.protocol is not None:
