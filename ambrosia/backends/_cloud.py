@@ -16,6 +16,10 @@ kept here so they cannot drift apart:
 - ``parse_store_url``: ``SCHEME://CONTAINER/PREFIX`` checked the same way for both.
 - ``probe_failure``: how an unreachable or missing container reads as a ``ConfigError``.
 - ``AcquisitionToken``: the lease token a failed acquisition proposes again.
+- ``chunk_name`` / ``checkpoint_name``: ``chunk-0000000000``, ``checkpoint-0000000000``,
+  numbers zero-padded to ``name_number_digits`` so that names sort as numbers do. Logs
+  already in storage are named this way: changing the width would orphan them. (The
+  file store keeps its own names, ``ambrosia.log.chunk_name``, for the same reason.)
 """
 
 from __future__ import annotations
@@ -41,14 +45,18 @@ from ambrosia.errors import (
 __all__ = [
     "RETRIABLE_STATUSES",
     "AcquisitionToken",
+    "checkpoint_name",
+    "chunk_name",
     "decode_meta",
     "encode_meta",
+    "name_number_digits",
     "parse_store_url",
     "probe_failure",
     "request",
 ]
 
 RETRIABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+name_number_digits = 10
 
 _Result = TypeVar("_Result")
 
@@ -143,6 +151,16 @@ def probe_failure(translated: AmbrosiaError, where: str, service: str) -> Config
     if isinstance(translated, StorageUnavailableError):
         return ConfigError(f"cannot reach {service} for {where}: {translated}")
     return ConfigError(str(translated))
+
+
+def chunk_name(number: int) -> str:
+    """The name of chunk ``number`` under an instance's base (a blob, or an S3 prefix)."""
+    return f"chunk-{number:0{name_number_digits}d}"
+
+
+def checkpoint_name(number: int) -> str:
+    """The name of checkpoint ``number`` under an instance's base."""
+    return f"checkpoint-{number:0{name_number_digits}d}"
 
 
 class AcquisitionToken:

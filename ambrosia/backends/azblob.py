@@ -92,6 +92,8 @@ from azure.storage.blob.aio import BlobClient, BlobLeaseClient, BlobServiceClien
 from ambrosia.backends._cloud import (
     RETRIABLE_STATUSES,
     AcquisitionToken,
+    checkpoint_name,
+    chunk_name,
     decode_meta,
     encode_meta,
     parse_store_url,
@@ -123,7 +125,6 @@ append_blocks_max = 50_000
 checkpoint_block_bytes_max = 8 * 1024 * 1024
 lease_duration_s_min = 15
 lease_duration_s_max = 60
-name_number_digits = 10
 
 _CONTAINER_PATTERN = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
 _HELD_LEASE_CODES = frozenset({"LeaseAlreadyPresent", "LeaseIsBreakingAndCannotBeAcquired"})
@@ -226,12 +227,6 @@ class AzureBlobLogStore:
 
     def _blob(self, name: str) -> BlobClient:
         return self._container.get_blob_client(self._base + name)
-
-    def _chunk_name(self, number: int) -> str:
-        return f"chunk-{number:0{name_number_digits}d}"
-
-    def _checkpoint_name(self, number: int) -> str:
-        return f"checkpoint-{number:0{name_number_digits}d}"
 
     def _where(self, what: str) -> str:
         return f"{what} of {self._instance!r} in {self.url}"
@@ -357,7 +352,7 @@ class AzureBlobLogStore:
         first = highest if highest >= 0 else chunk_max
         recorded, _ = await self.read_meta()
         for number in range(max(first, 0), max(highest, chunk_max) + 1):
-            blob = self._blob(self._chunk_name(number))
+            blob = self._blob(chunk_name(number))
             if number not in existing and recorded_as_created(recorded, number):
                 continue  # deleted after it was recorded: damage the audit must name
             if number not in existing:
@@ -411,7 +406,7 @@ class AzureBlobLogStore:
     async def create_chunk(self, lease: Lease, number: int) -> None:
         token = self._require(lease)
         await self._reserve_chunk(lease, number)
-        blob = self._blob(self._chunk_name(number))
+        blob = self._blob(chunk_name(number))
         where = self._where(f"chunk {number}")
         try:
             await self._call(where, lambda: blob.create_append_blob(if_none_match="*"))
@@ -425,7 +420,7 @@ class AzureBlobLogStore:
         self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes | bytearray
     ) -> None:
         token = self._require(lease)
-        blob = self._blob(self._chunk_name(chunk))
+        blob = self._blob(chunk_name(chunk))
         where = self._where(f"chunk {chunk}")
         if not data:
             size = await self._chunk_size(blob, where)
@@ -466,7 +461,7 @@ class AzureBlobLogStore:
         return int(properties.size)
 
     async def read_chunk(self, chunk: int, *, offset: int = 0, length: int | None = None) -> bytes:
-        blob = self._blob(self._chunk_name(chunk))
+        blob = self._blob(chunk_name(chunk))
         where = self._where(f"chunk {chunk}")
         if length == 0:
             await self._chunk_size(blob, where)  # NotFoundError for a missing chunk
@@ -488,7 +483,7 @@ class AzureBlobLogStore:
 
     async def write_checkpoint(self, lease: Lease, number: int, data: bytes) -> None:
         await self._verify_lease(lease)
-        blob = self._blob(self._checkpoint_name(number))
+        blob = self._blob(checkpoint_name(number))
         where = self._where(f"checkpoint {number}")
         # Block ids carry a per-write nonce so two writers' uncommitted blocks never mix.
         nonce = uuid.uuid4().hex[:16]
@@ -515,7 +510,7 @@ class AzureBlobLogStore:
                 ) from None
 
     async def read_checkpoint(self, number: int) -> bytes:
-        blob = self._blob(self._checkpoint_name(number))
+        blob = self._blob(checkpoint_name(number))
 
         async def download() -> bytes:
             downloader = await blob.download_blob()
@@ -600,11 +595,11 @@ class AzureBlobLogStore:
         token = lease.token
         for chunk, _ in await self._list_numbers("chunk"):
             if chunk < number:
-                await self._delete(self._blob(self._chunk_name(chunk)), token)
+                await self._delete(self._blob(chunk_name(chunk)), token)
         limit = number if checkpoints_before is None else checkpoints_before
         for checkpoint, _ in await self._list_numbers("checkpoint"):
             if checkpoint < limit:
-                await self._delete(self._blob(self._checkpoint_name(checkpoint)), token)
+                await self._delete(self._blob(checkpoint_name(checkpoint)), token)
 
     async def _delete(self, blob: BlobClient, token: str) -> None:
         where = self._where(f"deletion of {blob.blob_name}")

@@ -82,6 +82,8 @@ from botocore.exceptions import (
 from ambrosia.backends._cloud import (
     RETRIABLE_STATUSES,
     AcquisitionToken,
+    checkpoint_name,
+    chunk_name,
     decode_meta,
     encode_meta,
     parse_store_url,
@@ -103,7 +105,6 @@ from ambrosia.errors import (
 
 __all__ = ["S3LogStore", "open"]
 
-name_number_digits = 10
 offset_digits = 16
 read_concurrency_max = 16
 fence_attempts_max = 64
@@ -245,13 +246,13 @@ class S3LogStore:
         return f"{what} of {self._instance!r} in {self.url}"
 
     def _chunk_prefix(self, number: int) -> str:
-        return f"{self._base}chunk-{number:0{name_number_digits}d}/"
+        return f"{self._base}{chunk_name(number)}/"
 
     def _page_key(self, chunk: int, offset: int) -> str:
         return f"{self._chunk_prefix(chunk)}{offset:0{offset_digits}d}"
 
     def _checkpoint_key(self, number: int) -> str:
-        return f"{self._base}checkpoint-{number:0{name_number_digits}d}"
+        return f"{self._base}{checkpoint_name(number)}"
 
     async def _call(self, where: str, operation: Callable[[], Awaitable[_Result]]) -> _Result:
         """One storage request, timed out and translated; the caller retries."""

@@ -41,9 +41,6 @@ from ambrosia.binding import codec
 from ambrosia.binding.immortal import (
     _SIZE_PREFIX,
     _SIZE_TABLE_MAX,
-    KIND_ASYNC,
-    KIND_FORK,
-    KIND_IMPULSE,
     METHOD_ID_FIRST_START,
     Immortal,
     MethodInfo,
@@ -59,6 +56,14 @@ from ambrosia.errors import (
     RemoteCallError,
     ReplayDivergenceError,
 )
+from ambrosia.wire.messages import (
+    KIND_ASYNC,
+    KIND_FORK,
+    KIND_IMPULSE,
+    RESERVED_CALL,
+    RESERVED_RESULT,
+    TYPE_RPC,
+)
 from ambrosia.wire.varint import (
     Incomplete,
     decode_zigzag_long,
@@ -70,10 +75,6 @@ if TYPE_CHECKING:
     from ambrosia.coordinator.outputs import OutputStream
 
 logger = logging.getLogger("ambrosia.binding")
-
-TYPE_RPC = 0
-RESERVED_CALL = 0
-RESERVED_RESULT = 1
 
 
 def frame_prefix(size: int) -> bytes:
@@ -381,6 +382,7 @@ class Dispatcher:
                     return end
                 size >>= 1
                 stop = start + size
+                # ``data[start]``: any type byte but TYPE_RPC (0) is a bad frame.
                 if size < 4 or stop > end or data[start]:
                     self._malformed(source, position, "bad frame")
                     return end

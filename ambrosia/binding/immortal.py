@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 _SIZE_TABLE_MAX = 1 << 14
 _SIZE_PREFIX: tuple[bytes, ...] = tuple(encode_zigzag_int(n) for n in range(_SIZE_TABLE_MAX))
 
-KIND_ASYNC = 0
-KIND_FORK = 1
-KIND_IMPULSE = 2
-
 METHOD_ID_MAX = 8000
 METHOD_ID_FIRST_START = -1
 

@@ -55,6 +55,7 @@ from ambrosia.errors import (
 from ambrosia.protocol.batch import check_batch
 from ambrosia.wire.messages import (
     PEER_PROTOCOL_VERSION,
+    TYPE_DATA_BATCH,
     Commit,
     DataBatch,
     Direction,
@@ -70,7 +71,6 @@ from ambrosia.wire.varint import Incomplete, decode_zigzag_int
 
 logger = logging.getLogger("ambrosia.links")
 
-TYPE_DATA_BATCH = 17
 # What a sender writes when it has sent nothing for a while: an empty Ping, which the
 # receiver takes as a sign of life (its idle deadline closes silent connections).
 KEEPALIVE = encode(Ping(b""))

@@ -33,15 +33,17 @@ import re
 from typing import Final
 
 from ambrosia.errors import ProtocolError
+from ambrosia.wire.messages import (
+    KIND_ASYNC,
+    KIND_FORK,
+    RESERVED_CALL,
+    RESERVED_RESULT,
+    TYPE_RPC,
+)
 from ambrosia.wire.varint import BytesLike, Incomplete, decode_zigzag_int, decode_zigzag_long
 
 __all__ = ["check_batch"]
 
-TYPE_RPC: Final = 0
-RESERVED_CALL: Final = 0
-RESERVED_RESULT: Final = 1
-KIND_ASYNC: Final = 0
-KIND_FORK: Final = 1
 # Type, reserved byte, method id (>= 1 byte), kind.
 _RPC_BYTES_MIN: Final = 4
 # Below this many messages the single pass of the loop is cheaper than a pattern lookup.
@@ -73,8 +75,10 @@ def check_batch(payload: BytesLike, count: int, replayable_count: int) -> None:
         raise ProtocolError(f"batch announces {count} messages in {end} bytes")
     try:
         first_stop, head_bytes, tail = _check_message(payload, 0, end)
-        if count >= _PATTERN_COUNT_MIN and first_stop * count == end and (
-            first_stop <= _PATTERN_MESSAGE_BYTES_MAX
+        if (
+            count >= _PATTERN_COUNT_MIN
+            and first_stop * count == end
+            and (first_stop <= _PATTERN_MESSAGE_BYTES_MAX)
         ):
             pattern = _pattern(bytes(payload[:head_bytes]), first_stop, tail)
             if pattern.fullmatch(payload) is not None:

@@ -116,7 +116,14 @@ from ambrosia.wire.varint import (
 
 __all__ = [
     "INSTANCE_NAME_BYTES_MAX",
+    "KIND_ASYNC",
+    "KIND_FORK",
+    "KIND_IMPULSE",
     "PEER_PROTOCOL_VERSION",
+    "RESERVED_CALL",
+    "RESERVED_RESULT",
+    "TYPE_DATA_BATCH",
+    "TYPE_RPC",
     "AttachTo",
     "BecomingPrimary",
     "CheckpointHeader",
@@ -180,6 +187,20 @@ class RpcKind(enum.IntEnum):
     IMPULSE = 2
 
 
+# The same values as plain ints, for code that compares bytes on the hot path (the
+# dispatcher's loop, the batch check): a module global is one lookup, an enum member
+# an attribute lookup more, and ``bytes((...))`` wants ints anyway.
+TYPE_RPC: Final = int(MessageType.RPC)
+TYPE_DATA_BATCH: Final = int(MessageType.DATA_BATCH)
+KIND_ASYNC: Final = int(RpcKind.ASYNC)
+KIND_FORK: Final = int(RpcKind.FORK)
+KIND_IMPULSE: Final = int(RpcKind.IMPULSE)
+# The reserved byte of an incoming RPC (type 0, coordinator -> binding): a call or the
+# result of an earlier async call.
+RESERVED_CALL: Final = 0
+RESERVED_RESULT: Final = 1
+
+
 class Direction(enum.Enum):
     """Who is speaking: selects the layout of type 0 and the allowed types."""
 
@@ -198,12 +219,12 @@ class IncomingRpc:
     method_id: int
     rpc_kind: RpcKind
     args: bytes
-    reserved: int = 0
+    reserved: int = RESERVED_CALL
     message_type: ClassVar[MessageType] = MessageType.RPC
 
     @property
     def is_return(self) -> bool:
-        return self.reserved != 0
+        return self.reserved != RESERVED_CALL
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,12 +235,12 @@ class OutgoingRpc:
     method_id: int
     rpc_kind: RpcKind
     args: bytes
-    reserved: int = 0
+    reserved: int = RESERVED_CALL
     message_type: ClassVar[MessageType] = MessageType.RPC
 
     @property
     def is_return(self) -> bool:
-        return self.reserved != 0
+        return self.reserved != RESERVED_CALL
 
     def to_incoming(self) -> IncomingRpc:
         """The same call as the destination's binding will receive it."""

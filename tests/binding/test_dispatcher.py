@@ -17,15 +17,11 @@ import pytest
 
 from ambrosia.binding import codec
 from ambrosia.binding.dispatcher import (
-    RESERVED_RESULT,
     Dispatcher,
     frame_prefix,
     rpc_header,
 )
 from ambrosia.binding.immortal import (
-    KIND_ASYNC,
-    KIND_FORK,
-    KIND_IMPULSE,
     Immortal,
     method_table,
     rpc,
@@ -38,7 +34,16 @@ from ambrosia.errors import (
     ImpulseDuringRecoveryError,
     RemoteCallError,
 )
-from ambrosia.wire.messages import Direction, IncomingRpc, RpcKind, decode_messages
+from ambrosia.wire.messages import (
+    KIND_ASYNC,
+    KIND_FORK,
+    KIND_IMPULSE,
+    RESERVED_RESULT,
+    Direction,
+    IncomingRpc,
+    RpcKind,
+    decode_messages,
+)
 from ambrosia.wire.varint import decode_zigzag_long, encode_zigzag_long
 
 # -- the immortals under test ------------------------------------------------------------------

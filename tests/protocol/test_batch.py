@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ambrosia.binding import codec
-from ambrosia.binding.dispatcher import RESERVED_RESULT, frame_prefix, rpc_header
-from ambrosia.binding.immortal import KIND_ASYNC, KIND_FORK, KIND_IMPULSE
+from ambrosia.binding.dispatcher import frame_prefix, rpc_header
 from ambrosia.errors import ProtocolError
 from ambrosia.protocol import batch
 from ambrosia.protocol.batch import check_batch
+from ambrosia.wire.messages import KIND_ASYNC, KIND_FORK, KIND_IMPULSE, RESERVED_RESULT
 from ambrosia.wire.varint import (
     BytesLike,
     Incomplete,
