@@ -76,6 +76,7 @@ import contextlib
 import gc
 import io
 import logging
+import os
 import random
 import shutil
 import sys
@@ -97,12 +98,18 @@ from ambrosia.coordinator.outputs import Segment
 from ambrosia.coordinator.recovery import read_checkpoint
 from ambrosia.coordinator.runtime import Config, Runtime
 from ambrosia.errors import AmbrosiaError, InstanceNotFoundError
-from ambrosia.testing.powerloss import PowerLossDisk, PowerLossStore, SimulatedCrash
+from ambrosia.testing.powerloss import (
+    PowerLossDisk,
+    PowerLossStore,
+    SimulatedCrash,
+    expire_cloud_lease,
+)
 from ambrosia.testing.replay import replay
 from ambrosia.testing.workloads import chain_step, expected_chain, is_async_call
 
 __all__ = [
     "BACKENDS",
+    "CLOUD_BACKENDS",
     "CrashPoint",
     "LedgerClient",
     "LedgerServer",
@@ -117,6 +124,13 @@ __all__ = [
 ]
 
 BACKENDS = ("file", "memory")
+# On real emulators (moto in server mode, Azurite), from the environment a deployment
+# reads (``AMBROSIA_S3_ENDPOINT_URL`` and AWS credentials; ``AZURE_STORAGE_CONNECTION_STRING``):
+# not in ``BACKENDS``, the default set, since they need a service. The CLI starts the
+# emulators itself when the environment names none.
+CLOUD_BACKENDS = ("s3", "azblob")
+# One bucket or container for every run (each run has its own prefix in it).
+CLOUD_CONTAINER = "ambrosia-sim"
 SERVER = "server"
 CLIENT = "client"
 CALLS_DEFAULT = 60
@@ -276,8 +290,8 @@ class Schedule:
 # create, write, fsync, rename, directory fsync) and 4 on the others; a run of 60 calls
 # makes about 170 on the file store and 90 on the others. A point is armed when the one
 # before it has been handled, so spans well below a run leave room for several.
-_EARLY_OPERATIONS = {"file": 22, "memory": 5}
-_RUN_OPERATIONS = {"file": 60, "memory": 30}
+_EARLY_OPERATIONS = {"file": 22, "memory": 5, "s3": 5, "azblob": 5}
+_RUN_OPERATIONS = {"file": 60, "memory": 30, "s3": 30, "azblob": 30}
 
 
 def schedule_for(seed: int, backend: str) -> Schedule:
@@ -308,7 +322,7 @@ class _Storage(Protocol):
 
     def revive(self, instance: str) -> None: ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 class _FileStorage:
@@ -337,7 +351,7 @@ class _FileStorage:
     def revive(self, instance: str) -> None:
         self.disk.revive(self.root / instance)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.disk.forget(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -366,8 +380,58 @@ class _MemoryStorage:
     def revive(self, instance: str) -> None:
         """A new life opens a new store (``open``): nothing to do."""
 
-    def close(self) -> None:
+    async def close(self) -> None:
         memory.forget(self.name)
+
+
+class _CloudStorage:
+    """A cloud store (``s3`` or ``azblob``) on its emulator, under a ``PowerLossStore``.
+
+    A crashed writer's lease would stay taken until its term ran out (up to a minute);
+    instead it runs out when the next life opens the store: by then every task of the
+    dead life has ended (``_Node.buried``), so nothing of it can renew the lease any
+    more, and ``expire_cloud_lease`` leaves the lease as its expiry would, with the dead
+    writer's chunks, fences and blob leases in place for the takeover to deal with.
+    """
+
+    def __init__(self, backend: str, rng: random.Random) -> None:
+        self.rng = rng
+        self.url = f"{backend}://{CLOUD_CONTAINER}/sim-{uuid.uuid4().hex}"
+        self.stores: dict[str, PowerLossStore] = {}
+        self.dead: list[LogStore] = []  # the unwrapped stores of dead lives, still open
+
+    async def open(self, instance: str) -> LogStore:
+        previous = self.stores.get(instance)
+        if previous is not None and previous.crashed:
+            await expire_cloud_lease(previous.inner)
+            with contextlib.suppress(Exception):
+                await previous.inner.close()
+        inner = await open_store(self.url, instance, create=True)
+        store = PowerLossStore(inner, self.rng, expire_lease=_lease_outlives_its_holder)
+        self.stores[instance] = store
+        return store
+
+    def arm(self, instance: str, after_operations: int, on_crash: Callable[[], None]) -> None:
+        self.stores[instance].arm(after_operations, on_crash)
+
+    def disarm(self, instance: str) -> None:
+        self.stores[instance].disarm()
+
+    async def crash(self, instance: str) -> None:
+        await self.stores[instance].crash()
+
+    def revive(self, instance: str) -> None:
+        """A new life opens a new store (``open``): nothing to do."""
+
+    async def close(self) -> None:
+        for store in self.stores.values():
+            with contextlib.suppress(Exception):
+                await store.inner.close()
+        self.stores.clear()
+
+
+async def _lease_outlives_its_holder() -> None:
+    """At a crash the cloud lease stays taken (``_CloudStorage.open`` lets it run out)."""
 
 
 # -- the runtimes ------------------------------------------------------------------------
@@ -939,6 +1003,8 @@ async def _run_async(
         assert disk is not None
         disk.rng = rng
         storage = _FileStorage(disk, _scratch_root(), (SERVER, CLIENT))
+    elif schedule.backend in CLOUD_BACKENDS:
+        storage = _CloudStorage(schedule.backend, rng)
     else:
         storage = _MemoryStorage(rng)
     started = time.monotonic()
@@ -963,7 +1029,7 @@ async def _run_async(
             leftovers = await _end_leftover_tasks(run)
             if leftovers:
                 run.verdict.violations.append(leftovers)
-            storage.close()
+            await storage.close()
     run.verdict.elapsed_s = time.monotonic() - started
     return run.verdict
 
@@ -1068,6 +1134,32 @@ def run_seeds(
     return summary
 
 
+def _emulator_for(backend: str, stack: contextlib.ExitStack) -> None:
+    """Point the environment at an emulator for ``backend``, started here (and stopped by
+    ``stack``) unless the environment names an endpoint already."""
+    from ambrosia.testing import emulators
+
+    if backend == "s3":
+        if os.environ.get("AMBROSIA_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL"):
+            return
+        moto = emulators.start_moto_server()
+        stack.callback(moto.stop)
+        # moto accepts any credentials; they must exist for the credential chain to pass.
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_EC2_METADATA_DISABLED="true",
+            AMBROSIA_S3_ENDPOINT_URL=moto.endpoint_url,
+        )
+        os.environ.pop("AWS_PROFILE", None)
+    elif not os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
+        azurite = emulators.start_azurite()
+        stack.callback(azurite.stop)
+        os.environ["AZURE_STORAGE_CONNECTION_STRING"] = azurite.connection_string
+        os.environ.pop("AZURE_STORAGE_ACCOUNT_URL", None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ambrosia.testing.simulation",
@@ -1076,7 +1168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=200, help="how many seeds (default 200)")
     parser.add_argument("--first", type=int, default=0, help="the first seed (default 0)")
     parser.add_argument("--seed", type=int, help="run this one seed only")
-    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
+    parser.add_argument(
+        "--backend",
+        choices=(*BACKENDS, *CLOUD_BACKENDS, "all"),
+        default="all",
+        help="all: file and memory; s3 and azblob run on emulators (started if the "
+        "environment names none)",
+    )
     parser.add_argument("--calls", type=int, default=CALLS_DEFAULT)
     parser.add_argument("--stall-s", type=float, default=STALL_S_DEFAULT)
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
@@ -1092,9 +1190,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments.verbose or not verdict.ok:
             print(verdict.describe(), flush=True)
 
-    summary = run_seeds(
-        list(seeds), backends, calls=arguments.calls, stall_s=arguments.stall_s, on_verdict=report
-    )
+    with contextlib.ExitStack() as emulators:
+        for backend in backends:
+            if backend in CLOUD_BACKENDS:
+                _emulator_for(backend, emulators)
+        summary = run_seeds(
+            list(seeds),
+            backends,
+            calls=arguments.calls,
+            stall_s=arguments.stall_s,
+            on_verdict=report,
+        )
     print(summary.describe())
     return 1 if summary.failures else 0
 
