@@ -159,6 +159,7 @@ class PowerLossDisk:
         self._directories: dict[Path, _Directory] = {}
         self._descriptors: dict[int, _Descriptor] = {}
         self._null_fd: int | None = None
+        self._untracked: set[int] = set()  # opened through the shim outside tracked dirs
         # The life (directory, number) whose store call this thread is running, if any.
         self._thread = threading.local()
         self.crashes = 0
@@ -376,7 +377,9 @@ class PowerLossDisk:
         with self._lock:
             found = self._directory_of(path)
             if found is None:
-                return _os.open(path, flags, mode)
+                untracked = _os.open(path, flags, mode)
+                self._untracked.add(untracked)
+                return untracked
             state, name = found
             self._alive(state)
             creates = bool(flags & _os.O_CREAT) and name != "" and name not in state.live
@@ -399,11 +402,25 @@ class PowerLossDisk:
 
     def close(self, fd: int) -> None:
         with self._lock:
+            marked = getattr(self._thread, "life", None)
+            if marked is not None and marked[1] != marked[0].life:
+                # A crashed life's worker thread: its numbers are reserved (dead) until
+                # ``revive`` releases them, after which they may be another life's.
+                return
             descriptor = self._descriptors.pop(fd, None)
             if descriptor is not None:
                 descriptor.directory.descriptors.discard(fd)
+            elif fd in self._untracked:
+                self._untracked.discard(fd)
             else:
-                for state in self._directories.values():
+                dead = [state for state in self._directories.values() if fd in state.dead]
+                if not dead:
+                    # A late close from a crashed life, of a number already released
+                    # (``revive``/``forget``) and perhaps reused by another thread since
+                    # (a directory listing, a new life's file): closing it would close
+                    # theirs. A dead process closes nothing; neither does this.
+                    return
+                for state in dead:
                     state.dead.discard(fd)
             _os.close(fd)
 
