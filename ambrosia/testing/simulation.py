@@ -356,17 +356,10 @@ class _FileStorage:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class _MemoryStorage:
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-        self.name = f"sim-{uuid.uuid4().hex}"
-        self.url = f"memory://{self.name}"
-        self.stores: dict[str, PowerLossStore] = {}
+class _WrappedStorage:
+    """Stores under a ``PowerLossStore`` each: crash points are armed on the wrapper."""
 
-    async def open(self, instance: str) -> LogStore:
-        store = PowerLossStore(memory.MemoryLogStore(self.name, instance), self.rng)
-        self.stores[instance] = store
-        return store
+    stores: dict[str, PowerLossStore]
 
     def arm(self, instance: str, after_operations: int, on_crash: Callable[[], None]) -> None:
         self.stores[instance].arm(after_operations, on_crash)
@@ -380,11 +373,24 @@ class _MemoryStorage:
     def revive(self, instance: str) -> None:
         """A new life opens a new store (``open``): nothing to do."""
 
+
+class _MemoryStorage(_WrappedStorage):
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.name = f"sim-{uuid.uuid4().hex}"
+        self.url = f"memory://{self.name}"
+        self.stores: dict[str, PowerLossStore] = {}
+
+    async def open(self, instance: str) -> LogStore:
+        store = PowerLossStore(memory.MemoryLogStore(self.name, instance), self.rng)
+        self.stores[instance] = store
+        return store
+
     async def close(self) -> None:
         memory.forget(self.name)
 
 
-class _CloudStorage:
+class _CloudStorage(_WrappedStorage):
     """A cloud store (``s3`` or ``azblob``) on its emulator, under a ``PowerLossStore``.
 
     A crashed writer's lease would stay taken until its term ran out (up to a minute);
@@ -398,7 +404,6 @@ class _CloudStorage:
         self.rng = rng
         self.url = f"{backend}://{CLOUD_CONTAINER}/sim-{uuid.uuid4().hex}"
         self.stores: dict[str, PowerLossStore] = {}
-        self.dead: list[LogStore] = []  # the unwrapped stores of dead lives, still open
 
     async def open(self, instance: str) -> LogStore:
         previous = self.stores.get(instance)
@@ -410,18 +415,6 @@ class _CloudStorage:
         store = PowerLossStore(inner, self.rng, expire_lease=_lease_outlives_its_holder)
         self.stores[instance] = store
         return store
-
-    def arm(self, instance: str, after_operations: int, on_crash: Callable[[], None]) -> None:
-        self.stores[instance].arm(after_operations, on_crash)
-
-    def disarm(self, instance: str) -> None:
-        self.stores[instance].disarm()
-
-    async def crash(self, instance: str) -> None:
-        await self.stores[instance].crash()
-
-    def revive(self, instance: str) -> None:
-        """A new life opens a new store (``open``): nothing to do."""
 
     async def close(self) -> None:
         for store in self.stores.values():
