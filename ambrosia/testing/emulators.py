@@ -18,6 +18,7 @@ to every port. ``EmulatorUnavailableError`` (a ``ConfigError``) says what is mis
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -117,22 +118,33 @@ class EmulatorProcess:
         pending = list(ports)
         while pending:
             if not self.running():
-                raise EmulatorUnavailableError(
+                error = EmulatorUnavailableError(
                     f"{self.name} exited with code {self._process.returncode} before "
                     f"listening:\n{self.log_tail()}"
                 )
+                self.stop()
+                raise error
             pending = [port for port in pending if not _port_open(port)]
             if pending and time.monotonic() > deadline:
-                self.stop()
-                raise EmulatorUnavailableError(
+                error = EmulatorUnavailableError(
                     f"{self.name} did not listen on {pending} within {timeout_s} s:\n"
                     f"{self.log_tail()}"
                 )
+                self.stop()
+                raise error
             if pending:
                 time.sleep(_poll_interval_s)
 
     def stop(self) -> None:
-        """SIGTERM the emulator's process group (its PID), then SIGKILL if it lingers."""
+        """SIGTERM the emulator's process group (its PID), then SIGKILL if it lingers;
+        then remove its working directory (its log included: an error raised while it
+        ran has already quoted the log's tail)."""
+        try:
+            self._terminate()
+        finally:
+            shutil.rmtree(self.log_path.parent, ignore_errors=True)
+
+    def _terminate(self) -> None:
         if self._process.poll() is not None:
             return
         # start_new_session made the PID the group id: this reaches only our processes.
@@ -152,15 +164,19 @@ class EmulatorProcess:
 
 def _spawn(name: str, command: list[str], working_directory: Path) -> EmulatorProcess:
     log_path = working_directory / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=working_directory,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    try:
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=working_directory,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    except BaseException:
+        shutil.rmtree(working_directory, ignore_errors=True)
+        raise
     return EmulatorProcess(name, process, log_path)
 
 
