@@ -251,6 +251,12 @@ class PowerLossDisk:
             if not state.crashed:
                 self._power_loss(state, None)
 
+    def crashed(self, directory: Path) -> bool:
+        """Whether ``directory``'s writer has lost its power and not been revived."""
+        with self._lock:
+            state = self._directories.get(Path(directory))
+            return state is not None and state.crashed
+
     def revive(self, directory: Path) -> None:
         """Let a new life use ``directory`` (after the crashed one has been torn down)."""
         with self._lock:

@@ -320,6 +320,10 @@ class _Storage(Protocol):
 
     async def crash(self, instance: str) -> None: ...
 
+    def power_lost(self, instance: str) -> bool:
+        """Whether the writer of ``instance`` has lost its power (its death is due)."""
+        ...
+
     def revive(self, instance: str) -> None: ...
 
     async def close(self) -> None: ...
@@ -348,6 +352,9 @@ class _FileStorage:
     async def crash(self, instance: str) -> None:
         self.disk.crash(self.root / instance)
 
+    def power_lost(self, instance: str) -> bool:
+        return self.disk.crashed(self.root / instance)
+
     def revive(self, instance: str) -> None:
         self.disk.revive(self.root / instance)
 
@@ -369,6 +376,10 @@ class _WrappedStorage:
 
     async def crash(self, instance: str) -> None:
         await self.stores[instance].crash()
+
+    def power_lost(self, instance: str) -> bool:
+        store = self.stores.get(instance)
+        return store is not None and store.crashed
 
     def revive(self, instance: str) -> None:
         """A new life opens a new store (``open``): nothing to do."""
@@ -749,12 +760,18 @@ class _Run:
         if self.log_watch.protocol_errors:
             raise _Violation(f"protocol: {self.log_watch.protocol_errors[0]}")
         for node in self.nodes.values():
-            if node.boot is not None and node.boot.done() and not node.dead:
+            if node.dead or self.storage.power_lost(node.name):
+                # Dead, or its store lost the power and its death is queued
+                # (``_power_cut`` runs on the loop's next turn): what it saw meanwhile is
+                # a dead process's. A call already inside the store when the power went
+                # may fail with the store's own error (its lease gone), not SimulatedCrash.
+                continue
+            if node.boot is not None and node.boot.done():
                 error = None if node.boot.cancelled() else node.boot.exception()
                 if error is not None and not isinstance(error, SimulatedCrash):
                     raise _Violation(f"runtime failure: {node.name} could not start: {error!r}")
             runtime = node.runtime
-            failure = None if node.dead or runtime is None else runtime.failure
+            failure = None if runtime is None else runtime.failure
             if failure is not None and not isinstance(failure, SimulatedCrash):
                 raise _Violation(
                     f"runtime failure: {node.name} stopped: {type(failure).__name__}: {failure}"
