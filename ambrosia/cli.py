@@ -292,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--log", help="log URL (default: deployment file, then registration)")
     log.add_argument("--pages", action="store_true", help="list every page")
     log.set_defaults(handler=_log)
+
+    from ambrosia.timetravel import add_commands as add_timetravel_commands
+
+    add_timetravel_commands(commands, common)
     return parser
 
 
