@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from ambrosia.binding import state as state_codec
+from ambrosia.testing import LoggedCall, Replay, open_replay, replay_test
 from ambrosia.testing.harness import Deployment
 from ambrosia.testing.replay import replay
-from ambrosia.testing import LoggedCall, Replay, open_replay, replay_test
 from ambrosia.timetravel import debug
 from examples.forwarder.app import REPORT_EVERY, Forwarder, Sink
 from tests.apps.forwarder_v2 import ForwarderV2
