@@ -681,8 +681,10 @@ def _debug_command(args: argparse.Namespace) -> int:
 
 def _inspect(app: Immortal, call: LoggedCall) -> None:
     """pdb where the replay stopped: ``app`` is the state, ``call`` where it is."""
-    print("(the state is 'app'; 'p vars(app)' shows it, 'c' ends)", flush=True)
-    pdb.Pdb().set_trace(sys._getframe())
+    print("(the state is 'app', the call 'call'; 'p vars(app)' shows it, 'c' ends)", flush=True)
+    pdb.Pdb().set_trace()
+    stopped_at = (app, call)  # where pdb shows the stop, with both in scope
+    del stopped_at
 
 
 def _replay_test_command(args: argparse.Namespace) -> int:
