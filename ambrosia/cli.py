@@ -41,6 +41,16 @@ def _deployment(args: argparse.Namespace) -> DeploymentFile:
     return load_deployment(args.config)
 
 
+def _check_registration(record: InstanceRecord, *, import_app: bool) -> None:
+    """What can be checked here is checked now, not at the first ``ambrosia run``."""
+    from ambrosia.backends import check_store_url
+    from ambrosia.host import load_app
+
+    check_store_url(record.log_url)
+    if record.app is not None and import_app:
+        load_app(record.app)
+
+
 def _register(args: argparse.Namespace) -> int:
     deployment = _deployment(args)
     instance = deployment.instance(args.name)
@@ -58,6 +68,7 @@ def _register(args: argparse.Namespace) -> int:
     record = InstanceRecord(
         name=args.name, address=address, log_url=log_url, app=args.app or instance.app
     )
+    _check_registration(record, import_app=not args.skip_import_check)
 
     async def operation(catalog: Catalog) -> InstanceRecord:
         return await catalog.register(record, replace=args.replace)
@@ -192,7 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--log", help="log URL, e.g. file:///var/lib/ambrosia (default: deployment file)"
     )
-    register.add_argument("--app", help="module:Class of the immortal")
+    register.add_argument(
+        "--app", help="module:Class of the immortal (imported now, to check it exists)"
+    )
+    register.add_argument(
+        "--skip-import-check",
+        action="store_true",
+        help="do not import --app here (the code is not on this machine)",
+    )
     register.add_argument(
         "--replace", action="store_true", help="overwrite a registration with different settings"
     )

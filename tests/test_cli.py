@@ -24,6 +24,7 @@ import pytest
 from ambrosia.testing.emulators import Azurite, MotoServer, free_loopback_ports
 
 APP = "ambrosia.testing.workloads:ChainServer"
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Cli:
@@ -124,8 +125,8 @@ def test_register_takes_log_and_address_from_the_deployment_file(tmp_path: Path)
     assert f"file://{tmp_path}/default-log" in listing
     assert f"file://{tmp_path}/special-log" in listing and "127.0.0.1:7999" in listing
     # --log on the command line beats the file.
-    done = cli("register", "third", "--address", "127.0.0.1:7997", "--log", "s3://b/p")
-    assert done.returncode == 0 and "log s3://b/p" in done.stdout
+    done = cli("register", "third", "--address", "127.0.0.1:7997", "--log", "s3://bucket-b/p")
+    assert done.returncode == 0 and "log s3://bucket-b/p" in done.stdout
 
 
 def test_register_needs_a_log_url_from_somewhere(tmp_path: Path) -> None:
@@ -195,6 +196,57 @@ def test_run_refuses_a_malformed_log_url(tmp_path: Path, log_url: str, fragment:
     assert not (tmp_path / "log").exists()
     with socket.socket() as probe:  # the coordinator never listened
         assert probe.connect_ex(("127.0.0.1", int(address.rpartition(":")[2]))) != 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragments"),
+    [
+        (["--log", "ftp://x/y"], ["unknown log store scheme 'ftp'"]),
+        (["--log", "file://data/log"], ["must be file:///absolute/dir", "file:///data/log"]),
+        (["--log", "s3://x/p"], ["malformed s3 URL"]),
+        (["--app", "no_such_module:Counter"], ["there is no module 'no_such_module'"]),
+        (["--app", "examples.counter.nope:Counter"], ["no module 'examples.counter.nope'"]),
+        (
+            ["--app", "examples.counter.app:Nope"],
+            ["has no class 'Nope'", "its immortals: Client, Counter"],
+        ),
+        (["--app", "examples.counter.app:rpc"], ["is not an ambrosia.Immortal subclass"]),
+    ],
+)
+def test_register_refuses_what_run_would_refuse(
+    tmp_path: Path, arguments: list[str], fragments: list[str]
+) -> None:
+    """Checked at registration, not at the first run; nothing is registered."""
+    cli = Cli(tmp_path, env={"PYTHONPATH": str(REPOSITORY_ROOT)})
+    settings = {
+        "--address": "127.0.0.1:7001",
+        "--log": f"file://{tmp_path}/log",
+        "--app": "examples.counter.app:Counter",
+    }
+    settings.update(zip(arguments[::2], arguments[1::2], strict=True))
+    done = cli("register", "server", *[item for pair in settings.items() for item in pair])
+    refused(done, *fragments)
+    assert "server" not in cli("list").stdout
+
+
+def test_register_skips_the_import_check_when_asked(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    log = f"file://{tmp_path}/log"
+    app = "code_elsewhere.app:Worker"
+    base = ["register", "worker", "--address", "127.0.0.1:7001", "--log", log, "--app", app]
+    refused(cli(*base), "there is no module 'code_elsewhere'")
+    done = cli(*base, "--skip-import-check")
+    assert done.returncode == 0, done.stderr
+    assert app in cli("list").stdout
+
+
+def test_run_says_a_missing_class_does_not_exist(tmp_path: Path) -> None:
+    cli = Cli(tmp_path, env={"PYTHONPATH": str(REPOSITORY_ROOT)})
+    cli.register("server", f"file://{tmp_path}/log")
+    done = cli("run", "server", "--plaintext", "--app", "examples.counter.app:Nope")
+    refused(done, "has no class 'Nope'")
+    assert "not an ambrosia.Immortal subclass" not in done.stderr
+    assert not cli.ran("server")
 
 
 def test_run_refuses_a_busy_address_and_releases_the_lease(tmp_path: Path) -> None:

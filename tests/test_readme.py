@@ -11,6 +11,7 @@ process group id, and the test fails if anything was left.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -109,10 +110,9 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
 def _kill_group(process_group_id: int) -> bool:
     """True if the walkthrough's process group still had live members; then SIGKILLs it."""
     alive = _group_had_live_members(process_group_id)
-    try:
+    # Gone, or only a zombie leader left (PermissionError on some systems).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process_group_id, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):  # gone, or only a zombie leader left
-        pass
     return alive
 
 

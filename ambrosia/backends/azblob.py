@@ -624,7 +624,8 @@ class AzureBlobLogStore:
 # -- opening -------------------------------------------------------------------------------
 
 
-def _parse_url(url: urllib.parse.SplitResult) -> tuple[str, str]:
+def check_url(url: urllib.parse.SplitResult) -> tuple[str, str]:
+    """``(container, prefix)`` of a well-formed URL; ConfigError otherwise (no IO)."""
     return parse_store_url(
         url,
         container_word="container",
@@ -654,7 +655,7 @@ async def open(
     missing or refused credentials, an unreachable endpoint, or a missing container
     without ``create=True``.
     """
-    container, prefix = _parse_url(url)
+    container, prefix = check_url(url)
     if unknown:
         raise ConfigError(f"unknown azblob options: {', '.join(sorted(unknown))}")
     if not lease_duration_s_min <= lease_duration_s <= lease_duration_s_max:

@@ -567,19 +567,31 @@ def _prepare_directory_sync(directory: Path) -> None:
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
 
 
+def check_url(url: urllib.parse.SplitResult) -> Path:
+    """The directory of a well-formed ``file:///abs/dir``; ConfigError otherwise (no IO)."""
+    shown = url.geturl()
+    if url.netloc not in ("", "localhost"):
+        # file://data/log reads as host "data", path /log: a relative path, mistyped.
+        raise ConfigError(
+            f"file log store URL {shown!r} must be file:///absolute/dir: {url.netloc!r} "
+            f"reads as a host name; for a path write file:///{url.netloc}{url.path} "
+            "(absolute, three slashes)"
+        )
+    if url.query or url.fragment:
+        raise ConfigError(
+            f"file log store URL {shown!r} must be file:///absolute/dir (no query or fragment)"
+        )
+    root = Path(urllib.parse.unquote(url.path))
+    if not root.is_absolute() or url.path in ("", "/"):
+        raise ConfigError(f"file log store URL {shown!r} needs an absolute directory")
+    return root
+
+
 async def open(url: urllib.parse.SplitResult, instance: str, **options: object) -> FileLogStore:
     """Open ``file:///abs/dir`` for ``instance`` (the backend contract of ambrosia.backends)."""
     if options:
         raise ConfigError(f"file log store takes no options, got {sorted(options)}")
-    if url.netloc not in ("", "localhost") or url.query or url.fragment:
-        raise ConfigError(
-            f"file log store URL {url.geturl()!r} must be file:///absolute/dir "
-            "(no host, query or fragment)"
-        )
-    root = Path(urllib.parse.unquote(url.path))
-    if not root.is_absolute() or url.path in ("", "/"):
-        raise ConfigError(f"file log store URL {url.geturl()!r} needs an absolute directory")
-    store = FileLogStore(root, instance)
+    store = FileLogStore(check_url(url), instance)
     try:
         await anyio.to_thread.run_sync(_prepare_directory_sync, store.directory)
     except OSError as error:

@@ -723,7 +723,8 @@ class S3LogStore:
 # -- opening -------------------------------------------------------------------------------
 
 
-def _parse_url(url: urllib.parse.SplitResult) -> tuple[str, str]:
+def check_url(url: urllib.parse.SplitResult) -> tuple[str, str]:
+    """``(container, prefix)`` of a well-formed URL; ConfigError otherwise (no IO)."""
     return parse_store_url(
         url,
         container_word="bucket",
@@ -752,7 +753,7 @@ async def open(
     missing or refused credentials, an unreachable endpoint, or a missing bucket without
     ``create=True``.
     """
-    bucket, prefix = _parse_url(url)
+    bucket, prefix = check_url(url)
     if unknown:
         raise ConfigError(f"unknown s3 options: {', '.join(sorted(unknown))}")
     if lease_duration_s <= 0:
