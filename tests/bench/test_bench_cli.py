@@ -168,7 +168,7 @@ def test_tcp_outside_ping_is_refused_from_a_config(
 def test_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('command = "throughput"\nsizez = "16"\n')
-    assert cli.main(["run", str(config)]) == 1
+    assert cli.main(["run", str(config)]) == 2
     assert "unknown keys ['sizez']" in capsys.readouterr().err
 
 
@@ -180,7 +180,7 @@ def test_missing_ambrosia_side_is_a_clear_error(
     status = cli.main(
         ["throughput", "--systems", "grpc,ambrosia", "--sizes", "16", "--out", str(tmp_path)]
     )
-    assert status == 1
+    assert status == 2
     assert "--systems grpc" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()  # failed before measuring anything
 
@@ -254,3 +254,52 @@ def test_ctrl_c_stops_children_and_writes_what_finished(tmp_path: Path) -> None:
     assert document["complete"] is False
     assert 1 <= len(document["throughput"]) < len(INTERRUPTED_SIZES)
     assert b"Interrupted" in out
+
+
+NO_AWS_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "",
+    "AWS_SECRET_ACCESS_KEY": "",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["throughput", "--log", "ftp://x/y"], "unknown log store scheme 'ftp'"),
+        (["throughput", "--log", "file://data/log"], "must be file:///absolute/dir"),
+        (["throughput", "--log", "s3://nobucket/x"], "no AWS credentials"),
+        (["ping", "--log", "ftp://x/y"], "unknown log store scheme 'ftp'"),
+        (["ping", "--count", "0"], "--count: must be at least 1"),
+        (["ping", "--warmup", "-1"], "--warmup: must not be negative"),
+    ],
+)
+def test_a_wrong_setting_is_one_line_before_anything_starts(
+    tmp_path: Path, arguments: list[str], fragment: str
+) -> None:
+    """Exit 2, one line on stderr, no child started (no traceback), no folder left."""
+    environment = {
+        **os.environ,
+        **NO_AWS_CREDENTIALS,
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+    }
+    environment.pop("AMBROSIA_S3_ENDPOINT_URL", None)
+    sizes = ["--sizes", "16"] if arguments[0] == "throughput" else []
+    done = subprocess.run(
+        [sys.executable, "-m", "ambrosia.bench.cli", *arguments, *sizes, "--out", "out"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 or lines[0].startswith("usage:"), done.stderr
+    assert fragment in lines[-1], done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "results").exists()
