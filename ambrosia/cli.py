@@ -36,6 +36,15 @@ EXIT_FATAL = 1
 EXIT_CONFIG = 2
 EXIT_LEASE_HELD = 3
 
+_EPILOG = """\
+first steps:
+  ambrosia register NAME --address HOST:PORT --log URL --app module:Class
+  ambrosia run NAME --plaintext        (or --tls-cert/--tls-key/--tls-ca)
+  ambrosia log NAME --pages
+
+exit codes: 0 done; 1 the immortal stopped on a fatal error; 2 a wrong setting, nothing
+started; 3 another process holds the instance's lease (see --lease-wait-s)"""
+
 
 def _deployment(args: argparse.Namespace) -> DeploymentFile:
     return load_deployment(args.config)
@@ -176,7 +185,12 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ambrosia", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="ambrosia",
+        description="Register, list, run and inspect immortals.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--catalog",
         help="catalog URL (default: $AMBROSIA_CATALOG, the deployment file, ./.ambrosia)",
@@ -186,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="deployment file (default: $AMBROSIA_CONFIG, else ./ambrosia.toml if present)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug messages too (default: info)"
+    )
     # The same two options after the subcommand too; SUPPRESS keeps the top-level value.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--catalog", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -10,6 +10,7 @@ immortal never ran (its status file is absent), and the instance can start after
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -17,10 +18,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from ambrosia import cli as cli_module
+from ambrosia.bench import cli as bench_cli
 from ambrosia.testing.emulators import Azurite, MotoServer, free_loopback_ports
 
 APP = "ambrosia.testing.workloads:ChainServer"
@@ -389,3 +393,24 @@ def test_certs_then_two_instances_over_mutual_tls(tmp_path: Path) -> None:
         assert "closing connection" not in deployment.output("server")
     finally:
         deployment.stop_all()
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _parsers(child)
+    return found
+
+
+@pytest.mark.parametrize("build", [cli_module.build_parser, bench_cli._parser])
+def test_help_is_plain_text_and_every_option_says_what_it_does(
+    build: Callable[[], argparse.ArgumentParser],
+) -> None:
+    for parser in _parsers(build()):
+        text = parser.format_help()
+        assert "``" not in text, text  # reStructuredText belongs in docstrings
+        for action in parser._actions:
+            if action.option_strings and action.help != argparse.SUPPRESS:
+                assert action.help, f"{parser.prog} {action.option_strings[0]} has no help"

@@ -262,8 +262,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_output(cost_parser)
 
     run = commands.add_parser("run", help="run an experiment config (TOML)")
-    run.add_argument("config", type=Path)
-    run.add_argument("--out", type=Path)
+    run.add_argument("config", type=Path, help="the experiment, e.g. bench_configs/*.toml")
+    run.add_argument(
+        "--out", type=Path, help="output directory (default results/<timestamp>-<command>)"
+    )
     return parser
 
 
