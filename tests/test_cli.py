@@ -267,6 +267,45 @@ def test_run_refuses_a_busy_address_and_releases_the_lease(tmp_path: Path) -> No
     run_until_primary_then_stop(cli, "server", "--lease-wait-s", "0")
 
 
+def test_a_second_run_says_at_once_whose_lease_it_waits_for(tmp_path: Path) -> None:
+    """Not 30 silent seconds: the holder's process and host, and how long it will wait."""
+    cli = Cli(tmp_path)
+    cli.register("server", f"file://{tmp_path}/log")
+    first = cli.start("run", "server", "--plaintext")
+    second: subprocess.Popen[str] | None = None
+    try:
+        assert first.stdout is not None
+        _read_until(first, ": primary (replayed")
+        second = cli.start("run", "server", "--plaintext", "--lease-wait-s", "60")
+        expected = (
+            f"server: waiting up to 60 s for the lease held by process {first.pid} "
+            f"on host {socket.gethostname()}"
+        )
+        _read_until(second, expected)
+        second.send_signal(signal.SIGTERM)  # a standby stops at once when asked
+        assert second.wait(timeout=15) == 0
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _read_until(process: subprocess.Popen[str], fragment: str, liveness_s: float = 30) -> str:
+    """Lines of ``process`` up to the one holding ``fragment`` (within a liveness limit)."""
+    assert process.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + liveness_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if fragment in line:
+            return "".join(seen)
+    raise AssertionError(f"no {fragment!r} in:\n{''.join(seen)}")
+
+
 @pytest.mark.emulator
 def test_s3_missing_bucket_credentials_and_endpoint(
     tmp_path: Path, moto_server: MotoServer
