@@ -71,17 +71,20 @@ def test_the_readme_code_is_the_counter_example() -> None:
     assert "if not self.replaying:" in shown
 
 
-@pytest.mark.timeout(WALKTHROUGH_LIVENESS_S + 30)
-def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    script = walkthrough()
-    assert DEMO_DIRECTORY in script, f"the walkthrough no longer uses {DEMO_DIRECTORY}"
-    script = script.replace(DEMO_DIRECTORY, str(tmp_path / "demo"))
-    for address, port in zip(DEMO_ADDRESSES, free_loopback_ports(2), strict=True):
-        assert address in script, f"the walkthrough no longer uses {address}"
-        script = script.replace(address, f"127.0.0.1:{port}")
+def run_walkthrough(script: str, substitutions: dict[str, str]) -> str:
+    """Run ``script`` as the README's reader would, with ``substitutions``; its output.
+
+    Fails unless the script exits 0 and leaves no process of its own running.
+    """
+    for old, new in substitutions.items():
+        assert old in script, f"the walkthrough no longer uses {old}"
+        script = script.replace(old, new)
     environment = {**os.environ, "PATH": path_without_ambrosia()}
     for name in ("AMBROSIA_CATALOG", "AMBROSIA_CONFIG", "VIRTUAL_ENV", "PYTHONPATH"):
         environment.pop(name, None)
+    # A failing command ends the script at once (-e), and its background processes with
+    # it, so the failure shows now rather than after the liveness limit.
+    script = "trap 'kill $(jobs -p) 2>/dev/null' ERR\n" + script
     shell = subprocess.Popen(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=REPOSITORY_ROOT,
@@ -94,17 +97,55 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     try:
         output, _ = shell.communicate(timeout=WALKTHROUGH_LIVENESS_S)
     except subprocess.TimeoutExpired:
-        output = ""
+        _kill_group(shell.pid)
+        output, _ = shell.communicate()
+        raise AssertionError(
+            f"walkthrough unfinished after {WALKTHROUGH_LIVENESS_S} s:\n{output}"
+        ) from None
     finally:
         leftovers = _kill_group(shell.pid)
         shell.wait()
     assert shell.returncode == 0, f"walkthrough failed (exit {shell.returncode}):\n{output}"
     assert not leftovers, f"the walkthrough left processes running:\n{output}"
+    return output
+
+
+@pytest.mark.timeout(WALKTHROUGH_LIVENESS_S + 30)
+def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    ports = free_loopback_ports(len(DEMO_ADDRESSES))
+    substitutions = {DEMO_DIRECTORY: str(tmp_path / "demo")}
+    substitutions.update(
+        (address, f"127.0.0.1:{port}") for address, port in zip(DEMO_ADDRESSES, ports, strict=True)
+    )
+    output = run_walkthrough(walkthrough(), substitutions)
     lines = output.splitlines()
     assert lines.index("1") < lines.index("2"), output  # the client's two results
     assert re.search(r"^server\s+127\.0\.0\.1:\d+\s+file://", output, re.MULTILINE), output
     # `ambrosia log server --pages`: the server logged the client's two calls.
     assert "group client 1..1" in output and "group client 2..2" in output, output
+
+
+@pytest.mark.timeout(WALKTHROUGH_LIVENESS_S + 30)
+def test_the_forwarder_readme_replays_after_the_crash_it_describes(tmp_path: Path) -> None:
+    """Run, kill -9 the forwarder, restart it, then the README's replay from checkpoint 0."""
+    readme = (REPOSITORY_ROOT / "examples" / "forwarder" / "README.md").read_text()
+    script = "\n".join(fenced_blocks(readme, "sh"))
+    addresses = ("127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103")
+    substitutions = {"/tmp/ambrosia-forwarder": str(tmp_path / "forwarder")}
+    substitutions.update(
+        (address, f"127.0.0.1:{port}")
+        for address, port in zip(addresses, free_loopback_ports(3), strict=True)
+    )
+    output = run_walkthrough(script, substitutions)
+    reports = re.findall(r"^report (\d): (\d+) messages in (\S+) s$", output, re.MULTILINE)
+    assert [(number, count) for number, count, _ in reports] == [
+        (str(n), str(n * 1000)) for n in range(1, 6)
+    ], output
+    replayed = re.search(r"^5000 \[(.*)\]$", output, re.MULTILINE)
+    assert replayed is not None, output
+    # The replay, from the first checkpoint, yields the very times the sink received.
+    times = [f"{float(value):.6f}" for value in replayed.group(1).split(",")]
+    assert times == [elapsed for _, _, elapsed in reports], output
 
 
 def _kill_group(process_group_id: int) -> bool:
