@@ -41,6 +41,7 @@ from ambrosia.bench.report import (
     latency_summary,
     throughput_point,
 )
+from ambrosia.bench.sizes import format_size
 from ambrosia.binding.immortal import Immortal, rpc
 
 BURST_BYTES = 8 << 20
@@ -266,7 +267,8 @@ def _measure_size(
             end = _read_json(server.stdout, deadline)
             elapsed = end["t"] - start["t"]
             if elapsed > 0:
-                on_progress(f"ambrosia {size} B", (end["calls"] - start["calls"]) / elapsed)
+                rate = (end["calls"] - start["calls"]) / elapsed
+                on_progress(f"ambrosia {format_size(size)}", rate)
         peaks = pair.peak_memory()
         PEAK_MEMORY_BYTES[size] = peaks
         (pair.workdir / "peak-memory.json").write_text(json.dumps(peaks))

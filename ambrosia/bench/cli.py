@@ -18,9 +18,10 @@ Subcommands:
   command line cannot.
 
 Every run writes ``results.json``, ``results.md`` and plots into ``--out`` (by default
-``results/<timestamp>-<command>/``) and prints the table. Progress shows on a terminal
-only. Ctrl-C stops the run, stops the processes it started, and still writes and prints
-what finished (the results file then says ``"complete": false``), exit status 130.
+``results/<timestamp>-<command>/``) and prints the table. Progress
+(``ambrosia.bench.progress``) is a bar on a terminal, else one line per finished point,
+on standard error. Ctrl-C stops the run, stops the processes it started, and still
+writes and prints what finished (the results file then says ``"complete": false``), exit status 130.
 
 Exit status: 0 done; 1 a measurement failed; 2 ``ambrosia-bench: error: ...``, a wrong
 setting (an unusable ``--log`` URL or storage, a bad experiment config), found before
@@ -47,7 +48,7 @@ from typing import Any
 from ambrosia.bench import cost, floors, grpc_side, report
 from ambrosia.bench.progress import Progress
 from ambrosia.bench.report import PingResult, Results, ThroughputPoint
-from ambrosia.bench.sizes import parse_sizes
+from ambrosia.bench.sizes import format_size, parse_sizes
 from ambrosia.errors import AmbrosiaError, ConfigError
 
 __all__ = ["main"]
@@ -326,7 +327,13 @@ def _measure_throughput(
                         _relabel(p, label) for p in finished if isinstance(p, ThroughputPoint)
                     ]
                     raise
-                results.throughput += [_relabel(point, label) for point in points]
+                for point in points:
+                    results.throughput.append(_relabel(point, label))
+                    progress.point_done(
+                        f"{label} {format_size(point.size_bytes)}",
+                        f"{point.messages_per_second:,.0f} calls/s, "
+                        f"{point.megabytes_per_second:.1f} MB/s",
+                    )
 
 
 def _measure_ping(
@@ -369,6 +376,9 @@ def _measure_ping(
                     result.mean_ms,
                 )
             results.ping.append(result)
+            progress.point_done(
+                f"{label} ping", f"p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms"
+            )
 
 
 def _default_price_sheets() -> list[Path]:
@@ -428,6 +438,12 @@ def _check_log(log_url: str) -> None:
     asyncio.run(probe())
 
 
+def _points_total(options: argparse.Namespace) -> int:
+    """How many points the run measures: each system (ambrosia once per log) at each size."""
+    runs = sum(len(options.logs or [None]) if s == "ambrosia" else 1 for s in options.systems)
+    return runs if options.command == "ping" else runs * len(options.sizes)
+
+
 def _execute(options: argparse.Namespace) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir: Path = options.out or Path("results") / f"{stamp}-{options.command}"
@@ -439,7 +455,7 @@ def _execute(options: argparse.Namespace) -> int:
         for log_url in options.logs or []:
             _check_log(log_url)
     out_dir_existed = out_dir.exists()
-    progress = Progress()
+    progress = Progress(_points_total(options) if measuring else 0)
     status = 0
     try:
         if options.command == "throughput":

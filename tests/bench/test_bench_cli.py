@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -303,3 +304,25 @@ def test_a_wrong_setting_is_one_line_before_anything_starts(
     assert done.stdout == ""
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "results").exists()
+
+
+def test_both_systems_one_line_per_finished_point_and_one_spelling_of_sizes(
+    tmp_path: Path,
+) -> None:
+    """Not on a terminal: a line per finished point, with the count and the time left."""
+    arguments = ["throughput", "--sizes", "1K", "--duration", "0.3", "--warmup", "0"]
+    done = subprocess.run(
+        [sys.executable, "-m", "ambrosia.bench.cli", *arguments, "--out", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    points = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    labels = [line.split(":")[0] for line in points]
+    assert labels == ["[1/2] ambrosia 1 KiB", "[2/2] grpc 1 KiB"], done.stderr
+    assert all(re.search(r"calls/s, .* MB/s \(\d:\d\d:\d\d taken, about ", p) for p in points)
+    assert points[-1].endswith("about 0:00:00 left)"), points
+    assert "1024 B" not in done.stdout + done.stderr
+    assert "| 1 KiB |" in done.stdout
