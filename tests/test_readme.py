@@ -172,3 +172,14 @@ def _group_had_live_members(process_group_id: int) -> bool:
         if process_group == process_group_id and state != "Z":
             return True
     return False
+
+
+@pytest.mark.parametrize("example", ["counter", "forwarder", "recorder"])
+def test_each_example_readme_puts_ambrosia_on_the_path_before_using_it(example: str) -> None:
+    readme = (REPOSITORY_ROOT / "examples" / example / "README.md").read_text()
+    first = next(block for block in fenced_blocks(readme, "sh") if "ambrosia " in block)
+    commands = [line.split("#")[0].strip() for line in first.splitlines()]
+    activation = commands.index("source .venv/bin/activate")
+    first_use = next(i for i, line in enumerate(commands) if line.startswith("ambrosia "))
+    assert activation < first_use, first
+    assert "pip install -e ." not in readme  # the README's setup is scripts/setup.sh
