@@ -326,3 +326,22 @@ def test_both_systems_one_line_per_finished_point_and_one_spelling_of_sizes(
     assert points[-1].endswith("about 0:00:00 left)"), points
     assert "1024 B" not in done.stdout + done.stderr
     assert "| 1 KiB |" in done.stdout
+
+
+def test_points_on_a_log_url_each_get_a_log_of_their_own(tmp_path: Path) -> None:
+    """Two sizes on one --log: the second must not recover the first and send its size."""
+    shared = tmp_path / "shared"
+    arguments = ["throughput", "--systems", "ambrosia", "--sizes", "16,1K"]
+    arguments += ["--duration", "0.3", "--warmup", "0", "--log", f"file://{shared}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "ambrosia.bench.cli", *arguments, "--out", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    document = orjson.loads((tmp_path / "out" / "results.json").read_bytes())
+    assert [row["size_bytes"] for row in document["throughput"]] == [16, 1024]
+    points = sorted(path.name.rsplit("-", 1)[0] for path in shared.iterdir() if path.is_dir())
+    assert points[-2:] == ["throughput-1024", "throughput-16"], points
