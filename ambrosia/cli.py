@@ -36,9 +36,28 @@ EXIT_FATAL = 1
 EXIT_CONFIG = 2
 EXIT_LEASE_HELD = 3
 
+_EPILOG = """\
+first steps:
+  ambrosia register NAME --address HOST:PORT --log URL --app module:Class
+  ambrosia run NAME --plaintext        (or --tls-cert/--tls-key/--tls-ca)
+  ambrosia log NAME --pages
+
+exit codes: 0 done; 1 the immortal stopped on a fatal error; 2 a wrong setting, nothing
+started; 3 another process holds the instance's lease (see --lease-wait-s)"""
+
 
 def _deployment(args: argparse.Namespace) -> DeploymentFile:
     return load_deployment(args.config)
+
+
+def _check_registration(record: InstanceRecord, *, import_app: bool) -> None:
+    """What can be checked here is checked now, not at the first ``ambrosia run``."""
+    from ambrosia.backends import check_store_url
+    from ambrosia.host import load_app
+
+    check_store_url(record.log_url)
+    if record.app is not None and import_app:
+        load_app(record.app)
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -58,6 +77,7 @@ def _register(args: argparse.Namespace) -> int:
     record = InstanceRecord(
         name=args.name, address=address, log_url=log_url, app=args.app or instance.app
     )
+    _check_registration(record, import_app=not args.skip_import_check)
 
     async def operation(catalog: Catalog) -> InstanceRecord:
         return await catalog.register(record, replace=args.replace)
@@ -165,7 +185,12 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ambrosia", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="ambrosia",
+        description="Register, list, run and inspect immortals.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--catalog",
         help="catalog URL (default: $AMBROSIA_CATALOG, the deployment file, ./.ambrosia)",
@@ -175,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="deployment file (default: $AMBROSIA_CONFIG, else ./ambrosia.toml if present)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug messages too (default: info)"
+    )
     # The same two options after the subcommand too; SUPPRESS keeps the top-level value.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--catalog", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -192,7 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--log", help="log URL, e.g. file:///var/lib/ambrosia (default: deployment file)"
     )
-    register.add_argument("--app", help="module:Class of the immortal")
+    register.add_argument(
+        "--app", help="module:Class of the immortal (imported now, to check it exists)"
+    )
+    register.add_argument(
+        "--skip-import-check",
+        action="store_true",
+        help="do not import --app here (the code is not on this machine)",
+    )
     register.add_argument(
         "--replace", action="store_true", help="overwrite a registration with different settings"
     )

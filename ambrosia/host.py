@@ -53,20 +53,52 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 def load_app(spec: str) -> type[Immortal]:
-    """Import ``module:Class`` and check it is an Immortal subclass."""
+    """Import ``module:Class`` and check it is an Immortal subclass.
+
+    Each way it can be wrong has its own ConfigError: not ``module:Class``, a module
+    that cannot be imported (missing, or failing as it loads), a class the module does
+    not have (the module's immortals are named), a name that is not an Immortal.
+    """
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise ConfigError(f"--app {spec!r} is not module:Class")
+    # Like ``python -m``: an application module in the working directory is found.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        # Like ``python -m``: an application module in the working directory is found.
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigError(f"cannot import {module_name!r} for --app {spec!r}: {error}") from error
+    except ModuleNotFoundError as error:
+        if error.name is not None and f"{module_name}.".startswith(f"{error.name}."):
+            raise ConfigError(
+                f"--app {spec!r}: there is no module {error.name!r} on the import path "
+                f"(working directory {os.getcwd()}; add its parent directory to PYTHONPATH)"
+            ) from error
+        raise ConfigError(
+            f"--app {spec!r}: module {module_name!r} fails to import: {error}"
+        ) from error
+    except Exception as error:  # the application's own code failed as it loaded
+        raise ConfigError(
+            f"--app {spec!r}: module {module_name!r} fails to import: "
+            f"{type(error).__name__}: {error}"
+        ) from error
     cls = getattr(module, class_name, None)
+    if cls is None:
+        immortals = sorted(
+            name
+            for name, value in vars(module).items()
+            if isinstance(value, type)
+            and issubclass(value, Immortal)
+            and value is not Immortal
+            and value.__module__ == module.__name__
+        )
+        found = f"its immortals: {', '.join(immortals)}" if immortals else "it defines no immortal"
+        raise ConfigError(
+            f"--app {spec!r}: module {module_name!r} has no class {class_name!r} ({found})"
+        )
     if not (isinstance(cls, type) and issubclass(cls, Immortal)):
-        raise ConfigError(f"{spec!r} is not an ambrosia.Immortal subclass")
+        raise ConfigError(
+            f"--app {spec!r}: {module_name}.{class_name} is not an ambrosia.Immortal subclass"
+        )
     return cls
 
 

@@ -10,6 +10,7 @@ immortal never ran (its status file is absent), and the instance can start after
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -17,13 +18,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from ambrosia import cli as cli_module
+from ambrosia.bench import cli as bench_cli
 from ambrosia.testing.emulators import Azurite, MotoServer, free_loopback_ports
 
 APP = "ambrosia.testing.workloads:ChainServer"
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Cli:
@@ -124,8 +129,8 @@ def test_register_takes_log_and_address_from_the_deployment_file(tmp_path: Path)
     assert f"file://{tmp_path}/default-log" in listing
     assert f"file://{tmp_path}/special-log" in listing and "127.0.0.1:7999" in listing
     # --log on the command line beats the file.
-    done = cli("register", "third", "--address", "127.0.0.1:7997", "--log", "s3://b/p")
-    assert done.returncode == 0 and "log s3://b/p" in done.stdout
+    done = cli("register", "third", "--address", "127.0.0.1:7997", "--log", "s3://bucket-b/p")
+    assert done.returncode == 0 and "log s3://bucket-b/p" in done.stdout
 
 
 def test_register_needs_a_log_url_from_somewhere(tmp_path: Path) -> None:
@@ -197,6 +202,57 @@ def test_run_refuses_a_malformed_log_url(tmp_path: Path, log_url: str, fragment:
         assert probe.connect_ex(("127.0.0.1", int(address.rpartition(":")[2]))) != 0
 
 
+@pytest.mark.parametrize(
+    ("arguments", "fragments"),
+    [
+        (["--log", "ftp://x/y"], ["unknown log store scheme 'ftp'"]),
+        (["--log", "file://data/log"], ["must be file:///absolute/dir", "file:///data/log"]),
+        (["--log", "s3://x/p"], ["malformed s3 URL"]),
+        (["--app", "no_such_module:Counter"], ["there is no module 'no_such_module'"]),
+        (["--app", "examples.counter.nope:Counter"], ["no module 'examples.counter.nope'"]),
+        (
+            ["--app", "examples.counter.app:Nope"],
+            ["has no class 'Nope'", "its immortals: Client, Counter"],
+        ),
+        (["--app", "examples.counter.app:rpc"], ["is not an ambrosia.Immortal subclass"]),
+    ],
+)
+def test_register_refuses_what_run_would_refuse(
+    tmp_path: Path, arguments: list[str], fragments: list[str]
+) -> None:
+    """Checked at registration, not at the first run; nothing is registered."""
+    cli = Cli(tmp_path, env={"PYTHONPATH": str(REPOSITORY_ROOT)})
+    settings = {
+        "--address": "127.0.0.1:7001",
+        "--log": f"file://{tmp_path}/log",
+        "--app": "examples.counter.app:Counter",
+    }
+    settings.update(zip(arguments[::2], arguments[1::2], strict=True))
+    done = cli("register", "server", *[item for pair in settings.items() for item in pair])
+    refused(done, *fragments)
+    assert "server" not in cli("list").stdout
+
+
+def test_register_skips_the_import_check_when_asked(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    log = f"file://{tmp_path}/log"
+    app = "code_elsewhere.app:Worker"
+    base = ["register", "worker", "--address", "127.0.0.1:7001", "--log", log, "--app", app]
+    refused(cli(*base), "there is no module 'code_elsewhere'")
+    done = cli(*base, "--skip-import-check")
+    assert done.returncode == 0, done.stderr
+    assert app in cli("list").stdout
+
+
+def test_run_says_a_missing_class_does_not_exist(tmp_path: Path) -> None:
+    cli = Cli(tmp_path, env={"PYTHONPATH": str(REPOSITORY_ROOT)})
+    cli.register("server", f"file://{tmp_path}/log")
+    done = cli("run", "server", "--plaintext", "--app", "examples.counter.app:Nope")
+    refused(done, "has no class 'Nope'")
+    assert "not an ambrosia.Immortal subclass" not in done.stderr
+    assert not cli.ran("server")
+
+
 def test_run_refuses_a_busy_address_and_releases_the_lease(tmp_path: Path) -> None:
     cli = Cli(tmp_path)
     address = cli.register("server", f"file://{tmp_path}/log")
@@ -209,6 +265,45 @@ def test_run_refuses_a_busy_address_and_releases_the_lease(tmp_path: Path) -> No
     assert f"server cannot listen on {address}" in done.stderr, done.stderr
     # The failed start gave its lease back: the next start does not wait for it.
     run_until_primary_then_stop(cli, "server", "--lease-wait-s", "0")
+
+
+def test_a_second_run_says_at_once_whose_lease_it_waits_for(tmp_path: Path) -> None:
+    """Not 30 silent seconds: the holder's process and host, and how long it will wait."""
+    cli = Cli(tmp_path)
+    cli.register("server", f"file://{tmp_path}/log")
+    first = cli.start("run", "server", "--plaintext")
+    second: subprocess.Popen[str] | None = None
+    try:
+        assert first.stdout is not None
+        _read_until(first, ": primary (replayed")
+        second = cli.start("run", "server", "--plaintext", "--lease-wait-s", "60")
+        expected = (
+            f"server: waiting up to 60 s for the lease held by process {first.pid} "
+            f"on host {socket.gethostname()}"
+        )
+        _read_until(second, expected)
+        second.send_signal(signal.SIGTERM)  # a standby stops at once when asked
+        assert second.wait(timeout=15) == 0
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _read_until(process: subprocess.Popen[str], fragment: str, liveness_s: float = 30) -> str:
+    """Lines of ``process`` up to the one holding ``fragment`` (within a liveness limit)."""
+    assert process.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + liveness_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if fragment in line:
+            return "".join(seen)
+    raise AssertionError(f"no {fragment!r} in:\n{''.join(seen)}")
 
 
 @pytest.mark.emulator
@@ -337,3 +432,24 @@ def test_certs_then_two_instances_over_mutual_tls(tmp_path: Path) -> None:
         assert "closing connection" not in deployment.output("server")
     finally:
         deployment.stop_all()
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _parsers(child)
+    return found
+
+
+@pytest.mark.parametrize("build", [cli_module.build_parser, bench_cli._parser])
+def test_help_is_plain_text_and_every_option_says_what_it_does(
+    build: Callable[[], argparse.ArgumentParser],
+) -> None:
+    for parser in _parsers(build()):
+        text = parser.format_help()
+        assert "``" not in text, text  # reStructuredText belongs in docstrings
+        for action in parser._actions:
+            if action.option_strings and action.help != argparse.SUPPRESS:
+                assert action.help, f"{parser.prog} {action.option_strings[0]} has no help"

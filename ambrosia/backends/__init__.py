@@ -12,9 +12,11 @@ URL                                module                      needs
 
 The contract every backend module follows
 -----------------------------------------
-A backend module exposes one coroutine function::
+A backend module exposes one coroutine function and one plain function::
 
     async def open(url: urllib.parse.SplitResult, instance: str, **options: object) -> LogStore
+    def check_url(url: urllib.parse.SplitResult) -> object
+
 
 ``url`` is the already split URL (scheme lower-cased); ``instance`` has passed
 ``ambrosia.names.validate_instance_name`` (the one rule for every layer). It returns a
@@ -25,6 +27,10 @@ dependencies at module level: ``open_store`` turns an ``ImportError`` of those i
 ``ConfigError`` naming the extra to install. Foreign exceptions raised later (OSError,
 azure.core, botocore) are translated inside the backend into the ``StorageError`` tree
 with the cause chained. Every backend must pass ``ambrosia.testing.conformance``.
+
+``check_url`` checks the URL's form without any IO and raises ``ConfigError`` naming what
+is wrong (``open`` calls it first). ``check_store_url`` runs it where nothing is opened:
+``ambrosia register``, and ``ambrosia-bench`` before it starts any process.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import importlib
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from types import ModuleType
 from typing import cast
 
 from ambrosia.backends.base import ChunkInfo, Lease, LogStore, Meta
@@ -44,6 +51,7 @@ __all__ = [
     "Lease",
     "LogStore",
     "Meta",
+    "check_store_url",
     "open_store",
     "validate_instance_name",
 ]
@@ -71,26 +79,50 @@ def _split(url: str) -> urllib.parse.SplitResult:
     return split
 
 
-async def open_store(url: str, instance: str, **options: object) -> LogStore:
-    """Open the log store of ``instance`` at ``url``; the scheme picks the backend."""
-    split = _split(url)
+def _backend_module(url: str, split: urllib.parse.SplitResult) -> ModuleType:
     scheme = split.scheme.lower()
     backend = _BACKENDS.get(scheme)
     if backend is None:
         raise ConfigError(f"unknown log store scheme {scheme!r} in {url!r}; accepted: {_ACCEPTED}")
-    validate_instance_name(instance)
     module_name, extra = backend
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as error:
         missing = error.name or ""
         if extra is None or missing == "ambrosia" or missing.startswith("ambrosia."):
             raise ConfigError(
                 f"log store backend {scheme!r} is not available in this installation: {error}"
             ) from error
-        raise ConfigError(
+        raise _MissingExtra(
             f"log store scheme {scheme!r} needs a package that is not installed "
             f"({missing}): pip install 'ambrosia[{extra}]'"
         ) from error
+
+
+class _MissingExtra(ConfigError):
+    """The backend's third-party packages are not installed here."""
+
+
+def check_store_url(url: str) -> None:
+    """Check that ``url`` names a log store in a well-formed way, without opening it.
+
+    ConfigError for an unknown scheme or a malformed URL (a relative ``file://`` path,
+    a bad bucket name). A backend whose packages are not installed on this machine (a
+    catalog kept elsewhere than where the immortal runs) is checked as far as its
+    scheme; ``open_store`` says what to install.
+    """
+    split = _split(url)
+    try:
+        module = _backend_module(url, split)
+    except _MissingExtra:
+        return
+    module.check_url(split._replace(scheme=split.scheme.lower()))
+
+
+async def open_store(url: str, instance: str, **options: object) -> LogStore:
+    """Open the log store of ``instance`` at ``url``; the scheme picks the backend."""
+    split = _split(url)
+    module = _backend_module(url, split)
+    validate_instance_name(instance)
     opener = cast(Callable[..., Awaitable[LogStore]], module.open)
-    return await opener(split._replace(scheme=scheme), instance, **options)
+    return await opener(split._replace(scheme=split.scheme.lower()), instance, **options)

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import re
 import time
@@ -129,6 +130,8 @@ lease_duration_s_max = 60
 _CONTAINER_PATTERN = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
 _HELD_LEASE_CODES = frozenset({"LeaseAlreadyPresent", "LeaseIsBreakingAndCannotBeAcquired"})
 _Result = TypeVar("_Result")
+
+logger = logging.getLogger("ambrosia.backends.azblob")
 
 
 class _InvalidRangeError(StorageError):
@@ -299,6 +302,7 @@ class AzureBlobLogStore:
         token = self._acquisition.propose(lambda: str(uuid.uuid4()))
         lease_client = BlobLeaseClient(lock, token)
         deadline_s = time.monotonic() + wait_s
+        said_so = False
         while True:
             try:
                 await self._call(
@@ -312,6 +316,15 @@ class AzureBlobLogStore:
                         f"{where}: another writer holds it; a dead holder's lease expires "
                         f"{self._lease_duration_s} s after its last renewal"
                     ) from None
+                if not said_so:  # a wait can be long: say why at once
+                    logger.warning(
+                        "%s: waiting up to %.0f s for the lease held by another writer "
+                        "(its lease runs out %s s after its last renewal)",
+                        self._instance,
+                        remaining_s,
+                        self._lease_duration_s,
+                    )
+                    said_so = True
                 await anyio.sleep(min(self._lease_poll_interval_s, remaining_s))
         try:
             lease = await self._become_writer(lock, token)
@@ -624,7 +637,8 @@ class AzureBlobLogStore:
 # -- opening -------------------------------------------------------------------------------
 
 
-def _parse_url(url: urllib.parse.SplitResult) -> tuple[str, str]:
+def check_url(url: urllib.parse.SplitResult) -> tuple[str, str]:
+    """``(container, prefix)`` of a well-formed URL; ConfigError otherwise (no IO)."""
     return parse_store_url(
         url,
         container_word="container",
@@ -654,7 +668,7 @@ async def open(
     missing or refused credentials, an unreachable endpoint, or a missing container
     without ``create=True``.
     """
-    container, prefix = _parse_url(url)
+    container, prefix = check_url(url)
     if unknown:
         raise ConfigError(f"unknown azblob options: {', '.join(sorted(unknown))}")
     if not lease_duration_s_min <= lease_duration_s <= lease_duration_s_max:

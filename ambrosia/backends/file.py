@@ -3,7 +3,7 @@
 Layout of ``<root>/<instance>/``::
 
     lock                      the writer lease: an exclusive flock, held for the
-                              lease's life (the holder's pid is written in it)
+                              lease's life ("PID HOST" of the holder written in it)
     epoch                     the lease epoch, incremented on every acquisition
     meta.json                 the metadata record and its version counter
     chunk-00000000.log        chunks: pages appended in place
@@ -35,7 +35,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -72,6 +74,8 @@ _EPOCH_FILE = "epoch"
 _META_FILE = "meta.json"
 _TEMPORARY_MARK = ".tmp-"
 _LEASE_POLL_INTERVAL_S = 0.05
+
+logger = logging.getLogger("ambrosia.backends.file")
 _OPEN_CHUNKS_MAX = 4
 
 # Errors that say "try again later" rather than "this went wrong". Descriptor
@@ -227,6 +231,7 @@ class FileLogStore:
 
     async def acquire_lease(self, *, wait_s: float = 0.0) -> Lease:
         deadline = time.monotonic() + max(0.0, wait_s)
+        said_so = False
         while True:
             lease = await self._run(self._try_acquire_sync)
             if lease is not None:
@@ -238,6 +243,17 @@ class FileLogStore:
                     f"instance {self._instance!r} is held by another live writer ({holder}); "
                     f"waited {wait_s:g} s"
                 )
+            if not said_so:
+                # A wait can be long; whoever started this process should know why at once.
+                holder = await self._run(self._holder_description_sync)
+                logger.warning(
+                    "%s: waiting up to %.0f s for the lease held by %s "
+                    "(it is running there; stop it, or wait)",
+                    self._instance,
+                    remaining_s,
+                    holder,
+                )
+                said_so = True
             await anyio.sleep(min(_LEASE_POLL_INTERVAL_S, remaining_s))
 
     def _try_acquire_sync(self) -> Lease | None:
@@ -257,7 +273,8 @@ class FileLogStore:
                 epoch = self._read_epoch_sync() + 1
                 _replace_durably(self._directory / _EPOCH_FILE, str(epoch).encode())
                 os.ftruncate(self._lock_fd, 0)
-                _write_all(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+                holder = f"{os.getpid()} {socket.gethostname()}\n"
+                _write_all(self._lock_fd, holder.encode(), 0)
                 self._remove_temporaries_sync()
             except BaseException:
                 self._drop_lease_sync()
@@ -269,10 +286,12 @@ class FileLogStore:
 
     def _holder_description_sync(self) -> str:
         try:
-            pid = (self._directory / _LOCK_FILE).read_text().strip()
+            pid, _, host = (self._directory / _LOCK_FILE).read_text().strip().partition(" ")
         except OSError:
-            pid = ""
-        return f"process {pid}" if pid else "unknown process"
+            pid, host = "", ""
+        if not pid:
+            return "an unknown process"
+        return f"process {pid} on host {host}" if host else f"process {pid}"
 
     def _read_epoch_sync(self) -> int:
         path = self._directory / _EPOCH_FILE
@@ -567,19 +586,31 @@ def _prepare_directory_sync(directory: Path) -> None:
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
 
 
+def check_url(url: urllib.parse.SplitResult) -> Path:
+    """The directory of a well-formed ``file:///abs/dir``; ConfigError otherwise (no IO)."""
+    shown = url.geturl()
+    if url.netloc not in ("", "localhost"):
+        # file://data/log reads as host "data", path /log: a relative path, mistyped.
+        raise ConfigError(
+            f"file log store URL {shown!r} must be file:///absolute/dir: {url.netloc!r} "
+            f"reads as a host name; for a path write file:///{url.netloc}{url.path} "
+            "(absolute, three slashes)"
+        )
+    if url.query or url.fragment:
+        raise ConfigError(
+            f"file log store URL {shown!r} must be file:///absolute/dir (no query or fragment)"
+        )
+    root = Path(urllib.parse.unquote(url.path))
+    if not root.is_absolute() or url.path in ("", "/"):
+        raise ConfigError(f"file log store URL {shown!r} needs an absolute directory")
+    return root
+
+
 async def open(url: urllib.parse.SplitResult, instance: str, **options: object) -> FileLogStore:
     """Open ``file:///abs/dir`` for ``instance`` (the backend contract of ambrosia.backends)."""
     if options:
         raise ConfigError(f"file log store takes no options, got {sorted(options)}")
-    if url.netloc not in ("", "localhost") or url.query or url.fragment:
-        raise ConfigError(
-            f"file log store URL {url.geturl()!r} must be file:///absolute/dir "
-            "(no host, query or fragment)"
-        )
-    root = Path(urllib.parse.unquote(url.path))
-    if not root.is_absolute() or url.path in ("", "/"):
-        raise ConfigError(f"file log store URL {url.geturl()!r} needs an absolute directory")
-    store = FileLogStore(root, instance)
+    store = FileLogStore(check_url(url), instance)
     try:
         await anyio.to_thread.run_sync(_prepare_directory_sync, store.directory)
     except OSError as error:

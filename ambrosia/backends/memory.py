@@ -223,10 +223,15 @@ class MemoryLogStore:
             self._state.holder = None
 
 
+def check_url(url: urllib.parse.SplitResult) -> str:
+    """The store name of a well-formed ``memory://name``; ConfigError otherwise."""
+    if not url.netloc or url.path not in ("", "/") or url.query or url.fragment:
+        raise ConfigError(f"memory log store URL {url.geturl()!r} must be memory://name")
+    return url.netloc
+
+
 async def open(url: urllib.parse.SplitResult, instance: str, **options: object) -> MemoryLogStore:
     """Open ``memory://name`` for ``instance`` (the backend contract of ambrosia.backends)."""
     if options:
         raise ConfigError(f"memory log store takes no options, got {sorted(options)}")
-    if not url.netloc or url.path not in ("", "/") or url.query or url.fragment:
-        raise ConfigError(f"memory log store URL {url.geturl()!r} must be memory://name")
-    return MemoryLogStore(url.netloc, instance)
+    return MemoryLogStore(check_url(url), instance)

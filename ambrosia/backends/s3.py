@@ -54,6 +54,7 @@ its own token in the lock (``AcquisitionToken``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -116,6 +117,8 @@ _RETRIABLE_CODES = frozenset(
     {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
 )
 _Result = TypeVar("_Result")
+
+logger = logging.getLogger("ambrosia.backends.s3")
 
 
 def _translate(error: BaseException, where: str) -> AmbrosiaError:
@@ -366,6 +369,7 @@ class S3LogStore:
         token = self._acquisition.propose(lambda: uuid.uuid4().hex)
         where = self._where("writer lease")
         deadline_s = time.monotonic() + wait_s
+        said_so = False
         while True:
             record, etag = await self._read_lock()
             now_s = time.time()
@@ -389,6 +393,15 @@ class S3LogStore:
                     f"{where}: another writer holds it until it stops renewing "
                     f"(expiry in {record.expires_at_s - now_s:.1f} s)"
                 )
+            if not said_so:  # a wait can be long: say why at once
+                logger.warning(
+                    "%s: waiting up to %.0f s for the lease held by another writer "
+                    "(its lease runs out %.0f s after its last renewal)",
+                    self._instance,
+                    remaining_s,
+                    self._lease_duration_s,
+                )
+                said_so = True
             await anyio.sleep(min(self._lease_poll_interval_s, remaining_s))
         self._holder = lease
         self._chunk_max = chunk_max
@@ -723,7 +736,8 @@ class S3LogStore:
 # -- opening -------------------------------------------------------------------------------
 
 
-def _parse_url(url: urllib.parse.SplitResult) -> tuple[str, str]:
+def check_url(url: urllib.parse.SplitResult) -> tuple[str, str]:
+    """``(container, prefix)`` of a well-formed URL; ConfigError otherwise (no IO)."""
     return parse_store_url(
         url,
         container_word="bucket",
@@ -752,7 +766,7 @@ async def open(
     missing or refused credentials, an unreachable endpoint, or a missing bucket without
     ``create=True``.
     """
-    bucket, prefix = _parse_url(url)
+    bucket, prefix = check_url(url)
     if unknown:
         raise ConfigError(f"unknown s3 options: {', '.join(sorted(unknown))}")
     if lease_duration_s <= 0:

@@ -30,6 +30,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -41,6 +43,7 @@ from ambrosia.bench.report import (
     latency_summary,
     throughput_point,
 )
+from ambrosia.bench.sizes import format_size
 from ambrosia.binding.immortal import Immortal, rpc
 
 BURST_BYTES = 8 << 20
@@ -128,6 +131,21 @@ def _free_port() -> int:
         return port
 
 
+def _point_log_url(log_url: str | None, workdir: Path) -> str:
+    """A log of the point's own: under ``workdir``, or a fresh prefix under ``log_url``.
+
+    Every point runs instances named server and client; were two points to share one
+    log, the second would recover the first's state and go on sending its size.
+    """
+    if log_url is None:
+        return f"file://{workdir / 'log'}"
+    split = urllib.parse.urlsplit(log_url)
+    if split.scheme.lower() == "memory":
+        return log_url  # a memory log lives and dies with its one process
+    point = f"{workdir.name}-{uuid.uuid4().hex[:8]}"
+    return urllib.parse.urlunsplit(split._replace(path=f"{split.path.rstrip('/')}/{point}"))
+
+
 class _Pair:
     """A server and a client process with their own catalog and log."""
 
@@ -151,7 +169,7 @@ class _Pair:
             for name in ("server", "client"):
                 issue_instance_certificate(ca, self.certs_dir, name)
         self.catalog = f"sqlite://{workdir / 'catalog.db'}"
-        log = log_url or f"file://{workdir / 'log'}"
+        log = _point_log_url(log_url, workdir)
         self.env = {**os.environ, "AMBROSIA_CATALOG": self.catalog, **env}
         self.persist = persist
         for name in ("server", "client"):
@@ -266,7 +284,14 @@ def _measure_size(
             end = _read_json(server.stdout, deadline)
             elapsed = end["t"] - start["t"]
             if elapsed > 0:
-                on_progress(f"ambrosia {size} B", (end["calls"] - start["calls"]) / elapsed)
+                rate = (end["calls"] - start["calls"]) / elapsed
+                on_progress(f"ambrosia {format_size(size)}", rate)
+        calls, received = end["calls"] - start["calls"], end["bytes"] - start["bytes"]
+        if received != calls * size:
+            raise RuntimeError(
+                f"{size}-byte point: the server received {received} bytes in {calls} calls, "
+                "not messages of that size"
+            )
         peaks = pair.peak_memory()
         PEAK_MEMORY_BYTES[size] = peaks
         (pair.workdir / "peak-memory.json").write_text(json.dumps(peaks))

@@ -18,9 +18,14 @@ Subcommands:
   command line cannot.
 
 Every run writes ``results.json``, ``results.md`` and plots into ``--out`` (by default
-``results/<timestamp>-<command>/``) and prints the table. Progress shows on a terminal
-only. Ctrl-C stops the run, stops the processes it started, and still writes and prints
-what finished (the results file then says ``"complete": false``), exit status 130.
+``results/<timestamp>-<command>/``) and prints the table. Progress
+(``ambrosia.bench.progress``) is a bar on a terminal, else one line per finished point,
+on standard error. Ctrl-C stops the run, stops the processes it started, and still
+writes and prints what finished (the results file then says ``"complete": false``), exit status 130.
+
+Exit status: 0 done; 1 a measurement failed; 2 ``ambrosia-bench: error: ...``, a wrong
+setting (an unusable ``--log`` URL or storage, a bad experiment config), found before
+any process starts and before the output directory is made; 130 interrupted.
 
 The ambrosia side lives in ``ambrosia.bench.ambrosia_side`` and is imported only when the
 ambrosia system is asked for, so the gRPC baseline and the cost model work without it.
@@ -29,6 +34,7 @@ ambrosia system is asked for, so the gRPC baseline and the cost model work witho
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import importlib
 import shutil
@@ -42,7 +48,7 @@ from typing import Any
 from ambrosia.bench import cost, floors, grpc_side, report
 from ambrosia.bench.progress import Progress
 from ambrosia.bench.report import PingResult, Results, ThroughputPoint
-from ambrosia.bench.sizes import parse_sizes
+from ambrosia.bench.sizes import format_size, parse_sizes
 from ambrosia.errors import AmbrosiaError, ConfigError
 
 __all__ = ["main"]
@@ -57,6 +63,8 @@ default_duration_s = 3.0
 default_warmup_s = 1.0
 default_ping_count = 10_000
 default_ping_warmup = 1_000
+_exit_failed = 1
+_exit_config = 2
 _exit_interrupted = 130
 
 
@@ -104,6 +112,26 @@ def _sizes(text: str) -> list[int]:
         return parse_sizes(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -201,13 +229,13 @@ def _parser() -> argparse.ArgumentParser:
     ping = commands.add_parser("ping", help="round-trip latency, one call at a time")
     ping.add_argument(
         "--count",
-        type=int,
+        type=_positive_int,
         default=default_ping_count,
         help=f"timed round trips (default {default_ping_count})",
     )
     ping.add_argument(
         "--warmup",
-        type=int,
+        type=_non_negative_int,
         default=default_ping_warmup,
         help=f"untimed round trips first (default {default_ping_warmup})",
     )
@@ -235,8 +263,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_output(cost_parser)
 
     run = commands.add_parser("run", help="run an experiment config (TOML)")
-    run.add_argument("config", type=Path)
-    run.add_argument("--out", type=Path)
+    run.add_argument("config", type=Path, help="the experiment, e.g. bench_configs/*.toml")
+    run.add_argument(
+        "--out", type=Path, help="output directory (default results/<timestamp>-<command>)"
+    )
     return parser
 
 
@@ -297,7 +327,13 @@ def _measure_throughput(
                         _relabel(p, label) for p in finished if isinstance(p, ThroughputPoint)
                     ]
                     raise
-                results.throughput += [_relabel(point, label) for point in points]
+                for point in points:
+                    results.throughput.append(_relabel(point, label))
+                    progress.point_done(
+                        f"{label} {format_size(point.size_bytes)}",
+                        f"{point.messages_per_second:,.0f} calls/s, "
+                        f"{point.megabytes_per_second:.1f} MB/s",
+                    )
 
 
 def _measure_ping(
@@ -340,6 +376,9 @@ def _measure_ping(
                     result.mean_ms,
                 )
             results.ping.append(result)
+            progress.point_done(
+                f"{label} ping", f"p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms"
+            )
 
 
 def _default_price_sheets() -> list[Path]:
@@ -382,6 +421,29 @@ def _config(options: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _check_log(log_url: str) -> None:
+    """ConfigError unless ``log_url`` is well formed and its storage can be opened.
+
+    Opened as the benchmark's server opens it (credentials, bucket or container,
+    reachability), here, so that a wrong URL is one line before any process starts.
+    """
+    from ambrosia.backends import check_store_url, open_store
+
+    check_store_url(log_url)
+
+    async def probe() -> None:
+        store = await open_store(log_url, "server")
+        await store.close()
+
+    asyncio.run(probe())
+
+
+def _points_total(options: argparse.Namespace) -> int:
+    """How many points the run measures: each system (ambrosia once per log) at each size."""
+    runs = sum(len(options.logs or [None]) if s == "ambrosia" else 1 for s in options.systems)
+    return runs if options.command == "ping" else runs * len(options.sizes)
+
+
 def _execute(options: argparse.Namespace) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir: Path = options.out or Path("results") / f"{stamp}-{options.command}"
@@ -390,7 +452,10 @@ def _execute(options: argparse.Namespace) -> int:
     measuring = options.command != "cost" or options.results is None
     if measuring and "ambrosia" in options.systems:
         _ambrosia_side()  # fail before any measurement, not after the gRPC half
-    progress = Progress()
+        for log_url in options.logs or []:
+            _check_log(log_url)
+    out_dir_existed = out_dir.exists()
+    progress = Progress(_points_total(options) if measuring else 0)
     status = 0
     try:
         if options.command == "throughput":
@@ -412,6 +477,8 @@ def _execute(options: argparse.Namespace) -> int:
         progress.close()
         if not options.keep_work:
             shutil.rmtree(workdir, ignore_errors=True)
+        if not out_dir_existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that failed before any result leaves no empty folder
     written = report.write_outputs(out_dir, results)
     if options.json is not None:
         report.write_json(options.json, results)
@@ -503,9 +570,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = parser.parse_args(arguments)
             options.experiment = {"config": str(config_path), "arguments": arguments}
         return _execute(options)
+    except ConfigError as error:
+        print(f"ambrosia-bench: error: {error}", file=sys.stderr)
+        return _exit_config
     except (AmbrosiaError, ValueError, RuntimeError, OSError) as error:
         print(f"ambrosia-bench: error: {error}", file=sys.stderr)
-        return 1
+        return _exit_failed
 
 
 if __name__ == "__main__":

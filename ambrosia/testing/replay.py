@@ -27,10 +27,20 @@ async def replay(
 ) -> Immortal:
     """The application object after replaying ``instance``'s log from ``checkpoint``.
 
-    ``checkpoint`` None means the one recovery would start from (the latest usable).
+    ``checkpoint`` None means the one recovery would start from (the latest usable);
+    a checkpoint that retention deleted is a LookupError naming those kept.
     """
     store = await open_store(log_url, instance)
     try:
+        if checkpoint is not None:
+            kept = await store.list_checkpoints()
+            if checkpoint not in kept:
+                raise LookupError(
+                    f"{instance}: checkpoint {checkpoint} is no longer kept (kept: "
+                    f"{', '.join(map(str, kept)) or 'none'}); run the instance with "
+                    "--checkpoints-kept N to keep more, or replay from the latest "
+                    "(checkpoint=None)"
+                )
         # The audit every start runs, then the same choice of checkpoint.
         reading = await recover(store, PAGE_BYTES_MAX_DEFAULT, checkpoint=checkpoint)
     finally:

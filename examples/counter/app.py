@@ -4,10 +4,14 @@ Kill either process at any moment and start it again with the same command: the 
 is still 1 and 2, because each call is logged before it runs, replayed after a crash and
 delivered exactly once.
 
-    ambrosia register server --address 127.0.0.1:7001 --log file:///tmp/ambrosia-counter
-    ambrosia register client --address 127.0.0.1:7002 --log file:///tmp/ambrosia-counter
-    ambrosia run server --app examples.counter.app:Counter &
-    ambrosia run client --app examples.counter.app:Client
+    ambrosia register server --address 127.0.0.1:7001 --log file:///tmp/ambrosia-counter \
+        --app examples.counter.app:Counter
+    ambrosia register client --address 127.0.0.1:7002 --log file:///tmp/ambrosia-counter \
+        --app examples.counter.app:Client
+    ambrosia run server --plaintext &
+    ambrosia run client --plaintext
+
+(``README.md`` beside this file has the whole walkthrough.)
 """
 
 from __future__ import annotations

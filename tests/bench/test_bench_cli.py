@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,7 +169,7 @@ def test_tcp_outside_ping_is_refused_from_a_config(
 def test_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('command = "throughput"\nsizez = "16"\n')
-    assert cli.main(["run", str(config)]) == 1
+    assert cli.main(["run", str(config)]) == 2
     assert "unknown keys ['sizez']" in capsys.readouterr().err
 
 
@@ -180,7 +181,7 @@ def test_missing_ambrosia_side_is_a_clear_error(
     status = cli.main(
         ["throughput", "--systems", "grpc,ambrosia", "--sizes", "16", "--out", str(tmp_path)]
     )
-    assert status == 1
+    assert status == 2
     assert "--systems grpc" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()  # failed before measuring anything
 
@@ -254,3 +255,93 @@ def test_ctrl_c_stops_children_and_writes_what_finished(tmp_path: Path) -> None:
     assert document["complete"] is False
     assert 1 <= len(document["throughput"]) < len(INTERRUPTED_SIZES)
     assert b"Interrupted" in out
+
+
+NO_AWS_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "",
+    "AWS_SECRET_ACCESS_KEY": "",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["throughput", "--log", "ftp://x/y"], "unknown log store scheme 'ftp'"),
+        (["throughput", "--log", "file://data/log"], "must be file:///absolute/dir"),
+        (["throughput", "--log", "s3://nobucket/x"], "no AWS credentials"),
+        (["ping", "--log", "ftp://x/y"], "unknown log store scheme 'ftp'"),
+        (["ping", "--count", "0"], "--count: must be at least 1"),
+        (["ping", "--warmup", "-1"], "--warmup: must not be negative"),
+    ],
+)
+def test_a_wrong_setting_is_one_line_before_anything_starts(
+    tmp_path: Path, arguments: list[str], fragment: str
+) -> None:
+    """Exit 2, one line on stderr, no child started (no traceback), no folder left."""
+    environment = {
+        **os.environ,
+        **NO_AWS_CREDENTIALS,
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+    }
+    environment.pop("AMBROSIA_S3_ENDPOINT_URL", None)
+    sizes = ["--sizes", "16"] if arguments[0] == "throughput" else []
+    done = subprocess.run(
+        [sys.executable, "-m", "ambrosia.bench.cli", *arguments, *sizes, "--out", "out"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 or lines[0].startswith("usage:"), done.stderr
+    assert fragment in lines[-1], done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "results").exists()
+
+
+def test_both_systems_one_line_per_finished_point_and_one_spelling_of_sizes(
+    tmp_path: Path,
+) -> None:
+    """Not on a terminal: a line per finished point, with the count and the time left."""
+    arguments = ["throughput", "--sizes", "1K", "--duration", "0.3", "--warmup", "0"]
+    done = subprocess.run(
+        [sys.executable, "-m", "ambrosia.bench.cli", *arguments, "--out", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    points = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    labels = [line.split(":")[0] for line in points]
+    assert labels == ["[1/2] ambrosia 1 KiB", "[2/2] grpc 1 KiB"], done.stderr
+    assert all(re.search(r"calls/s, .* MB/s \(\d:\d\d:\d\d taken, about ", p) for p in points)
+    assert points[-1].endswith("about 0:00:00 left)"), points
+    assert "1024 B" not in done.stdout + done.stderr
+    assert "| 1 KiB |" in done.stdout
+
+
+def test_points_on_a_log_url_each_get_a_log_of_their_own(tmp_path: Path) -> None:
+    """Two sizes on one --log: the second must not recover the first and send its size."""
+    shared = tmp_path / "shared"
+    arguments = ["throughput", "--systems", "ambrosia", "--sizes", "16,1K"]
+    arguments += ["--duration", "0.3", "--warmup", "0", "--log", f"file://{shared}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "ambrosia.bench.cli", *arguments, "--out", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    document = orjson.loads((tmp_path / "out" / "results.json").read_bytes())
+    assert [row["size_bytes"] for row in document["throughput"]] == [16, 1024]
+    points = sorted(path.name.rsplit("-", 1)[0] for path in shared.iterdir() if path.is_dir())
+    assert points[-2:] == ["throughput-1024", "throughput-16"], points
