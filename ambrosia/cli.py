@@ -4,6 +4,11 @@ Settings come from the command line, then the deployment file (``--config PATH``
 ``$AMBROSIA_CONFIG`` or ``./ambrosia.toml``; see ``ambrosia.deployment``), then the
 catalog registration, then built-in defaults.
 
+``register`` checks what it can without the storage: the log URL's form (a known
+scheme, an absolute ``file:///`` path, a valid bucket or container name) and, unless
+``--skip-import-check`` (the code lives on other machines), that ``--app`` imports and
+names an immortal class.
+
 Exit codes: 0 done; 1 the immortal stopped on a fatal error (a lost lease, a failed
 write); 2 ``ambrosia: error: ...``, refused to start: a setting is wrong (malformed URL
 or file, missing container, bucket or credentials, unreachable service, unknown

@@ -71,7 +71,8 @@ def load_app(spec: str) -> type[Immortal]:
         if error.name is not None and f"{module_name}.".startswith(f"{error.name}."):
             raise ConfigError(
                 f"--app {spec!r}: there is no module {error.name!r} on the import path "
-                f"(working directory {os.getcwd()}; add its parent directory to PYTHONPATH)"
+                f"(working directory {os.getcwd()}; run from the directory that holds it, "
+                "or add that directory to PYTHONPATH)"
             ) from error
         raise ConfigError(
             f"--app {spec!r}: module {module_name!r} fails to import: {error}"
