@@ -312,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", default="ambrosia.toml", help="where to write it; - for stdout"
     )
     from_terraform.add_argument("--force", action="store_true", help="replace an existing file")
+    from_terraform.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="also write the coordinators' environment (KEY=VALUE lines, for kustomize)",
+    )
     from_terraform.set_defaults(handler=_config_from_terraform)
     return parser
 

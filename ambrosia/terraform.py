@@ -32,6 +32,7 @@ __all__ = [
     "ENVIRONMENT_OUTPUTS",
     "TerraformOutputs",
     "deployment_text",
+    "environment_text",
     "load_outputs",
     "parse_outputs",
     "write_deployment",
@@ -177,11 +178,26 @@ def write_deployment(
     return text
 
 
+def environment_text(outputs: TerraformOutputs) -> str:
+    """``KEY=VALUE`` lines of the coordinators' environment (a kustomize ``envs`` file)."""
+    lines = [
+        f"{variable}={outputs.values[name]}"
+        for name, variable in ENVIRONMENT_OUTPUTS.items()
+        if name in outputs.values
+    ]
+    for line in lines:
+        if "\n" in line:
+            raise ConfigError(f"{outputs.source}: an output holds a line break: {line!r}")
+    return "".join(f"{line}\n" for line in lines)
+
+
 def run_from_terraform(arguments: Any) -> int:
     """The ``ambrosia config from-terraform`` command."""
     outputs = load_outputs(arguments.directory)
     destination = None if arguments.output == "-" else Path(arguments.output)
     text = write_deployment(outputs, destination, force=arguments.force)
+    if arguments.env_file is not None:
+        Path(arguments.env_file).write_text(environment_text(outputs), encoding="utf-8")
     if destination is None:
         print(text, end="")
     else:

@@ -65,8 +65,13 @@ def _cli(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_azure_outputs_make_a_deployment_file(tmp_path: Path) -> None:
     saved = tmp_path / "outputs.json"
     saved.write_text(json.dumps(AZURE_OUTPUTS))
-    done = _cli(tmp_path, str(saved))
+    done = _cli(tmp_path, str(saved), "--env-file", str(tmp_path / "environment.env"))
     assert done.returncode == 0, done.stderr
+    assert (tmp_path / "environment.env").read_text().splitlines() == [
+        "AZURE_STORAGE_ACCOUNT_URL=https://myambrosialogs.blob.core.windows.net/",
+        "AZURE_TABLES_ACCOUNT_URL=https://myambrosialogs.table.core.windows.net/",
+        "AZURE_CLIENT_ID=00000000-0000-0000-0000-000000000001",
+    ]
     deployment = load_deployment(tmp_path / "ambrosia.toml")
     assert deployment.log_url == "azblob://ambrosia-logs/prod"
     assert deployment.catalog_url == "aztable://ambrosia"

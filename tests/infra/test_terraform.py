@@ -58,8 +58,9 @@ def _offline_env(data_dir: Path) -> dict[str, str]:
 def _plain(value: Any) -> Any:
     """python-hcl2 keeps string quotes and marks blocks; drop both for comparisons."""
     if isinstance(value, dict):
-        return {_unquote(key): _plain(item) for key, item in value.items()
-                if not key.startswith("__")}
+        return {
+            _unquote(key): _plain(item) for key, item in value.items() if not key.startswith("__")
+        }
     if isinstance(value, list):
         return [_plain(item) for item in value]
     return _unquote(value)
@@ -108,8 +109,13 @@ def test_aws_root_validates_offline(tmp_path: Path) -> None:
     root = copy / "aws" / "example"
     env = _offline_env(tmp_path / "data")
     init = _terraform(
-        "init", "-backend=false", f"-plugin-dir={mirror}", "-input=false", "-no-color",
-        cwd=root, env=env,
+        "init",
+        "-backend=false",
+        f"-plugin-dir={mirror}",
+        "-input=false",
+        "-no-color",
+        cwd=root,
+        env=env,
     )
     assert init.returncode == 0, init.stdout + init.stderr
     validate = _terraform("validate", "-no-color", cwd=root, env=env)
@@ -119,22 +125,32 @@ def test_aws_root_validates_offline(tmp_path: Path) -> None:
 
 def test_aws_policy_allows_only_the_calls_of_the_s3_backend() -> None:
     module = _load(AWS / "modules" / "ambrosia")
-    documents = {name: body for block in module["data"] for name, body in
-                 block.get("aws_iam_policy_document", {}).items()}
+    documents = {
+        name: body
+        for block in module["data"]
+        for name, body in block.get("aws_iam_policy_document", {}).items()
+    }
     statements = documents["logs"]["statement"]
     actions = {action for statement in statements for action in statement["actions"]}
     assert actions == {
-        "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
-        "kms:Decrypt", "kms:GenerateDataKey",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:ListBucket",
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
     }
     # Every call the backend makes maps to one of these actions.
     source = (Path(__file__).parents[2] / "ambrosia" / "backends" / "s3.py").read_text()
     calls = set(re.findall(r"self\._client\.(\w+)\(|client\.(\w+)\(", source))
     made = {name for pair in calls for name in pair if name} | {"list_objects_v2"}
     needs = {
-        "get_object": "s3:GetObject", "head_object": "s3:GetObject",
-        "put_object": "s3:PutObject", "delete_objects": "s3:DeleteObject",
-        "list_objects_v2": "s3:ListBucket", "head_bucket": "s3:ListBucket",
+        "get_object": "s3:GetObject",
+        "head_object": "s3:GetObject",
+        "put_object": "s3:PutObject",
+        "delete_objects": "s3:DeleteObject",
+        "list_objects_v2": "s3:ListBucket",
+        "head_bucket": "s3:ListBucket",
         "get_paginator": "s3:ListBucket",
         "create_bucket": None,  # only with --create; Terraform makes the bucket
     }
@@ -149,8 +165,12 @@ def test_aws_policy_allows_only_the_calls_of_the_s3_backend() -> None:
 def test_aws_bucket_is_private_encrypted_and_keeps_live_objects() -> None:
     module = _load(AWS / "modules" / "ambrosia")
     block = _resources(module, "aws_s3_bucket_public_access_block")["logs"]
-    for setting in ("block_public_acls", "block_public_policy", "ignore_public_acls",
-                    "restrict_public_buckets"):
+    for setting in (
+        "block_public_acls",
+        "block_public_policy",
+        "ignore_public_acls",
+        "restrict_public_buckets",
+    ):
         assert block[setting] is True, setting
     encryption = _resources(module, "aws_s3_bucket_server_side_encryption_configuration")["logs"]
     default = encryption["rule"][0]["apply_server_side_encryption_by_default"][0]
@@ -205,7 +225,7 @@ def test_outputs_are_named_as_the_docs_say(cloud: str) -> None:
     module = _load(TERRAFORM_ROOT / cloud / "modules" / "ambrosia")
     example = _load(TERRAFORM_ROOT / cloud / "example")
     module_outputs = _names(module, "output")
-    assert COMMON_OUTPUTS <= module_outputs
+    assert module_outputs >= COMMON_OUTPUTS
     # The example exposes every module output under the same name.
     assert _names(example, "output") == module_outputs
     for block in example["output"]:
@@ -228,7 +248,9 @@ def test_example_passes_only_variables_the_module_declares(cloud: str) -> None:
     passed = set(call) - {"source"}
     assert passed <= declared, passed - declared
     required = {
-        name for block in module["variable"] for name, body in block.items()
+        name
+        for block in module["variable"]
+        for name, body in block.items()
         if "default" not in body
     }
     assert required <= passed, required - passed
