@@ -254,9 +254,7 @@ def parse_deployment(text: str, path: Path) -> DeploymentFile:
         ),
         tls=_tls_options(_table(document, "tls", source), _Source(str(path), "tls."), path.parent),
         instances=MappingProxyType(instances),
-        operations=parse_operations(
-            _table(document, "operations", source), f"{path}: operations."
-        ),
+        operations=parse_operations(_table(document, "operations", source), f"{path}: operations."),
     )
 
 
