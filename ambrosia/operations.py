@@ -216,7 +216,9 @@ class HealthServer:
     async def start(self) -> None:
         host, port = self.address
         try:
-            self._server = await asyncio.start_server(self._handle, host, port)
+            self._server = await asyncio.start_server(
+                self._handle, host, port, limit=REQUEST_BYTES_MAX
+            )
         except OSError as error:
             raise ConfigError(f"cannot serve health on {host}:{port}: {error}") from error
         self.port = self._server.sockets[0].getsockname()[1]

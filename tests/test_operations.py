@@ -196,3 +196,69 @@ def test_json_log_lines_are_objects() -> None:
     record = logging.LogRecord("ambrosia.x", logging.INFO, __file__, 1, "a %s", ("b",), None)
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "a b" and entry["level"] == "INFO"
+
+
+def test_bad_requests_get_clear_answers(tmp_path: Path) -> None:
+    """A runtime that has not started: a standby, alive; wrong requests are refused."""
+    import asyncio
+
+    from ambrosia.backends import open_store
+    from ambrosia.coordinator.runtime import Runtime
+    from ambrosia.operations import HealthServer
+    from ambrosia.testing.workloads import ChainServer
+
+    async def exchange(port: int, request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            return await reader.read()
+        except ConnectionResetError:
+            return b""  # closed with our request unread: refused
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        store = await open_store(f"file://{tmp_path / 'log'}", "server")
+
+        async def resolve(name: str) -> tuple[str, int]:
+            raise AssertionError(name)
+
+        runtime = Runtime(
+            instance="server",
+            app_factory=ChainServer,
+            store=store,
+            listen=("127.0.0.1", 0),
+            resolve=resolve,
+        )
+        server = HealthServer(runtime, ("127.0.0.1", 0), metrics=False)
+        await server.start()
+        try:
+            status = await exchange(server.port, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status.startswith(b"HTTP/1.1 200 ")
+            body = json.loads(status.partition(b"\r\n\r\n")[2])
+            assert body == {
+                "instance": "server",
+                "up": True,
+                "role": "standby",
+                "lease_held": False,
+                "epoch": None,
+                "failure": None,
+            }
+            ready = await exchange(server.port, b"GET /readyz HTTP/1.1\r\n\r\n")
+            assert ready.startswith(b"HTTP/1.1 503 ")
+            posted = await exchange(server.port, b"POST /healthz HTTP/1.1\r\n\r\n")
+            assert posted.startswith(b"HTTP/1.1 405 ")
+            # /metrics is not served unless asked for.
+            metrics = await exchange(server.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert metrics.startswith(b"HTTP/1.1 404 ")
+            # A request head beyond the limit is cut off, and the server keeps serving.
+            huge = b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n"
+            assert not (await exchange(server.port, huge)).startswith(b"HTTP/1.1 200")
+            again = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+            assert again.startswith(b"HTTP/1.1 200 ")
+        finally:
+            await server.close()
+            await store.close()
+
+    asyncio.run(main())

@@ -147,3 +147,82 @@ def test_cloud_overlays_sign_in_with_workload_identity() -> None:
             if name.startswith("ambrosia-config")
         ]
         assert f'log = "{scheme}' in config["data"]["ambrosia.toml"]
+
+
+@pytest.mark.crash
+def test_the_pods_start_command_runs_the_counter(tmp_path: Path) -> None:
+    """The base's pods as local processes: their command, environment and deployment file.
+
+    The rendered StatefulSets' command and environment run unchanged; only what a cluster
+    provides is mapped to this machine: each pod's DNS name to a loopback port, its
+    volumes (config, TLS Secret, data) to directories. The client prints 1 and 2, and the
+    server answers ``/readyz`` as the readiness probe would see it.
+    """
+    import os
+    import sys
+    import time
+    import urllib.request
+
+    from ambrosia.certs import create_ca, issue_instance_certificate
+    from ambrosia.testing.emulators import free_loopback_ports
+
+    objects = render("base")
+    (config,) = [item for name, item in _of(objects, "ConfigMap").items()]
+    text = config["data"]["ambrosia.toml"]
+    sets = _of(objects, "StatefulSet")
+    ports = dict(zip(sets, free_loopback_ports(len(sets)), strict=True))
+    health_ports = dict(zip(sets, free_loopback_ports(len(sets)), strict=True))
+    tls = tmp_path / "tls"
+    authority = create_ca(tls)
+    for name in sets:
+        issue_instance_certificate(authority, tls, name)
+        text = text.replace(
+            f"{name}-0.{name}.ambrosia.svc.cluster.local:7001", f"127.0.0.1:{ports[name]}"
+        )
+    text = text.replace("/var/lib/ambrosia", str(tmp_path / "data"))
+    text = text.replace("/etc/ambrosia/tls", str(tls))
+    assert ".svc.cluster.local:" not in text
+    processes: dict[str, subprocess.Popen[str]] = {}
+    try:
+        for name in ("server", "client"):
+            pod = sets[name]["spec"]["template"]["spec"]["containers"][0]
+            pod_text = text.replace("0.0.0.0:9102", f"127.0.0.1:{health_ports[name]}")
+            config_path = tmp_path / f"{name}.toml"
+            config_path.write_text(pod_text)
+            environment = {item["name"]: item["value"] for item in pod["env"]}
+            environment["AMBROSIA_CONFIG"] = str(config_path)
+            env = {
+                **os.environ,
+                **environment,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                "PYTHONPATH": str(KUBERNETES_ROOT.parents[1]),
+            }
+            env.pop("AMBROSIA_CATALOG", None)
+            processes[name] = subprocess.Popen(
+                [*pod["command"], *pod["args"]],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        client = processes["client"]
+        assert client.stdout is not None
+        printed: list[str] = []
+        deadline = time.monotonic() + 60
+        while len(printed) < 2 and time.monotonic() < deadline:
+            line = client.stdout.readline()
+            if not line:
+                break
+            if line.strip().isdigit():
+                printed.append(line.strip())
+        assert printed == ["1", "2"], (printed, client.poll())
+        url = f"http://127.0.0.1:{health_ports['server']}/readyz"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait(timeout=30)
+            if process.stdout is not None:
+                process.stdout.close()
