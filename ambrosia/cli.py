@@ -189,6 +189,12 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_from_terraform(args: argparse.Namespace) -> int:
+    from ambrosia.terraform import run_from_terraform
+
+    return run_from_terraform(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ambrosia",
@@ -331,6 +337,26 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--log", help="log URL (default: deployment file, then registration)")
     log.add_argument("--pages", action="store_true", help="list every page")
     log.set_defaults(handler=_log)
+
+    config = commands.add_parser("config", help="write the deployment file")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    from_terraform = config_commands.add_parser(
+        "from-terraform",
+        help="ambrosia.toml from the outputs of infra/terraform (terraform output -json)",
+    )
+    from_terraform.add_argument(
+        "directory", help="the Terraform root, or a file holding `terraform output -json`"
+    )
+    from_terraform.add_argument(
+        "-o", "--output", default="ambrosia.toml", help="where to write it; - for stdout"
+    )
+    from_terraform.add_argument("--force", action="store_true", help="replace an existing file")
+    from_terraform.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="also write the coordinators' environment (KEY=VALUE lines, for kustomize)",
+    )
+    from_terraform.set_defaults(handler=_config_from_terraform)
 
     from ambrosia.timetravel import add_commands as add_timetravel_commands
 

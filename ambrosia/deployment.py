@@ -25,6 +25,11 @@ every ``ambrosia`` command on every machine of the deployment reads the same fil
     # plaintext_beyond_loopback = true as well
     # plaintext = true
 
+    [operations]                              # see ambrosia.operations
+    health_address = "0.0.0.0:9102"           # /healthz, /readyz, /status, /metrics
+    metrics = true                            # needs ambrosia[prometheus]
+    log_format = "json"
+
     [instances.server]                        # per-instance overrides of all of the above
     log = "s3://ambrosia-logs/prod"
     address = "10.0.0.4:7001"                 # default for `ambrosia register server`
@@ -73,6 +78,7 @@ from ambrosia.coordinator.runtime import Config
 from ambrosia.coordinator.tls import TlsSettings, Transport
 from ambrosia.errors import ConfigError
 from ambrosia.names import validate_instance_name
+from ambrosia.operations import OperationsSettings, parse_operations
 
 __all__ = [
     "CONFIG_ENVIRONMENT_VARIABLE",
@@ -102,7 +108,9 @@ _SECRET_STORE_OPTIONS = frozenset({"connection_string", "account_key", "sas_toke
 # times per duration survives one slow or failed renewal without losing the lease.
 _RENEWALS_PER_LEASE = 3.0
 
-_TOP_LEVEL_KEYS = frozenset({"catalog", "log", "store", "coordinator", "tls", "instances"})
+_TOP_LEVEL_KEYS = frozenset(
+    {"catalog", "log", "store", "coordinator", "tls", "instances", "operations"}
+)
 _INSTANCE_KEYS = frozenset({"log", "app", "address", "store", "coordinator", "tls"})
 _TLS_FILE_KEYS = ("cert", "key", "ca")
 _TLS_CHOICE_KEYS = ("plaintext", "plaintext_beyond_loopback")
@@ -142,6 +150,8 @@ class DeploymentFile:
     coordinator: Mapping[str, Any] = field(default_factory=_empty)
     tls: Mapping[str, Any] = field(default_factory=_empty)
     instances: Mapping[str, InstanceSettings] = field(default_factory=_empty)
+    # Health endpoint, metrics, log format (``ambrosia.operations``).
+    operations: OperationsSettings = field(default_factory=OperationsSettings)
 
     def instance(self, name: str) -> InstanceSettings:
         return self.instances.get(name) or InstanceSettings()
@@ -244,6 +254,7 @@ def parse_deployment(text: str, path: Path) -> DeploymentFile:
         ),
         tls=_tls_options(_table(document, "tls", source), _Source(str(path), "tls."), path.parent),
         instances=MappingProxyType(instances),
+        operations=parse_operations(_table(document, "operations", source), f"{path}: operations."),
     )
 
 

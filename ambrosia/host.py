@@ -38,6 +38,7 @@ from ambrosia.coordinator.tls import Transport
 from ambrosia.coordinator.watchdog import HandlerWatchdog, SignalStop
 from ambrosia.deployment import DeploymentFile, load_deployment, resolve_run
 from ambrosia.errors import ConfigError
+from ambrosia.operations import serving
 
 logger = logging.getLogger("ambrosia.host")
 
@@ -194,7 +195,8 @@ async def serve(
             resolve=_CatalogResolver(catalog, chosen),
             config=run_config,
         )
-        return await _run(runtime, name, listen)
+        async with serving(runtime, deployment.operations):
+            return await _run(runtime, name, listen)
     raise AssertionError("unreachable")  # AsyncExitStack does not swallow exceptions
 
 

@@ -262,6 +262,23 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(cost_parser)
     _add_output(cost_parser)
 
+    deployment = commands.add_parser(
+        "deployment-cost",
+        help="monthly USD of what infra/ provisions (nodes and log bandwidth)",
+    )
+    deployment.add_argument(
+        "--prices", type=Path, help="a VM price sheet (default: the vm sheet in bench_configs/)"
+    )
+    deployment.add_argument(
+        "--nodes", type=int, default=2, help="cluster nodes (default 2, as the Terraform)"
+    )
+    deployment.add_argument(
+        "--log-mb-per-s",
+        type=float,
+        default=1.0,
+        help="log bandwidth of all instances together, MB/s (default 1)",
+    )
+
     run = commands.add_parser("run", help="run an experiment config (TOML)")
     run.add_argument("config", type=Path, help="the experiment, e.g. bench_configs/*.toml")
     run.add_argument(
@@ -390,6 +407,19 @@ def _default_price_sheets() -> list[Path]:
         if sheets:
             return sheets
     raise ConfigError("no price sheets found in bench_configs/; pass --prices FILE")
+
+
+def _deployment_cost(options: argparse.Namespace) -> int:
+    sheets = [options.prices] if options.prices else _default_price_sheets()
+    for path in sheets:
+        prices = cost.load_price_sheet(path)
+        if isinstance(prices, cost.VmPrices):
+            result = cost.deployment_cost(
+                prices, nodes=options.nodes, log_mb_per_s=options.log_mb_per_s
+            )
+            print(cost.describe_deployment_cost(path, prices, result), end="")
+            return 0
+    raise ConfigError(f"no VM price sheet among {', '.join(map(str, sheets))}")
 
 
 def _compute_cost(options: argparse.Namespace, results: Results) -> None:
@@ -562,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     options = parser.parse_args(argv)
     try:
+        if options.command == "deployment-cost":
+            return _deployment_cost(options)
         if options.command == "run":
             arguments = config_arguments(options.config)
             if options.out is not None:

@@ -67,10 +67,13 @@ from ambrosia.bench.report import CostPoint, ThroughputPoint, megabyte_bytes
 __all__ = [
     "AwsPrices",
     "AzurePrices",
+    "DeploymentCost",
     "PriceSheet",
     "Scenario",
     "VmPrices",
     "cost_points",
+    "deployment_cost",
+    "describe_deployment_cost",
     "dynamodb_usd_per_month",
     "event_hubs_throughput_units",
     "event_hubs_usd_per_month",
@@ -369,6 +372,54 @@ def vm_usd_per_month(
         )
     vms = _ceil(scenario.ingest_mb_per_s / rate) * prices.vms_per_pair
     return vms * prices.vm_usd_per_month + storage
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentCost:
+    """The monthly bill of a provisioned deployment, by the VM model's two terms."""
+
+    nodes: int
+    node_usd_per_month: float
+    log_mb_per_s: float
+    storage_usd_per_month: float
+
+    @property
+    def usd_per_month(self) -> float:
+        return self.nodes * self.node_usd_per_month + self.storage_usd_per_month
+
+
+def deployment_cost(prices: VmPrices, *, nodes: int, log_mb_per_s: float) -> DeploymentCost:
+    """What ``infra/`` provisions, priced like ``vm_usd_per_month`` prices ambrosia on VMs.
+
+    ``nodes`` machines of the sheet's VM (the cluster's nodes) run the coordinators;
+    their logs take ``log_mb_per_s`` of storage bandwidth in all, priced as the model
+    prices ambrosia's log (the sheet's storage rate and log bytes per byte). Unlike the
+    benchmark's cost, the machine count is what was provisioned, not derived from a rate.
+    """
+    if nodes < 1:
+        raise ValueError(f"nodes must be at least 1, got {nodes}")
+    if log_mb_per_s < 0:
+        raise ValueError(f"log rate must not be negative, got {log_mb_per_s} MB/s")
+    storage = (
+        log_mb_per_s
+        * prices.log_bytes_per_ingested_byte
+        * prices.storage_usd_per_month_per_100_mb_per_s
+        / 100.0
+    )
+    return DeploymentCost(nodes, prices.vm_usd_per_month, log_mb_per_s, storage)
+
+
+def describe_deployment_cost(sheet: Path, prices: VmPrices, cost: DeploymentCost) -> str:
+    """The lines ``ambrosia-bench deployment-cost`` prints (the docs quote them)."""
+    return (
+        f"price sheet: {sheet.name} ({prices.vm_name}; {prices.date})\n"
+        f"nodes: {cost.nodes} x {cost.node_usd_per_month:.2f} USD/month"
+        f" = {cost.nodes * cost.node_usd_per_month:.2f} USD/month\n"
+        f"log: {cost.log_mb_per_s:g} MB/s at"
+        f" {prices.storage_usd_per_month_per_100_mb_per_s:.2f} USD/month per 100 MB/s"
+        f" = {cost.storage_usd_per_month:.2f} USD/month\n"
+        f"total: {cost.usd_per_month:.2f} USD/month\n"
+    )
 
 
 # -- from measurements and sheets to rows ---------------------------------------------------

@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ambrosia.backends.base import Lease, LogStore
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
+from ambrosia.coordinator.metrics import CoordinatorMetrics
 from ambrosia.errors import AmbrosiaError
 from ambrosia.log.page import Page, PageBuilder, decode_page, seal_page
 
@@ -79,7 +81,9 @@ class Committer:
         on_new_chunk: Callable[[int], Awaitable[None]] | None = None,
         persist: bool = True,
         retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+        metrics: CoordinatorMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.store = store
         self.persist = persist  # False only for benchmarks that show what durability costs
         self.retry_policy = retry_policy
@@ -225,6 +229,7 @@ class Committer:
             seal_page(data)
         chunk = self.chunk
         offset = self.chunk_offset
+        write_started = time.perf_counter()
         if self.persist:
             # A retried append whose first attempt did land is recognised by the store
             # (same bytes at the same offset) and succeeds: the ambiguous-write rule.
@@ -248,6 +253,12 @@ class Committer:
             page_bytes_max=self.page_bytes_max,
             verify_body=False,
         )
+        if self.metrics is not None:
+            self.metrics.page_written(
+                len(data),
+                time.perf_counter() - write_started,
+                sum(group.count for group in page.groups),
+            )
         resident = self._resident_pages < self.delivery_pages_max
         if resident:
             self._resident_pages += 1

@@ -672,6 +672,8 @@ class OutgoingLink:
         self.task: asyncio.Task[None] | None = None
         self.closing = False  # set by close(): the dial loop ends even if a cancel was lost
         self.batches_sent = 0
+        self.bytes_sent = 0  # payload bytes of the batches sent (ambrosia.coordinator.metrics)
+        self.reconnects = 0
         self._last_refusal: str | None = None
 
     def start(self) -> None:
@@ -708,6 +710,7 @@ class OutgoingLink:
             stream.inflight.append(segment)
             connection.send(data_batch_head(segment), segment.data)
             self.batches_sent += 1
+            self.bytes_sent += len(segment.data)
 
     async def _run(self) -> None:
         delay = self.config.reconnect_delay_min_s
@@ -729,6 +732,7 @@ class OutgoingLink:
                 delay = self.config.reconnect_delay_min_s
                 self._last_refusal = None
                 await connection.lost
+                self.reconnects += 1
                 logger.info("link to %s dropped; reconnecting", destination)
             except (PeerIdentityError, ssl.SSLCertVerificationError, ConfigError) as error:
                 # Not a network blip: a wrong certificate or setting. Loud, but once per

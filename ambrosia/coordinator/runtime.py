@@ -30,6 +30,7 @@ import functools
 import gc
 import logging
 import resource
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ from ambrosia.coordinator.committer import Committer, DurablePage
 from ambrosia.coordinator.links import KEEPALIVE, IncomingLink, OutgoingLink
 from ambrosia.coordinator.listener import Listener
 from ambrosia.coordinator.metadata import MetadataKeeper
+from ambrosia.coordinator.metrics import CoordinatorMetrics, register_runtime
 from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.coordinator.recovery import read_checkpoint, recover
 from ambrosia.coordinator.tls import TlsContexts, TlsSettings, load_contexts
@@ -258,6 +260,8 @@ class Runtime:
         self.peer_epochs: dict[str, int] = {}
         self._keepalives: dict[str, tuple[int, float]] = {}
         self._admissions: set[asyncio.Task[None]] = set()
+        self.metrics = CoordinatorMetrics(instance)
+        register_runtime(self)
 
     @property
     def tls_required(self) -> bool:
@@ -344,6 +348,7 @@ class Runtime:
             on_new_chunk=self.metadata.record_chunk,
             persist=self.config.persist,
             retry_policy=self.config.retry_policy,
+            metrics=self.metrics,
         )
         self._replay_pages = pages
         self_stream.on_drop = _SelfCallAudit(self.instance, pages).check
@@ -901,6 +906,7 @@ class Runtime:
 
     async def _write_checkpoint(self, state: CheckpointState) -> None:
         assert self.lease is not None
+        started = time.perf_counter()
         try:
             data = encode_checkpoint(state)
             # The kept checkpoints after this one: the newest ``checkpoints_kept``. The
@@ -910,6 +916,7 @@ class Runtime:
             kept = kept[-self.config.checkpoints_kept :]
             first_kept_chunk = min(chunk for _, chunk in kept)
             await self._store_checkpoint(state.number, data, first_chunk=first_kept_chunk)
+            self.metrics.checkpoint_written(len(data), time.perf_counter() - started)
             retire = len(self.checkpoints) + 1 > len(kept)
             self.checkpoints = kept
             logger.info(

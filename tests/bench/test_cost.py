@@ -286,3 +286,23 @@ def test_sheets_with_a_bad_field_are_refused(
     broken.write_text(text.replace(old, new))
     with pytest.raises(ValueError, match=message):
         cost.load_price_sheet(broken)
+
+
+def test_deployment_cost_is_nodes_plus_log_bandwidth() -> None:
+    prices = cost.VmPrices(
+        source="s",
+        date="d",
+        vm_name="vm",
+        vm_usd_per_month=100.0,
+        vms_per_pair=1,
+        storage_usd_per_month_per_100_mb_per_s=20.0,
+        log_bytes_per_ingested_byte=2.0,
+        storage_bandwidth_cap_mb_per_s=96.0,
+    )
+    bill = cost.deployment_cost(prices, nodes=3, log_mb_per_s=10.0)
+    assert bill.storage_usd_per_month == pytest.approx(10.0 * 2.0 * 20.0 / 100.0)
+    assert bill.usd_per_month == pytest.approx(300.0 + 4.0)
+    with pytest.raises(ValueError, match="nodes"):
+        cost.deployment_cost(prices, nodes=0, log_mb_per_s=1.0)
+    with pytest.raises(ValueError, match="negative"):
+        cost.deployment_cost(prices, nodes=1, log_mb_per_s=-1.0)
