@@ -8,8 +8,9 @@ Exit codes: 0 done; 1 the immortal stopped on a fatal error (a lost lease, a fai
 write); 2 ``ambrosia: error: ...``, refused to start: a setting is wrong (malformed URL
 or file, missing container, bucket or credentials, unreachable service, unknown
 instance, busy address) or the log cannot be used; 3 another process runs the instance
-and kept its lease for longer than ``--lease-wait-s`` (a standby that gave up waiting;
-start it again to keep waiting). See docs/storage.md.
+and kept its lease for longer than ``--lease-wait-s`` (``--role primary`` gave up
+waiting; start it again to keep waiting). See docs/storage.md and
+docs/high-availability.md.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
             coordinator=coordinator,
             transport=transport,
             create_storage=args.create_storage,
+            role=args.role,
         )
     )
 
@@ -234,9 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--checkpoints-kept", type=int, help="checkpoints kept (default 2)")
     run.add_argument(
+        "--role",
+        choices=("auto", "primary", "standby"),
+        default="auto",
+        help="auto (default): primary if the lease is free, else a hot standby that replays "
+        "the log and takes over when the primary dies; standby: always start as a standby; "
+        "primary: wait for the lease (--lease-wait-s) and recover cold",
+    )
+    run.add_argument(
         "--lease-wait-s",
         type=float,
-        help="how long to wait as a standby for another process's lease (default 30)",
+        help="with --role primary: how long to wait for another process's lease (default 30)",
     )
     run.add_argument(
         "--lease-renew-interval-s",
