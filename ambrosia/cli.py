@@ -135,6 +135,21 @@ def _log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from ambrosia.status import read_status, render_status
+
+    deployment = _deployment(args)
+
+    async def operation(catalog: Catalog) -> str:
+        log_url = deployment.log_for(args.name, args.log)
+        if log_url is None:
+            log_url = (await catalog.get(args.name)).log_url
+        return render_status(await read_status(log_url, args.name), as_json=args.json)
+
+    print(run_with_catalog(deployment.catalog_for(args.catalog), operation), end="")
+    return 0
+
+
 def _certs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -302,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--log", help="log URL (default: deployment file, then registration)")
     log.add_argument("--pages", action="store_true", help="list every page")
     log.set_defaults(handler=_log)
+
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="show an instance's primary, its standbys and their lag, the log's end",
+    )
+    status.add_argument("name")
+    status.add_argument("--log", help="log URL (default: deployment file, then registration)")
+    status.add_argument("--json", action="store_true", help="print a JSON object")
+    status.set_defaults(handler=_status)
     return parser
 
 

@@ -6,6 +6,7 @@ Layout of ``<root>/<instance>/``::
                               lease's life (the holder's pid is written in it)
     epoch                     the lease epoch, incremented on every acquisition
     meta.json                 the metadata record and its version counter
+    replicas/<id>.json        standbys' progress notes (``ambrosia.coordinator.replicas``)
     chunk-00000000.log        chunks: pages appended in place
     checkpoint-00000000.ckpt  checkpoints: complete or absent
     .<name>.tmp-<random>      a file being written; renamed into place when complete
@@ -70,6 +71,7 @@ _T = TypeVar("_T")
 _LOCK_FILE = "lock"
 _EPOCH_FILE = "epoch"
 _META_FILE = "meta.json"
+_REPLICAS_DIRECTORY = "replicas"
 _TEMPORARY_MARK = ".tmp-"
 _LEASE_POLL_INTERVAL_S = 0.05
 _OPEN_CHUNKS_MAX = 4
@@ -545,6 +547,55 @@ class FileLogStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._directory / name)
             _fsync_directory(self._directory)
+
+    # -- replica board (``ambrosia.coordinator.replicas``) ---------------------------------
+
+    def _replica_path(self, replica_id: str) -> Path:
+        if not replica_id or "/" in replica_id or replica_id.startswith("."):
+            raise ValueError(f"replica id {replica_id!r} is not a plain name")
+        return self._directory / _REPLICAS_DIRECTORY / f"{replica_id}.json"
+
+    async def write_replica_note(self, replica_id: str, data: bytes) -> None:
+        path = self._replica_path(replica_id)
+
+        def write() -> None:
+            with _translated(f"write {path}"):
+                path.parent.mkdir(exist_ok=True)
+                # Advisory and rewritten every second: atomic (rename), not fsynced.
+                temporary = _temporary_path(path)
+                temporary.write_bytes(data)
+                os.rename(temporary, path)
+
+        await self._run(write)
+
+    async def list_replica_notes(self) -> list[tuple[str, bytes]]:
+        directory = self._directory / _REPLICAS_DIRECTORY
+
+        def listing() -> list[tuple[str, bytes]]:
+            notes = []
+            with _translated(f"list {directory}"):
+                try:
+                    entries = list(os.scandir(directory))
+                except FileNotFoundError:
+                    return []
+                for entry in entries:
+                    if entry.name.endswith(".json") and not entry.name.startswith("."):
+                        with contextlib.suppress(FileNotFoundError):
+                            notes.append(
+                                (entry.name[: -len(".json")], Path(entry.path).read_bytes())
+                            )
+            return sorted(notes)
+
+        return await self._run(listing)
+
+    async def remove_replica_note(self, replica_id: str) -> None:
+        path = self._replica_path(replica_id)
+
+        def remove() -> None:
+            with _translated(f"remove {path}"), contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+        await self._run(remove)
 
     async def close(self) -> None:
         def close_sync() -> None:

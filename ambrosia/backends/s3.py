@@ -11,6 +11,7 @@ Layout under ``<PREFIX>/<instance>/``::
     chunk-0000000000/0000000000000123      ...
     checkpoint-0000000000                  one object, written whole
     meta                                   JSON, replaced with If-Match on its ETag
+    replicas/<id>                          standbys' progress notes (advisory)
 
 The log position is the fence
 -----------------------------
@@ -115,6 +116,7 @@ _BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _RETRIABLE_CODES = frozenset(
     {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
 )
+_REPLICAS_PREFIX = "replicas/"
 _Result = TypeVar("_Result")
 
 
@@ -715,6 +717,32 @@ class S3LogStore:
             name = key[len(self._base) :].split("/", 1)[0]
             if name.startswith("chunk-"):
                 self._ends.pop(int(name[len("chunk-") :]), None)
+
+    # -- replica board (``ambrosia.coordinator.replicas``) ---------------------------------
+
+    async def write_replica_note(self, replica_id: str, data: bytes) -> None:
+        key = f"{self._base}{_REPLICAS_PREFIX}{replica_id}"
+        await self._call(
+            self._where("replica note"),
+            lambda: self._client.put_object(Bucket=self._bucket, Key=key, Body=data),
+        )
+
+    async def list_replica_notes(self) -> list[tuple[str, bytes]]:
+        prefix = f"{self._base}{_REPLICAS_PREFIX}"
+        where = self._where("replica notes")
+        notes = []
+        for key, _, _ in await self._list_keys(prefix, where):
+            found = await self._get_or_none(key, where)
+            if found is not None:
+                notes.append((key[len(prefix) :], found[0]))
+        return notes
+
+    async def remove_replica_note(self, replica_id: str) -> None:
+        key = f"{self._base}{_REPLICAS_PREFIX}{replica_id}"
+        await self._call(
+            self._where("replica note"),
+            lambda: self._client.delete_object(Bucket=self._bucket, Key=key),
+        )
 
     async def close(self) -> None:
         await self._stack.aclose()

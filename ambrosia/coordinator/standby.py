@@ -54,6 +54,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -66,6 +68,7 @@ from ambrosia.coordinator.checkpoint import CheckpointState
 from ambrosia.coordinator.listener import Listener
 from ambrosia.coordinator.metadata import MetadataKeeper
 from ambrosia.coordinator.recovery import recover
+from ambrosia.coordinator.replicas import ReplicaNote, board_of, local_replica_id
 from ambrosia.coordinator.runtime import Runtime, _SelfCallAudit
 from ambrosia.errors import (
     AmbrosiaError,
@@ -101,11 +104,17 @@ class StandbySettings:
     poll_interval_s: float = 0.02
     lease_poll_interval_s: float = 0.05
     report_interval_s: float = 5.0
+    board_interval_s: float = 1.0
     listen_busy_s: float = 2.0
     listen_retry_delay_s: float = 0.05
 
     def __post_init__(self) -> None:
-        for name in ("poll_interval_s", "lease_poll_interval_s", "report_interval_s"):
+        for name in (
+            "poll_interval_s",
+            "lease_poll_interval_s",
+            "report_interval_s",
+            "board_interval_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"standby setting {name} must be positive")
         if self.listen_busy_s < 0 or self.listen_retry_delay_s <= 0:
@@ -226,6 +235,9 @@ class StandbyRuntime(Runtime):
         self.log_end_seen_at = 0.0  # monotonic time the standby last caught up with it
         self.takeover_started_at = 0.0
         self._self_audit: _SelfCallAudit | None = None
+        self._board = board_of(self.store)
+        self.replica_id = local_replica_id()
+        self._noted = False
         self._loaded_checkpoint: CheckpointState | None = None
 
     # -- roles -----------------------------------------------------------------------------
@@ -365,7 +377,7 @@ class StandbyRuntime(Runtime):
             f"{self.delivered_sequence}",
         )
         loop = asyncio.get_running_loop()
-        next_lease_try = next_report = loop.time()
+        next_lease_try = next_report = next_note = loop.time()
         while True:
             now = loop.time()
             if now >= next_lease_try:
@@ -375,6 +387,9 @@ class StandbyRuntime(Runtime):
             if now >= next_report:
                 next_report = now + settings.report_interval_s
                 self._report()
+            if now >= next_note:
+                next_note = now + settings.board_interval_s
+                await self._write_note()
             assert self.tail is not None
             try:
                 pages = await self.tail.poll()
@@ -409,6 +424,42 @@ class StandbyRuntime(Runtime):
             seconds,
         )
 
+    async def _write_note(self) -> None:
+        """Where this standby is, on the replica board (advisory: failures only logged)."""
+        if self._board is None or self._loaded_checkpoint is None:
+            return
+        pages, seconds = self.lag()
+        note = ReplicaNote(
+            replica_id=self.replica_id,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            role="standby",
+            checkpoint=self._loaded_checkpoint.number,
+            replayed_sequence=self.delivered_sequence,
+            log_end_sequence=self.log_end_sequence,
+            lag_pages=pages,
+            lag_s=round(seconds, 3),
+            updated=time.time(),
+        )
+        try:
+            await self._board.write_replica_note(self.replica_id, note.encode())
+            self._noted = True
+        except AmbrosiaError as error:
+            logger.debug("%s: replica note not written: %s", self.instance, error)
+
+    async def _remove_note(self) -> None:
+        if self._board is None or not self._noted:
+            return
+        self._noted = False
+        try:
+            await self._board.remove_replica_note(self.replica_id)
+        except AmbrosiaError as error:
+            logger.debug("%s: replica note not removed: %s", self.instance, error)
+
+    async def stop(self) -> None:
+        await self._remove_note()
+        await super().stop()
+
     async def _try_lease(self) -> bool:
         try:
             self.lease = await call_with_retry(
@@ -424,6 +475,7 @@ class StandbyRuntime(Runtime):
 
     async def _promote(self) -> None:
         """The lease is ours and the old writer fenced: read the rest and serve."""
+        await self._remove_note()
         assert self.lease is not None and self.tail is not None
         policy = self.config.retry_policy
         while True:
@@ -472,29 +524,41 @@ class StandbyRuntime(Runtime):
         )
 
     async def bind_listener(self, host: str, port: int) -> Listener:
-        """The registered address; while an old primary (paused) holds it, a free port.
+        """The registered address; while an earlier life holds it, a free port.
 
-        Whatever a new primary listens on is published (``on_listening``: the catalog)
-        and recorded in the log's metadata, and peers re-read the catalog as they dial.
+        An earlier primary of this instance that is paused (SIGSTOP, a frozen VM) keeps
+        its listening socket while its lease runs out. When the address is busy and the
+        log's metadata names it as the previous primary's, this retries it for
+        ``listen_busy_s``, then listens on a free port of the same host: the address
+        is published (``on_listening``: the catalog) and recorded in the metadata, and
+        peers re-read the catalog as they dial. Any other busy address is refused as
+        before (``OSError``: the start fails with "cannot listen").
         """
+        try:
+            return await super().bind_listener(host, port)
+        except OSError as error:
+            meta = None if self.metadata is None else self.metadata.meta
+            previous = current_primary(meta).get("address")
+            if port == 0 or previous != f"{host}:{port}":
+                raise
+            busy = error
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.listen_busy_s
-        while True:
+        while loop.time() < deadline:
+            await asyncio.sleep(self.settings.listen_retry_delay_s)
             try:
                 return await super().bind_listener(host, port)
             except OSError as error:
-                if loop.time() >= deadline or port == 0:
-                    logger.warning(
-                        "%s: cannot listen on %s:%d (%s); listening on a free port of %s "
-                        "and publishing that address",
-                        self.instance,
-                        host,
-                        port,
-                        error,
-                        host,
-                    )
-                    break
-            await asyncio.sleep(self.settings.listen_retry_delay_s)
+                busy = error
+        logger.warning(
+            "%s: cannot listen on %s:%d, still held by an earlier primary (%s); listening "
+            "on a free port of %s and publishing that address",
+            self.instance,
+            host,
+            port,
+            busy,
+            host,
+        )
         return await super().bind_listener(host, 0)
 
 

@@ -103,7 +103,9 @@ def test_one_primary_one_standby_then_takeover(
         deployment.wait_for(lambda: bool(primaries()), 45, "a primary")
 
         # A third process that will not wait long gives up with a clear message.
-        late = deployment.start("server", args=("--lease-wait-s", "0.5"), label="server-c")
+        late = deployment.start(
+            "server", args=("--role", "primary", "--lease-wait-s", "0.5"), label="server-c"
+        )
         try:
             assert late.wait(30) == 3
         except subprocess.TimeoutExpired:
