@@ -7,7 +7,8 @@ log, under a name of its own (``replica_id``: host and process), every
 The note is advisory: it never takes part in recovery, fencing or the audit. A note
 whose ``updated`` time is old belongs to a standby that died without removing it (a
 SIGKILL); ``ambrosia status`` shows it as silent, and the next standby to write notes
-removes notes silent for longer than ``stale_after_s``.
+removes notes silent for longer than ``stale_after_s``, and notes of processes on its own
+host that no longer exist (``prune_notes``); a new primary does the same as it takes over.
 
 Backends offer the board through three optional methods (``ReplicaBoard``):
 file ``replicas/<id>.json``; s3 ``replicas/<id>``; azblob ``replicas/<id>`` blobs.
@@ -29,6 +30,7 @@ __all__ = [
     "board_of",
     "decode_note",
     "local_replica_id",
+    "prune_notes",
 ]
 
 # Notes are small; anything larger is not a note.
@@ -102,5 +104,28 @@ def board_of(store: object) -> ReplicaBoard | None:
     return None
 
 
-def now_s() -> float:
-    return time.time()
+def is_gone(note: ReplicaNote, now: float, stale_after_s: float) -> bool:
+    """Whether the note's standby is gone: a dead process on this host, or silent too long."""
+    if now - note.updated > stale_after_s:
+        return True
+    if note.host != socket.gethostname() or note.pid == os.getpid():
+        return False
+    try:
+        os.kill(note.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
+async def prune_notes(board: ReplicaBoard, stale_after_s: float) -> int:
+    """Remove the notes of standbys that are gone (``is_gone``); how many were removed."""
+    removed = 0
+    now = time.time()
+    for replica_id, data in await board.list_replica_notes():
+        note = decode_note(data)
+        if note is None or is_gone(note, now, stale_after_s):
+            await board.remove_replica_note(replica_id)
+            removed += 1
+    return removed

@@ -68,7 +68,7 @@ from ambrosia.coordinator.checkpoint import CheckpointState
 from ambrosia.coordinator.listener import Listener
 from ambrosia.coordinator.metadata import MetadataKeeper
 from ambrosia.coordinator.recovery import recover
-from ambrosia.coordinator.replicas import ReplicaNote, board_of, local_replica_id
+from ambrosia.coordinator.replicas import ReplicaNote, board_of, local_replica_id, prune_notes
 from ambrosia.coordinator.runtime import Runtime, _SelfCallAudit
 from ambrosia.errors import (
     AmbrosiaError,
@@ -105,6 +105,7 @@ class StandbySettings:
     lease_poll_interval_s: float = 0.05
     report_interval_s: float = 5.0
     board_interval_s: float = 1.0
+    note_stale_after_s: float = 60.0
     listen_busy_s: float = 2.0
     listen_retry_delay_s: float = 0.05
 
@@ -442,6 +443,8 @@ class StandbyRuntime(Runtime):
             updated=time.time(),
         )
         try:
+            if not self._noted:
+                await prune_notes(self._board, self.settings.note_stale_after_s)
             await self._board.write_replica_note(self.replica_id, note.encode())
             self._noted = True
         except AmbrosiaError as error:
@@ -453,6 +456,8 @@ class StandbyRuntime(Runtime):
         self._noted = False
         try:
             await self._board.remove_replica_note(self.replica_id)
+            # The notes of standbys that died unnoticed (a SIGKILL) go too.
+            await prune_notes(self._board, self.settings.note_stale_after_s)
         except AmbrosiaError as error:
             logger.debug("%s: replica note not removed: %s", self.instance, error)
 

@@ -184,7 +184,10 @@ class _Failover:
             status = self.deployment.status(name)
             assert status is not None
             outcome.crash.statuses[name] = status
-        for label in list(self.deployment.processes):
+        self.deployment.check_exits()
+        for label, process in list(self.deployment.processes.items()):
+            if process.poll() is not None:
+                continue  # killed by the schedule (check_exits accepted it)
             code = self.deployment.terminate(label)
             if code != 0:
                 outcome.violations.append(

@@ -73,8 +73,10 @@ def finish(deployment: Deployment, total: int) -> None:
     assert server is not None
     assert server["chain"] == expected_chain(range(1, total + 1)), server
     assert not server["out_of_order"], server
-    for label in list(deployment.processes):
-        assert deployment.terminate(label) == 0, deployment.output(label)
+    deployment.check_exits()
+    for label, process in list(deployment.processes.items()):
+        if process.poll() is None:
+            assert deployment.terminate(label) == 0, deployment.output(label)
     assert not deployment.log_findings(), deployment.log_findings()
 
 
