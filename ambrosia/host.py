@@ -39,7 +39,7 @@ from ambrosia.coordinator.standby import Role, StandbyRuntime, StandbySettings
 from ambrosia.coordinator.tls import Transport
 from ambrosia.coordinator.watchdog import HandlerWatchdog, SignalStop
 from ambrosia.deployment import DeploymentFile, load_deployment, resolve_run
-from ambrosia.errors import ConfigError
+from ambrosia.errors import ConfigError, FenceError
 
 logger = logging.getLogger("ambrosia.host")
 
@@ -247,6 +247,16 @@ async def _serve_until_stopped(
     finally:
         asked.cancel()
     await runtime.stop()
+    if isinstance(runtime.failure, FenceError):
+        # The original calls this suicide: a primary that was paused or cut off past its
+        # lease finds a successor's fence in the log, and the store refused its write.
+        logger.error(
+            "%s: FENCED: another process took over this instance's log while this one was "
+            "paused or cut off; exiting without writing another page (%s)",
+            name,
+            runtime.failure,
+        )
+        return 1
     if runtime.failure is not None:
         logger.error("%s stopped: %s", name, runtime.failure)
         return 1
