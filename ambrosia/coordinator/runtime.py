@@ -92,6 +92,9 @@ class Config:
     checkpoints_kept: int = 2
     reconnect_delay_min_s: float = 0.02
     reconnect_delay_max_s: float = 1.0
+    # A connected link looks its peer's address up again this often, and reconnects
+    # when it changed (a standby took over elsewhere); 0: never while connected.
+    peer_address_check_s: float = 1.0
     connect_timeout_s: float = 5.0
     lease_wait_s: float = 30.0
     lease_renew_interval_s: float = 10.0

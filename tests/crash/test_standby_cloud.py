@@ -87,6 +87,10 @@ def test_paused_primary_is_fenced_and_the_standby_serves(
                 lease_s + LIVENESS_S,
                 "b to take over from the paused primary",
             )
+            # The instance serves again while the paused primary still holds its port and
+            # its connections: the client finds b at the address b published.
+            at = count()
+            deployment.wait_for(lambda: count() > at + 20, LIVENESS_S, "calls served by b")
         finally:
             deployment.processes["a"].send_signal(signal.SIGCONT)
         # The resumed primary finds itself fenced and exits, saying so.
