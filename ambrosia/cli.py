@@ -116,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
             transport=transport,
             create_storage=args.create_storage,
             role=args.role,
+            standby_poll_s=args.standby_poll_s,
         )
     )
 
@@ -250,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint when the current chunk passes this size (default 256 MiB)",
     )
     run.add_argument("--checkpoints-kept", type=int, help="checkpoints kept (default 2)")
+    run.add_argument(
+        "--standby-poll-s",
+        type=float,
+        help="how often a standby reads the log's end (default 0.02 on file, 0.25 on cloud "
+        "stores, where every read is a billed request)",
+    )
     run.add_argument(
         "--role",
         choices=("auto", "primary", "standby"),

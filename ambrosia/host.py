@@ -113,6 +113,7 @@ async def serve(
     create_storage: bool = False,
     role: Role = "auto",
     standby: StandbySettings | None = None,
+    standby_poll_s: float | None = None,
 ) -> int:
     """Run immortal ``name`` until stopped; returns a process exit code.
 
@@ -180,7 +181,7 @@ async def serve(
             resolve=_CatalogResolver(catalog, chosen),
             config=run_config,
             role=role,
-            standby=standby,
+            standby=standby or StandbySettings.for_log(settings.log_url, standby_poll_s),
             on_listening=functools.partial(_publish_address, catalog, record),
         )
         return await _run(runtime, name, listen)

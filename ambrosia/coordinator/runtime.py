@@ -260,6 +260,7 @@ class Runtime:
         # A cold start checkpoints as it becomes primary; a standby's takeover does not
         # (the paper's BecomingPrimary: its replayed state is the log's, nothing to save).
         self.checkpoint_on_primary = True
+        self._renewing: asyncio.Task[None] | None = None
         # Every open peer connection (admitted or not) and what the deadlines know of it.
         self.connections: dict[IncomingLink, _Watch] = {}
         # The highest epoch admitted from each sender in this process's life: a lower one
@@ -291,6 +292,7 @@ class Runtime:
         policy = self.config.retry_policy
         assert self.lease is not None
         logger.info("%s: lease taken, epoch %d", self.instance, self.lease.epoch)
+        self.start_renewing()
         app = self.app_factory()
         self.dispatcher = Dispatcher(self.instance, app, self._open_stream, self._log_impulse)
         # The audit ``ambrosia log`` runs (``recovery``): a damaged log stops the start
@@ -420,7 +422,7 @@ class Runtime:
         for stream in list(self.streams.values()):
             self._start_link(stream)
         self._tasks.append(loop.create_task(self._deliver_loop()))
-        self._tasks.append(loop.create_task(self._renew_loop()))
+        self.start_renewing()
         self._tasks.append(loop.create_task(self._sweep_loop()))
 
     def _primary_fields(self) -> tuple[tuple[str, str], ...]:
@@ -1016,6 +1018,13 @@ class Runtime:
             )
 
     # -- lease -----------------------------------------------------------------------------
+
+    def start_renewing(self) -> None:
+        """Keep the lease renewed from now on (idempotent): as soon as it is taken, so a
+        recovery or a takeover longer than a cloud lease does not lose it halfway."""
+        if self._renewing is None:
+            self._renewing = asyncio.get_running_loop().create_task(self._renew_loop())
+            self._tasks.append(self._renewing)
 
     async def _renew_loop(self) -> None:
         while True:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -23,6 +24,7 @@ import pytest
 
 from ambrosia.testing.failover import FailoverSettings, run_failover_scenario
 from ambrosia.testing.harness import Deployment
+from ambrosia.testing.log_audit import LogWitness, audit_log
 from ambrosia.testing.workloads import expected_chain
 
 pytestmark = pytest.mark.crash
@@ -164,3 +166,70 @@ def test_late_standby_behind_retention_reloads_from_the_latest_checkpoint(
         finish(deployment, total)
     finally:
         deployment.stop_all()
+
+
+def test_paused_primary_on_the_file_store_is_fenced(tmp_path: Path) -> None:
+    """Split brain on the file store (its expiring lease): the paused primary, resumed,
+    exits without writing; the standby served meanwhile on another port."""
+    total = 1500
+    lease_s = 2
+    deployment = chain_deployment(
+        tmp_path,
+        total,
+        "--store-option",
+        f"lease_duration_s={lease_s}",
+        "--checkpoints-kept",
+        "1000",
+    )
+    try:
+        deployment.start("server", label="a")
+        deployment.wait_for(lambda: role(deployment, "a") == "primary", LIVENESS_S, "a primary")
+        deployment.start("server", label="b")
+        deployment.start("client")
+        deployment.wait_for(lambda: role(deployment, "b") == "standby", LIVENESS_S, "b standby")
+        deployment.wait_for(lambda: server_count(deployment) > 200, LIVENESS_S, "progress")
+        deployment.processes["a"].send_signal(signal.SIGSTOP)
+        try:
+            deployment.wait_for(
+                lambda: role(deployment, "b") == "primary", lease_s + LIVENESS_S, "takeover"
+            )
+            at = server_count(deployment)
+            deployment.wait_for(
+                lambda: server_count(deployment) > at + 20, LIVENESS_S, "calls served by b"
+            )
+        finally:
+            deployment.processes["a"].send_signal(signal.SIGCONT)
+        assert deployment.processes["a"].wait(LIVENESS_S) == 1, deployment.output("a")
+        assert "FENCED" in deployment.output("a"), deployment.output("a")
+        deployment.stopped["a"] = "terminate"  # its exit 1 is what this test expects
+        finish_after_fence(deployment, total)
+    finally:
+        deployment.stop_all()
+    epochs = sorted(
+        int(epoch)
+        for label in ("a", "b")
+        for epoch in re.findall(r"server: lease taken, epoch (\d+)", deployment.outputs(label))
+    )
+    assert len(epochs) == 2, epochs
+    witness = LogWitness("server")
+    assert asyncio.run(audit_log(deployment.log_url, "server", witness)) == []
+    assert witness.check_epochs(epochs) == []
+    pages = [witness.pages[sequence].epoch for sequence in sorted(witness.pages)]
+    assert epochs[0] in pages and epochs[1] in pages and pages == sorted(pages), pages
+
+
+def finish_after_fence(deployment: Deployment, total: int) -> None:
+    """``finish``, allowing the fenced primary's CRITICAL lines (its refused write)."""
+
+    def done() -> bool:
+        client = deployment.status("client")
+        return bool(client and client["done"]) and server_count(deployment) >= total
+
+    deployment.wait_for(done, 120, "every call")
+    server = deployment.status("server")
+    assert server is not None and not server["out_of_order"], server
+    assert server["chain"] == expected_chain(range(1, total + 1)), server
+    for label in ("b", "client"):
+        assert deployment.terminate(label) == 0, deployment.output(label)
+    findings = [f for f in deployment.log_findings() if f.path.name != "a.1.log"]
+    assert not findings, findings
