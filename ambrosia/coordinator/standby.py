@@ -53,6 +53,7 @@ replica board (``ambrosia.coordinator.replicas``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -73,9 +74,11 @@ from ambrosia.coordinator.runtime import Runtime, _SelfCallAudit
 from ambrosia.errors import (
     AmbrosiaError,
     ConfigError,
+    FenceError,
     LeaseHeldError,
     LogGapError,
     NotFoundError,
+    PreconditionFailedError,
 )
 from ambrosia.log.page import Page, scan_chunk
 
@@ -405,7 +408,13 @@ class StandbyRuntime(Runtime):
             if now >= next_lease_try:
                 next_lease_try = now + settings.lease_poll_interval_s
                 if await self._try_lease():
-                    break
+                    try:
+                        await self._promote()
+                        return
+                    except (FenceError, PreconditionFailedError) as error:
+                        # PreconditionFailedError: another writer swapped the metadata.
+                        await self._abandon_takeover(error)
+                        continue
             if now >= next_report:
                 next_report = now + settings.report_interval_s
                 self._report()
@@ -424,7 +433,32 @@ class StandbyRuntime(Runtime):
             else:
                 self.log_end_seen_at = time.monotonic()
                 await asyncio.sleep(settings.poll_interval_s)
-        await self._promote()
+
+    async def _abandon_takeover(self, error: AmbrosiaError) -> None:
+        """The lease went to another standby before this one finished taking over (a
+        takeover slower than a short cloud lease). Nothing was served: the replayed state
+        still matches the log, so follow it again from where the tail is. A chunk this
+        one created stays empty beyond what the metadata records, as after a crash."""
+        logger.warning(
+            "%s: lost the lease during the takeover, following again as a standby: %s",
+            self.instance,
+            error,
+        )
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(BaseException):
+                await self._renewing
+            if self._renewing in self._tasks:
+                self._tasks.remove(self._renewing)
+            self._renewing = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.lease = None
+        self.metadata = None
+        self.failure = None
+        self.stopped.clear()
+        self._announce("standby", f"replayed through page {self.delivered_sequence}")
 
     async def _reload(self) -> None:
         while not await self._load():
