@@ -257,8 +257,8 @@ class Runtime:
         self.failure: BaseException | None = None
         self.primary = asyncio.Event()
         self.replayed_pages = 0
-        # A cold start checkpoints as it becomes primary; a standby's takeover does not
-        # (the paper's BecomingPrimary: its replayed state is the log's, nothing to save).
+        # Whether to ask for a checkpoint on becoming primary (at the next quiescent page;
+        # it is written in the background).
         self.checkpoint_on_primary = True
         self._renewing: asyncio.Task[None] | None = None
         # Every open peer connection (admitted or not) and what the deadlines know of it.

@@ -193,6 +193,11 @@ class LogTail:
         return pages
 
     async def _later_chunk(self) -> int | None:
+        # The metadata records a chunk before its first page: one small read says whether
+        # the writer moved on; the listing (on s3, of every page object) only when it did.
+        meta, _ = await call_with_retry(self.store.read_meta, self.policy)
+        if meta is not None and meta.chunks is not None and meta.chunks.last <= self.chunk:
+            return None
         self.listings += 1
         listed = await call_with_retry(self.store.list_chunks, self.policy)
         later = [info.number for info in listed if info.number > self.chunk]
@@ -201,10 +206,14 @@ class LogTail:
     async def _read_current(self) -> list[tuple[int, Page]]:
         chunk = self.chunk
         self.reads += 1
+        tail_reader = getattr(self.store, "read_chunk_tail", None)
         try:
-            data = await call_with_retry(
-                lambda: self.store.read_chunk(chunk, offset=self.offset), self.policy
-            )
+            if tail_reader is not None:
+                data = await call_with_retry(lambda: tail_reader(chunk, self.offset), self.policy)
+            else:
+                data = await call_with_retry(
+                    lambda: self.store.read_chunk(chunk, offset=self.offset), self.policy
+                )
         except NotFoundError as error:
             meta, _ = await call_with_retry(self.store.read_meta, self.policy)
             if meta is not None and meta.chunks is not None and chunk < meta.chunks.first:
@@ -570,7 +579,10 @@ class StandbyRuntime(Runtime):
         listed = await call_with_retry(self.store.list_chunks, policy)
         last = max([meta.chunks.last, *(info.number for info in listed)])
         accepted = dict(self.delivered)
-        self.checkpoint_on_primary = False
+        # A checkpoint soon after the takeover, taken in the background like any other:
+        # every takeover starts a chunk, and without one the chunks of a string of quick
+        # failovers are never retired (on s3 each one costs requests at every takeover).
+        self.checkpoint_on_primary = True
         await self.open_for_writing(
             checkpoint=meta.checkpoint,
             chunks=ChunkRange(meta.chunks.first, last + 1),
