@@ -199,7 +199,12 @@ class LogTail:
         if meta is not None and meta.chunks is not None and meta.chunks.last <= self.chunk:
             return None
         self.listings += 1
-        listed = await call_with_retry(self.store.list_chunks, self.policy)
+        try:
+            listed = await call_with_retry(self.store.list_chunks, self.policy)
+        except NotFoundError:
+            # Retention deleted an object the listing had named (s3 looks at a chunk's
+            # last object): nothing is lost, the next poll lists again.
+            return None
         later = [info.number for info in listed if info.number > self.chunk]
         return min(later) if later else None
 
