@@ -5,8 +5,9 @@ instance's lease becomes primary and writes; the other is a hot standby (role au
 the primary dies, the standby takes over (file: at once, the kernel drops a dead holder's
 flock; cloud: when the dead holder's lease expires). A process started with ``--role
 primary`` waits for the lease up to ``--lease-wait-s`` instead; when its wait runs out it
-exits with code 3 and ``ambrosia: error: NAME is running elsewhere: ...``. Afterwards the log is audited: every page in order, no sequence gap,
-epochs never decrease, and exactly two writers: the first primary, then the standby.
+exits with code 3 and ``ambrosia: error: NAME is running elsewhere: ...``. Afterwards the
+log is audited: every page in order, no sequence gap, epochs never decrease, and exactly
+two writers: the first primary, then the standby.
 """
 
 from __future__ import annotations
