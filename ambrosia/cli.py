@@ -13,8 +13,9 @@ Exit codes: 0 done; 1 the immortal stopped on a fatal error (a lost lease, a fai
 write); 2 ``ambrosia: error: ...``, refused to start: a setting is wrong (malformed URL
 or file, missing container, bucket or credentials, unreachable service, unknown
 instance, busy address) or the log cannot be used; 3 another process runs the instance
-and kept its lease for longer than ``--lease-wait-s`` (a standby that gave up waiting;
-start it again to keep waiting). See docs/storage.md.
+and kept its lease for longer than ``--lease-wait-s`` (``--role primary`` gave up
+waiting; start it again to keep waiting). See docs/storage.md and
+docs/high-availability.md.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def _run(args: argparse.Namespace) -> int:
             coordinator=coordinator,
             transport=transport,
             create_storage=args.create_storage,
+            role=args.role,
+            standby_poll_s=args.standby_poll_s,
         )
     )
 
@@ -153,6 +156,21 @@ def _log(args: argparse.Namespace) -> int:
         if log_url is None:
             log_url = (await catalog.get(args.name)).log_url
         return await describe_log(log_url, args.name, pages=args.pages)
+
+    print(run_with_catalog(deployment.catalog_for(args.catalog), operation), end="")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ambrosia.status import read_status, render_status
+
+    deployment = _deployment(args)
+
+    async def operation(catalog: Catalog) -> str:
+        log_url = deployment.log_for(args.name, args.log)
+        if log_url is None:
+            log_url = (await catalog.get(args.name)).log_url
+        return render_status(await read_status(log_url, args.name), as_json=args.json)
 
     print(run_with_catalog(deployment.catalog_for(args.catalog), operation), end="")
     return 0
@@ -279,9 +297,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--checkpoints-kept", type=int, help="checkpoints kept (default 2)")
     run.add_argument(
+        "--standby-poll-s",
+        type=float,
+        help="how often a standby reads the log's end (default 0.02 on file, 0.25 on cloud "
+        "stores, where every read is a billed request)",
+    )
+    run.add_argument(
+        "--role",
+        choices=("auto", "primary", "standby"),
+        default="auto",
+        help="auto (default): primary if the lease is free, else a hot standby that replays "
+        "the log and takes over when the primary dies; standby: always start as a standby; "
+        "primary: wait for the lease (--lease-wait-s) and recover cold",
+    )
+    run.add_argument(
         "--lease-wait-s",
         type=float,
-        help="how long to wait as a standby for another process's lease (default 30)",
+        help="with --role primary: how long to wait for another process's lease (default 30)",
     )
     run.add_argument(
         "--lease-renew-interval-s",
@@ -361,6 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
     from ambrosia.timetravel import add_commands as add_timetravel_commands
 
     add_timetravel_commands(commands, common)
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="show an instance's primary, its standbys and their lag, the log's end",
+    )
+    status.add_argument("name")
+    status.add_argument("--log", help="log URL (default: deployment file, then registration)")
+    status.add_argument("--json", action="store_true", help="print a JSON object")
+    status.set_defaults(handler=_status)
     return parser
 
 

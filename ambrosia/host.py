@@ -26,18 +26,20 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ambrosia.backends import LogStore, open_store
 from ambrosia.backends import faults as faults_knob
 from ambrosia.binding.immortal import Immortal
-from ambrosia.catalog import Catalog, default_catalog_url, open_catalog
+from ambrosia.catalog import Catalog, InstanceRecord, default_catalog_url, open_catalog
 from ambrosia.coordinator.runtime import Config, Runtime
+from ambrosia.coordinator.standby import Role, StandbyRuntime, StandbySettings
 from ambrosia.coordinator.tls import Transport
 from ambrosia.coordinator.watchdog import HandlerWatchdog, SignalStop
 from ambrosia.deployment import DeploymentFile, load_deployment, resolve_run
-from ambrosia.errors import ConfigError
+from ambrosia.errors import ConfigError, FenceError
 from ambrosia.operations import serving
 
 logger = logging.getLogger("ambrosia.host")
@@ -105,18 +107,29 @@ def load_app(spec: str) -> type[Immortal]:
 
 
 class _CatalogResolver:
+    """Peer addresses from the catalog, each read again after ``ttl_s``.
+
+    Re-read because a peer's standby that took over may listen elsewhere (its
+    registered address held by a paused old primary) and re-register; a link dials
+    again with backoff, so the new address is found within a second or two.
+    """
+
+    ttl_s = 1.0
+
     def __init__(self, catalog: Catalog, transport: Transport) -> None:
         self.catalog = catalog
         self.transport = transport
-        self.cache: dict[str, tuple[str, int]] = {}
+        self.cache: dict[str, tuple[tuple[str, int], float]] = {}
 
     async def __call__(self, name: str) -> tuple[str, int]:
-        address = self.cache.get(name)
-        if address is None:
-            address = parse_address((await self.catalog.get(name)).address)
-            # Peers registered after this process started are checked here, as dialled.
-            self.transport.check_peer(address[0], f"peer {name} is at")
-            self.cache[name] = address
+        now = time.monotonic()
+        cached = self.cache.get(name)
+        if cached is not None and now - cached[1] < self.ttl_s:
+            return cached[0]
+        address = parse_address((await self.catalog.get(name)).address)
+        # Peers registered after this process started are checked here, as dialled.
+        self.transport.check_peer(address[0], f"peer {name} is at")
+        self.cache[name] = (address, now)
         return address
 
 
@@ -132,6 +145,9 @@ async def serve(
     coordinator: Mapping[str, Any] | None = None,
     transport: Mapping[str, Any] | None = None,
     create_storage: bool = False,
+    role: Role = "auto",
+    standby: StandbySettings | None = None,
+    standby_poll_s: float | None = None,
 ) -> int:
     """Run immortal ``name`` until stopped; returns a process exit code.
 
@@ -147,7 +163,11 @@ async def serve(
     the catalog record, the app, the address, and ``open_store``, which probes the
     storage (URL, credentials, container or bucket, reachability) and raises
     ``ConfigError``. ``LeaseHeldError`` means another process runs the instance and
-    kept its lease for longer than ``Config.lease_wait_s``.
+    kept its lease for longer than ``Config.lease_wait_s`` (``role`` primary).
+
+    ``role`` (``ambrosia.coordinator.standby``): ``auto`` becomes primary if the lease
+    is free and a hot standby otherwise; ``standby`` always starts as a standby;
+    ``primary`` waits for the lease and recovers cold, as before standbys existed.
     """
     deployment = deployment if deployment is not None else load_deployment()
     catalog = await open_catalog(deployment.catalog_for(catalog_url) or default_catalog_url())
@@ -187,17 +207,28 @@ async def serve(
         logger.info(
             "%s: log %s, deployment file %s", name, settings.log_url, deployment.path or "none"
         )
-        runtime = Runtime(
+        runtime = StandbyRuntime(
             instance=name,
             app_factory=app_factory,
             store=store,
             listen=listen,
             resolve=_CatalogResolver(catalog, chosen),
             config=run_config,
+            role=role,
+            standby=standby or StandbySettings.for_log(settings.log_url, standby_poll_s),
+            on_listening=functools.partial(_publish_address, catalog, record),
         )
         async with serving(runtime, deployment.operations):
             return await _run(runtime, name, listen)
     raise AssertionError("unreachable")  # AsyncExitStack does not swallow exceptions
+
+
+async def _publish_address(catalog: Catalog, record: InstanceRecord, address: str) -> None:
+    """A new primary listens elsewhere than registered (its address was busy): say where."""
+    if address == record.address:
+        return
+    await catalog.register(dataclasses.replace(record, address=address), replace=True)
+    logger.warning("%s: registered address changed to %s", record.name, address)
 
 
 async def _run(runtime: Runtime, name: str, listen: tuple[str, int]) -> int:
@@ -252,6 +283,16 @@ async def _serve_until_stopped(
     finally:
         asked.cancel()
     await runtime.stop()
+    if isinstance(runtime.failure, FenceError):
+        # The original calls this suicide: a primary that was paused or cut off past its
+        # lease finds a successor's fence in the log, and the store refused its write.
+        logger.error(
+            "%s: FENCED: another process took over this instance's log while this one was "
+            "paused or cut off; exiting without writing another page (%s)",
+            name,
+            runtime.failure,
+        )
+        return 1
     if runtime.failure is not None:
         logger.error("%s stopped: %s", name, runtime.failure)
         return 1

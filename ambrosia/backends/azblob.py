@@ -130,6 +130,7 @@ lease_duration_s_max = 60
 _CONTAINER_PATTERN = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
 _HELD_LEASE_CODES = frozenset({"LeaseAlreadyPresent", "LeaseIsBreakingAndCannotBeAcquired"})
 _Result = TypeVar("_Result")
+_REPLICAS_PREFIX = "replicas/"
 
 logger = logging.getLogger("ambrosia.backends.azblob")
 
@@ -627,6 +628,37 @@ class AzureBlobLogStore:
                 await self._call(where, lambda: blob.delete_blob(lease=token))
             except NotFoundError:
                 return
+
+    # -- replica board (``ambrosia.coordinator.replicas``) ---------------------------------
+
+    async def write_replica_note(self, replica_id: str, data: bytes) -> None:
+        blob = self._blob(f"{_REPLICAS_PREFIX}{replica_id}")
+        await self._call(
+            self._where("replica note"), lambda: blob.upload_blob(data, overwrite=True)
+        )
+
+    async def list_replica_notes(self) -> list[tuple[str, bytes]]:
+        prefix = f"{self._base}{_REPLICAS_PREFIX}"
+        where = self._where("replica notes")
+
+        async def listing() -> list[str]:
+            return [blob.name async for blob in self._container.list_blobs(name_starts_with=prefix)]
+
+        notes = []
+        for name in sorted(await self._call(where, listing)):
+            blob = self._container.get_blob_client(name)
+
+            async def download(blob: BlobClient = blob) -> bytes:
+                return bytes(await (await blob.download_blob()).readall())
+
+            with contextlib.suppress(NotFoundError):
+                notes.append((name[len(prefix) :], await self._call(where, download)))
+        return notes
+
+    async def remove_replica_note(self, replica_id: str) -> None:
+        blob = self._blob(f"{_REPLICAS_PREFIX}{replica_id}")
+        with contextlib.suppress(NotFoundError):
+            await self._call(self._where("replica note"), blob.delete_blob)
 
     async def close(self) -> None:
         closers, self._closers = self._closers, []

@@ -4,8 +4,11 @@ Layout of ``<root>/<instance>/``::
 
     lock                      the writer lease: an exclusive flock, held for the
                               lease's life ("PID HOST" of the holder written in it)
+    holder-E, heartbeat,      the expiring lease instead (``lease_duration_s``,
+    write.lock                below)
     epoch                     the lease epoch, incremented on every acquisition
     meta.json                 the metadata record and its version counter
+    replicas/<id>.json        standbys' progress notes (``ambrosia.coordinator.replicas``)
     chunk-00000000.log        chunks: pages appended in place
     checkpoint-00000000.ckpt  checkpoints: complete or absent
     .<name>.tmp-<random>      a file being written; renamed into place when complete
@@ -28,6 +31,30 @@ anything else is ``OffsetMismatchError``, so two writers can never both extend a
 chunk. Blocking calls run in a worker thread (one hop per call) so the event loop
 keeps running; a lock inside the store serialises the mutating calls' checks and
 writes.
+
+A holder that stops (option ``lease_duration_s``)
+--------------------------------------------------
+A flock never lapses while its holder lives: a primary that is paused (SIGSTOP, a frozen
+VM) or hung keeps it forever, and its standbys never take over. With
+``lease_duration_s`` set (``--store-option lease_duration_s=2``; every process of the
+instance must use it) the lease also expires:
+
+- the holder of epoch E flocks ``holder-E`` (a dead holder is seen at once, as before)
+  and rewrites ``heartbeat`` on every renewal (a third of the duration);
+- a process that finds ``holder-E`` flocked takes the lease anyway once ``heartbeat``
+  has not changed for ``lease_duration_s`` by its own clock (no clock is compared
+  across machines);
+- every mutation (append, chunk creation, checkpoint, metadata, retention, renewal)
+  runs in a cross-process turn (a flock on ``write.lock``, a few system calls) and checks
+  in it that the epoch file is still the one its lease wrote (one ``stat``: the file is
+  only ever replaced by rename); a takeover replaces the epoch file in the same turn.
+  So the stopped holder, resumed, finds its epoch gone before its next write and stops
+  (``LeaseLostError``). An append's write itself runs outside the turn (a holder is
+  most likely paused in a write), followed by the same check; a takeover from a live
+  holder first moves the chunks it could be writing to new files (a copy, then a rename
+  over the old name), so such a late write lands in a file no reader sees, and is never
+  acknowledged. A holder paused inside its turn holds a takeover up until it resumes or
+  dies: that window is a few system calls wide.
 """
 
 from __future__ import annotations
@@ -37,6 +64,7 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -72,6 +100,10 @@ _T = TypeVar("_T")
 _LOCK_FILE = "lock"
 _EPOCH_FILE = "epoch"
 _META_FILE = "meta.json"
+_REPLICAS_DIRECTORY = "replicas"
+_WRITE_LOCK_FILE = "write.lock"
+_HEARTBEAT_FILE = "heartbeat"
+_HOLDER_PREFIX = "holder-"
 _TEMPORARY_MARK = ".tmp-"
 _LEASE_POLL_INTERVAL_S = 0.05
 
@@ -193,13 +225,27 @@ inline_sync_s_max = 0.002
 class FileLogStore:
     """The log of one instance in ``<root>/<instance>/``; see the module docstring."""
 
-    def __init__(self, root: str | os.PathLike[str], instance: str) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        instance: str,
+        *,
+        lease_duration_s: float | None = None,
+    ) -> None:
         validate_instance_name(instance)
+        if lease_duration_s is not None and not lease_duration_s > 0:
+            raise ConfigError(f"lease_duration_s {lease_duration_s}: must be positive")
         self._root = Path(root)
         self._instance = instance
         self._directory = self._root / instance
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
+        # The expiring lease (module docstring, "A holder that stops"): None is flock only.
+        self._lease_duration_s = lease_duration_s
+        self._write_lock_fd: int | None = None
+        self._epoch_inode = 0
+        self._heartbeats = 0
+        self._observed: tuple[bytes, float] | None = None
         self._lease: Lease | None = None
         self._chunk_fds: dict[int, int] = {}
         self._sync_s_average = 0.0
@@ -257,6 +303,8 @@ class FileLogStore:
             await anyio.sleep(min(_LEASE_POLL_INTERVAL_S, remaining_s))
 
     def _try_acquire_sync(self) -> Lease | None:
+        if self._lease_duration_s is not None:
+            return self._try_acquire_expiring_sync(self._lease_duration_s)
         with self._lock, _translated(f"acquire the lease of {self._directory}"):
             if self._lock_fd is None:
                 fd = os.open(self._directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
@@ -283,6 +331,134 @@ class FileLogStore:
             token = f"flock:{status.st_dev}:{status.st_ino}:{os.getpid()}:{epoch}"
             self._lease = Lease(self._instance, epoch, token)
             return self._lease
+
+    # -- the expiring lease ---------------------------------------------------------------
+
+    def _write_lock_sync(self) -> int:
+        if self._write_lock_fd is None:
+            path = self._directory / _WRITE_LOCK_FILE
+            self._write_lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        return self._write_lock_fd
+
+    @contextlib.contextmanager
+    def _writing_turn(self) -> Iterator[None]:
+        """The cross-process turn of check-and-write (called with ``self._lock`` held).
+
+        A process paused inside its turn holds up a takeover until it resumes or dies:
+        a turn is a few system calls long, so that is rare, and never unsafe.
+        """
+        fd = self._write_lock_sync()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _fenced(self, lease: Lease, *, on_disk: bool = True) -> Iterator[None]:
+        """Hold ``self._lock`` (and with an expiring lease, the writing turn) and check
+        ``lease`` is current, for the mutation inside."""
+        with self._lock:
+            if self._lease_duration_s is None:
+                self._check_lease_sync(lease, on_disk=on_disk)
+                yield
+                return
+            with self._writing_turn():
+                self._check_lease_sync(lease, on_disk=True)
+                yield
+
+    def _holder_path(self, epoch: int) -> Path:
+        return self._directory / f"{_HOLDER_PREFIX}{epoch}"
+
+    def _holder_alive_sync(self, epoch: int) -> bool:
+        """Whether the process that took ``epoch`` still runs (it flocks its holder file)."""
+        try:
+            fd = os.open(self._holder_path(epoch), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also releases the flock if we got it
+        return False
+
+    def _try_acquire_expiring_sync(self, duration_s: float) -> Lease | None:
+        with self._lock, _translated(f"acquire the lease of {self._directory}"):
+            with self._writing_turn():
+                epoch = self._read_epoch_sync()
+                if epoch > 0 and self._holder_alive_sync(epoch):
+                    heartbeat_path = self._directory / _HEARTBEAT_FILE
+                    try:
+                        heartbeat = heartbeat_path.read_bytes()
+                    except FileNotFoundError:
+                        heartbeat = b""
+                    now = time.monotonic()
+                    if self._observed is None or self._observed[0] != heartbeat:
+                        self._observed = (heartbeat, now)
+                        return None
+                    if now - self._observed[1] < duration_s:
+                        return None
+                    # Alive but silent for a whole lease (paused, hung): its epoch ends now;
+                    # every write it tries next is checked against the epoch in its turn.
+                    stealing = True
+                else:
+                    stealing = False
+                self._observed = None
+                new_epoch = epoch + 1
+                fd = os.open(
+                    self._holder_path(new_epoch), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+                )
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    _write_all(fd, f"{os.getpid()}\n".encode(), 0)
+                    _replace_durably(self._directory / _EPOCH_FILE, str(new_epoch).encode())
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+                self._epoch_inode = os.stat(self._directory / _EPOCH_FILE).st_ino
+                if stealing:
+                    self._orphan_chunks_sync()
+                self._heartbeats = 0
+                self._write_heartbeat_sync(new_epoch)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._holder_path(epoch))
+                self._remove_temporaries_sync()
+            token = f"expiring:{os.getpid()}:{new_epoch}"
+            self._lease = Lease(self._instance, new_epoch, token)
+            return self._lease
+
+    def _orphan_chunks_sync(self) -> None:
+        """Move the chunks a live old holder may still write into to new files.
+
+        Its descriptors keep pointing at the old files, so a page it writes after this
+        lands where no reader looks. Only the chunks from the newest recorded one on
+        (it writes nowhere else); each copy costs up to ``checkpoint_log_bytes``.
+        """
+        meta, _ = self._read_meta_sync()
+        first = meta.chunks.last if meta is not None and meta.chunks is not None else 0
+        for entry in os.scandir(self._directory):
+            number = parse_chunk_name(entry.name)
+            if number is None or number < first:
+                continue
+            final = Path(entry.path)
+            temporary = _temporary_path(final)
+            with final.open("rb") as source, temporary.open("xb") as copy:
+                shutil.copyfileobj(source, copy, 1024 * 1024)
+                copy.flush()
+                os.fsync(copy.fileno())
+            os.rename(temporary, final)
+        _fsync_directory(self._directory)
+
+    def _write_heartbeat_sync(self, epoch: int) -> None:
+        # Not fsynced: a heartbeat only says "alive"; after a crash nobody is.
+        self._heartbeats += 1
+        path = self._directory / _HEARTBEAT_FILE
+        temporary = _temporary_path(path)
+        temporary.write_bytes(f"{epoch} {os.getpid()} {self._heartbeats}".encode())
+        os.rename(temporary, path)
 
     def _holder_description_sync(self) -> str:
         try:
@@ -331,6 +507,11 @@ class FileLogStore:
                 f"lease of {lease.instance!r} at epoch {lease.epoch} is not held by this "
                 f"store of {self._instance!r} (its current epoch: {current})"
             )
+        if self._lease_duration_s is not None and self._epoch_inode:
+            # The epoch file is only ever replaced by rename: the same inode, the same epoch.
+            if os.stat(self._directory / _EPOCH_FILE).st_ino == self._epoch_inode:
+                return
+            on_disk = True
         if on_disk:
             epoch = self._read_epoch_sync()
             if epoch != lease.epoch:
@@ -341,8 +522,9 @@ class FileLogStore:
 
     async def renew_lease(self, lease: Lease) -> Lease:
         def renew() -> Lease:
-            with self._lock, _translated(f"renew the lease of {self._directory}"):
-                self._check_lease_sync(lease)
+            with _translated(f"renew the lease of {self._directory}"), self._fenced(lease):
+                if self._lease_duration_s is not None:
+                    self._write_heartbeat_sync(lease.epoch)
             return lease
 
         return await self._run(renew)
@@ -375,8 +557,7 @@ class FileLogStore:
 
     def _create_chunk_sync(self, lease: Lease, number: int) -> None:
         path = self.chunk_path(number)
-        with self._lock, _translated(f"create {path}"):
-            self._check_lease_sync(lease)
+        with _translated(f"create {path}"), self._fenced(lease):
             try:
                 # O_DSYNC here too: this descriptor is kept for the chunk's appends.
                 flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DSYNC
@@ -432,27 +613,42 @@ class FileLogStore:
         self, lease: Lease, chunk: int, expected_offset: int, data: bytes | bytearray
     ) -> None:
         path = self.chunk_path(chunk)
-        with self._lock, _translated(f"append to {path}"):
-            # The flock is ours for as long as our fd lives, so the epoch on disk cannot
-            # change under a lease this store holds: no need to re-read it per append.
-            self._check_lease_sync(lease, on_disk=False)
-            fd = self._chunk_fd_sync(chunk)
-            size = os.fstat(fd).st_size
-            if size != expected_offset:
-                landed = size == expected_offset + len(data) and len(data) > 0
-                if landed and _read_all(fd, len(data), expected_offset) == data:
-                    return  # a retry of an append that did land
-                raise OffsetMismatchError(str(path), expected_offset, size)
-            try:
-                _write_all(fd, data, expected_offset)  # O_DSYNC: durable on return
-            except BaseException:
-                # Leave no partial page behind, and never trust this fd again: after a
-                # failed fsync the kernel may have dropped the dirty pages.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, expected_offset)
+        # The flock is ours for as long as our fd lives, so the epoch on disk cannot
+        # change under a lease this store holds: no need to re-read it per append (an
+        # expiring lease can be taken from a live holder: then it is checked in its turn).
+        with _translated(f"append to {path}"):
+            with self._fenced(lease, on_disk=False):
+                fd = self._chunk_fd_sync(chunk)
+                size = os.fstat(fd).st_size
+                if size != expected_offset:
+                    landed = size == expected_offset + len(data) and len(data) > 0
+                    if landed and _read_all(fd, len(data), expected_offset) == data:
+                        return  # a retry of an append that did land
+                    raise OffsetMismatchError(str(path), expected_offset, size)
+                if self._lease_duration_s is None:
+                    self._write_page_sync(fd, chunk, expected_offset, data)
+                    return
+            # An expiring lease: the write itself outside the turn, so a holder paused in
+            # a write does not hold a takeover up. A takeover that came meanwhile moved
+            # this chunk's bytes to a new file first (``_orphan_chunks_sync``): the write
+            # went to the old one or is in the copy; either way it is not acknowledged.
+            self._write_page_sync(fd, chunk, expected_offset, data)
+            self._check_lease_sync(lease)
+
+    def _write_page_sync(
+        self, fd: int, chunk: int, expected_offset: int, data: bytes | bytearray
+    ) -> None:
+        try:
+            _write_all(fd, data, expected_offset)  # O_DSYNC: durable on return
+        except BaseException:
+            # Leave no partial page behind, and never trust this fd again: after a
+            # failed fsync the kernel may have dropped the dirty pages.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, expected_offset)
+            if self._chunk_fds.get(chunk) == fd:
                 with contextlib.suppress(OSError):
                     os.close(self._chunk_fds.pop(chunk))
-                raise
+            raise
 
     async def read_chunk(self, chunk: int, *, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
@@ -478,13 +674,12 @@ class FileLogStore:
     def _write_checkpoint_sync(self, lease: Lease, number: int, data: bytes) -> None:
         final = self.checkpoint_path(number)
         with _translated(f"write {final}"):
-            with self._lock:
-                self._check_lease_sync(lease)
+            with self._fenced(lease):
+                pass
             # The long write happens outside the lock so appends go on meanwhile.
             temporary = _write_durable_temporary(final, data)
             try:
-                with self._lock:
-                    self._check_lease_sync(lease)
+                with self._fenced(lease):
                     if final.exists():
                         if final.read_bytes() != data:
                             raise PreconditionFailedError(
@@ -529,8 +724,7 @@ class FileLogStore:
 
     def _swap_meta_sync(self, lease: Lease, expected: str | None, new: Meta) -> str:
         path = self._directory / _META_FILE
-        with self._lock, _translated(f"replace {path}"):
-            self._check_lease_sync(lease)
+        with _translated(f"replace {path}"), self._fenced(lease):
             _, version = self._read_meta_sync()
             current = None if version is None else str(version)
             if current != expected:
@@ -550,8 +744,10 @@ class FileLogStore:
         await self._run(self._delete_before_sync, lease, number, checkpoint_limit)
 
     def _delete_before_sync(self, lease: Lease, number: int, checkpoint_limit: int) -> None:
-        with self._lock, _translated(f"delete old chunks and checkpoints in {self._directory}"):
-            self._check_lease_sync(lease)
+        with (
+            _translated(f"delete old chunks and checkpoints in {self._directory}"),
+            self._fenced(lease),
+        ):
             for name in os.listdir(self._directory):
                 chunk = parse_chunk_name(name)
                 checkpoint = parse_checkpoint_name(name)
@@ -565,10 +761,63 @@ class FileLogStore:
                     os.unlink(self._directory / name)
             _fsync_directory(self._directory)
 
+    # -- replica board (``ambrosia.coordinator.replicas``) ---------------------------------
+
+    def _replica_path(self, replica_id: str) -> Path:
+        if not replica_id or "/" in replica_id or replica_id.startswith("."):
+            raise ValueError(f"replica id {replica_id!r} is not a plain name")
+        return self._directory / _REPLICAS_DIRECTORY / f"{replica_id}.json"
+
+    async def write_replica_note(self, replica_id: str, data: bytes) -> None:
+        path = self._replica_path(replica_id)
+
+        def write() -> None:
+            with _translated(f"write {path}"):
+                path.parent.mkdir(exist_ok=True)
+                # Advisory and rewritten every second: atomic (rename), not fsynced.
+                temporary = _temporary_path(path)
+                temporary.write_bytes(data)
+                os.rename(temporary, path)
+
+        await self._run(write)
+
+    async def list_replica_notes(self) -> list[tuple[str, bytes]]:
+        directory = self._directory / _REPLICAS_DIRECTORY
+
+        def listing() -> list[tuple[str, bytes]]:
+            notes = []
+            with _translated(f"list {directory}"):
+                try:
+                    entries = list(os.scandir(directory))
+                except FileNotFoundError:
+                    return []
+                for entry in entries:
+                    if entry.name.endswith(".json") and not entry.name.startswith("."):
+                        with contextlib.suppress(FileNotFoundError):
+                            notes.append(
+                                (entry.name[: -len(".json")], Path(entry.path).read_bytes())
+                            )
+            return sorted(notes)
+
+        return await self._run(listing)
+
+    async def remove_replica_note(self, replica_id: str) -> None:
+        path = self._replica_path(replica_id)
+
+        def remove() -> None:
+            with _translated(f"remove {path}"), contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+        await self._run(remove)
+
     async def close(self) -> None:
         def close_sync() -> None:
             with self._lock:
                 self._drop_lease_sync()
+                if self._write_lock_fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(self._write_lock_fd)
+                    self._write_lock_fd = None
 
         await self._run(close_sync)
 
@@ -608,9 +857,17 @@ def check_url(url: urllib.parse.SplitResult) -> Path:
 
 async def open(url: urllib.parse.SplitResult, instance: str, **options: object) -> FileLogStore:
     """Open ``file:///abs/dir`` for ``instance`` (the backend contract of ambrosia.backends)."""
+    lease_duration_s = options.pop("lease_duration_s", None)
     if options:
-        raise ConfigError(f"file log store takes no options, got {sorted(options)}")
-    store = FileLogStore(check_url(url), instance)
+        raise ConfigError(
+            f"file log store takes no options but lease_duration_s, got {sorted(options)}"
+        )
+    if lease_duration_s is not None:
+        try:
+            lease_duration_s = float(lease_duration_s)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"lease_duration_s {lease_duration_s!r}: not a number") from error
+    store = FileLogStore(check_url(url), instance, lease_duration_s=lease_duration_s)
     try:
         await anyio.to_thread.run_sync(_prepare_directory_sync, store.directory)
     except OSError as error:

@@ -11,6 +11,7 @@ Layout under ``<PREFIX>/<instance>/``::
     chunk-0000000000/0000000000000123      ...
     checkpoint-0000000000                  one object, written whole
     meta                                   JSON, replaced with If-Match on its ETag
+    replicas/<id>                          standbys' progress notes (advisory)
 
 The log position is the fence
 -----------------------------
@@ -54,6 +55,7 @@ its own token in the lock (``AcquisitionToken``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -116,6 +118,7 @@ _BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _RETRIABLE_CODES = frozenset(
     {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
 )
+_REPLICAS_PREFIX = "replicas/"
 _Result = TypeVar("_Result")
 
 logger = logging.getLogger("ambrosia.backends.s3")
@@ -279,11 +282,15 @@ class S3LogStore:
         except NotFoundError:
             return None
 
-    async def _list_keys(self, prefix: str, where: str) -> list[tuple[str, int, str]]:
+    async def _list_keys(
+        self, prefix: str, where: str, *, start_after: str | None = None
+    ) -> list[tuple[str, int, str]]:
+        extra = {} if start_after is None else {"StartAfter": start_after}
+
         async def listing() -> list[tuple[str, int, str]]:
             found: list[tuple[str, int, str]] = []
             paginator = self._client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix, **extra):
                 for item in page.get("Contents", []):
                     found.append((str(item["Key"]), int(item["Size"]), str(item["ETag"])))
             return sorted(found)
@@ -632,6 +639,43 @@ class S3LogStore:
                 tasks.start_soon(fetch, index, item)
         return b"".join(parts)
 
+    async def read_chunk_tail(self, chunk: int, offset: int) -> bytes:
+        """What chunk ``chunk`` holds from ``offset`` on, listing only the objects after it.
+
+        A standby's tail read (``ambrosia.coordinator.standby``): ``read_chunk`` lists the
+        whole chunk (one object per append) on every call; this lists from ``offset``
+        (``StartAfter``), so an idle read is one short LIST whatever the chunk's size.
+        NotFoundError when the chunk has no object at all and ``offset`` is 0.
+        """
+        prefix = self._chunk_prefix(chunk)
+        where = self._where(f"chunk {chunk}")
+        start_after = self._page_key(chunk, offset - 1) if offset > 0 else None
+        objects = []
+        for key, size, etag in await self._list_keys(prefix, where, start_after=start_after):
+            suffix = key[len(prefix) :]
+            if suffix.isdigit():
+                objects.append(_ChunkObject(int(suffix), size, key, etag))
+        if not objects:
+            if offset == 0:
+                raise NotFoundError(f"{where}: no such chunk")
+            return b""
+        if objects[-1].size == _FENCE_BYTES:
+            last = objects[-1]
+            response = await self._call(
+                where, lambda: self._client.head_object(Bucket=self._bucket, Key=last.key)
+            )
+            if (response.get("Metadata") or {}).get(_FENCE_METADATA_KEY) is not None:
+                objects = objects[:-1]
+        parts = []
+        end = offset
+        for item in objects:
+            if item.offset != end:
+                raise StorageError(f"{where}: object at offset {item.offset} does not follow {end}")
+            body, _, _ = await self._call(where, functools.partial(self._get, item.key))
+            parts.append(body)
+            end += item.size
+        return b"".join(parts)
+
     # -- checkpoints ---------------------------------------------------------------------
 
     async def write_checkpoint(self, lease: Lease, number: int, data: bytes) -> None:
@@ -728,6 +772,32 @@ class S3LogStore:
             name = key[len(self._base) :].split("/", 1)[0]
             if name.startswith("chunk-"):
                 self._ends.pop(int(name[len("chunk-") :]), None)
+
+    # -- replica board (``ambrosia.coordinator.replicas``) ---------------------------------
+
+    async def write_replica_note(self, replica_id: str, data: bytes) -> None:
+        key = f"{self._base}{_REPLICAS_PREFIX}{replica_id}"
+        await self._call(
+            self._where("replica note"),
+            lambda: self._client.put_object(Bucket=self._bucket, Key=key, Body=data),
+        )
+
+    async def list_replica_notes(self) -> list[tuple[str, bytes]]:
+        prefix = f"{self._base}{_REPLICAS_PREFIX}"
+        where = self._where("replica notes")
+        notes = []
+        for key, _, _ in await self._list_keys(prefix, where):
+            found = await self._get_or_none(key, where)
+            if found is not None:
+                notes.append((key[len(prefix) :], found[0]))
+        return notes
+
+    async def remove_replica_note(self, replica_id: str) -> None:
+        key = f"{self._base}{_REPLICAS_PREFIX}{replica_id}"
+        await self._call(
+            self._where("replica note"),
+            lambda: self._client.delete_object(Bucket=self._bucket, Key=key),
+        )
 
     async def close(self) -> None:
         await self._stack.aclose()

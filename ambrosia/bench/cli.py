@@ -46,6 +46,8 @@ from types import ModuleType
 from typing import Any
 
 from ambrosia.bench import cost, floors, grpc_side, report
+from ambrosia.bench.failover import add_arguments as add_failover_arguments
+from ambrosia.bench.failover import run_failover_bench
 from ambrosia.bench.progress import Progress
 from ambrosia.bench.report import PingResult, Results, ThroughputPoint
 from ambrosia.bench.sizes import format_size, parse_sizes
@@ -220,6 +222,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Reproduce the A.M.B.R.O.S.I.A paper's evaluation on this machine.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+
+    failover = commands.add_parser(
+        "failover", help="kill the primary N times under load; time to the first call served"
+    )
+    add_failover_arguments(failover)
 
     throughput = commands.add_parser("throughput", help="streaming throughput vs gRPC")
     _add_throughput(throughput)
@@ -601,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_path = options.config
             options = parser.parse_args(arguments)
             options.experiment = {"config": str(config_path), "arguments": arguments}
+        if options.command == "failover":
+            return run_failover_bench(options)
         return _execute(options)
     except ConfigError as error:
         print(f"ambrosia-bench: error: {error}", file=sys.stderr)

@@ -731,7 +731,7 @@ class OutgoingLink:
                 connection = OutgoingConnection(self, sock, tls)
                 delay = self.config.reconnect_delay_min_s
                 self._last_refusal = None
-                await connection.lost
+                await self._until_lost_or_moved(connection, (host, port))
                 self.reconnects += 1
                 logger.info("link to %s dropped; reconnecting", destination)
             except (PeerIdentityError, ssl.SSLCertVerificationError, ConfigError) as error:
@@ -752,6 +752,43 @@ class OutgoingLink:
                 self.peer_held(False)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.config.reconnect_delay_max_s)
+
+    async def _until_lost_or_moved(
+        self, connection: OutgoingConnection, address: tuple[str, int]
+    ) -> None:
+        """Wait for the connection to drop; drop it when the destination moved.
+
+        A standby that took over from a primary that is only paused (whose connections
+        stay open, silent) may listen at another address and publish it; the address
+        is looked up again every ``peer_address_check_s``, and a change ends this
+        connection so the loop dials the new one.
+        """
+        interval_s = getattr(self.config, "peer_address_check_s", 0.0)
+        if interval_s <= 0:
+            await connection.lost
+            return
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(connection.lost), interval_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                now = await asyncio.wait_for(
+                    self._resolve(self.stream.destination), self.config.connect_timeout_s
+                )
+            except (TimeoutError, OSError, AmbrosiaError):
+                continue  # the catalog may answer next time; the connection still works
+            if now != address:
+                logger.info(
+                    "%s moved from %s:%d to %s:%d; reconnecting",
+                    self.stream.destination,
+                    *address,
+                    *now,
+                )
+                connection.close()
+                await connection.lost
+                return
 
     async def _dial(
         self, loop: asyncio.AbstractEventLoop, host: str, port: int

@@ -25,7 +25,10 @@ from ambrosia.backends.base import ChunkRange, Lease, LogStore, Meta
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
 from ambrosia.errors import PreconditionFailedError
 
-__all__ = ["MetadataKeeper"]
+__all__ = ["PRIMARY_FIELDS", "MetadataKeeper"]
+
+# The keys of ``Meta.extra`` that name the life writing the log (``record_start``).
+PRIMARY_FIELDS = ("primary.address", "primary.pid", "primary.host", "primary.started")
 
 
 class MetadataKeeper:
@@ -47,9 +50,24 @@ class MetadataKeeper:
         self.version = version
         self._turn = asyncio.Lock()
 
-    async def record_start(self, checkpoint: int, chunks: ChunkRange) -> None:
-        """Point at the checkpoint this life started from; record its chunk range."""
-        await self._swap(lambda old: Meta(checkpoint, 0, self._extra(old), chunks))
+    async def record_start(
+        self,
+        checkpoint: int,
+        chunks: ChunkRange,
+        primary: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """Point at the checkpoint this life started from; record its chunk range.
+
+        ``primary``: who this life is (``PRIMARY_FIELDS``: address, process, host), in
+        ``Meta.extra``, replacing the previous life's: peers and ``ambrosia status``
+        read the current primary there.
+        """
+
+        def started(old: Meta | None) -> Meta:
+            kept = tuple(pair for pair in self._extra(old) if pair[0] not in PRIMARY_FIELDS)
+            return Meta(checkpoint, 0, kept + primary, chunks)
+
+        await self._swap(started)
 
     async def record_chunk(self, number: int) -> None:
         """Record chunk ``number`` (created, nothing written yet) as the log's newest."""

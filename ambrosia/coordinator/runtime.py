@@ -29,7 +29,9 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import resource
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -91,6 +93,9 @@ class Config:
     checkpoints_kept: int = 2
     reconnect_delay_min_s: float = 0.02
     reconnect_delay_max_s: float = 1.0
+    # A connected link looks its peer's address up again this often, and reconnects
+    # when it changed (a standby took over elsewhere); 0: never while connected.
+    peer_address_check_s: float = 1.0
     connect_timeout_s: float = 5.0
     lease_wait_s: float = 30.0
     lease_renew_interval_s: float = 10.0
@@ -253,6 +258,10 @@ class Runtime:
         self.failure: BaseException | None = None
         self.primary = asyncio.Event()
         self.replayed_pages = 0
+        # Whether to ask for a checkpoint on becoming primary (at the next quiescent page;
+        # it is written in the background).
+        self.checkpoint_on_primary = True
+        self._renewing: asyncio.Task[None] | None = None
         # Every open peer connection (admitted or not) and what the deadlines know of it.
         self.connections: dict[IncomingLink, _Watch] = {}
         # The highest epoch admitted from each sender in this process's life: a lower one
@@ -275,11 +284,18 @@ class Runtime:
 
     async def start(self) -> None:
         store = self.store
-        policy = self.config.retry_policy
         self.lease = await call_with_retry(
-            lambda: store.acquire_lease(wait_s=self.config.lease_wait_s), policy
+            lambda: store.acquire_lease(wait_s=self.config.lease_wait_s), self.config.retry_policy
         )
+        await self.start_holding_lease()
+
+    async def start_holding_lease(self) -> None:
+        """Recover cold from the log and become primary (``self.lease`` is taken)."""
+        store = self.store
+        policy = self.config.retry_policy
+        assert self.lease is not None
         logger.info("%s: lease taken, epoch %d", self.instance, self.lease.epoch)
+        self.start_renewing()
         app = self.app_factory()
         self.dispatcher = Dispatcher(self.instance, app, self._open_stream, self._log_impulse)
         # The audit ``ambrosia log`` runs (``recovery``): a damaged log stops the start
@@ -323,14 +339,67 @@ class Runtime:
         for destination, seq in trims.items():
             self._open_stream(destination).ack(seq)
         self_stream = self._open_stream(self.instance)
+        self._replay_pages = pages
+        self_stream.on_drop = _SelfCallAudit(self.instance, pages).check
+        # Self-calls restored from the checkpoint that never reached the log go in first.
+        self_stream.ack(accepted.get(self.instance, 0))
+        self._renumber_first_start(accepted)
+        first_chunk = reading.next_chunk if reading.audit is None else reading.audit.chunks.first
+        await self.open_for_writing(
+            checkpoint=checkpoint.number,
+            chunks=ChunkRange(first_chunk, reading.next_chunk),
+            next_sequence=next_sequence,
+            accepted=accepted,
+        )
+
+    def _renumber_first_start(self, accepted: dict[str, int]) -> None:
+        assert self.dispatcher is not None
+        self_stream = self.streams[self.instance]
+        if (
+            not self.dispatcher.started
+            and self_stream.next_seq == 0
+            and accepted.get(self.instance, 0)
+        ):
+            # The log holds the first-start call, made after this checkpoint. It entered
+            # the self-stream from the runtime, not from a handler, so replay would not
+            # number it: the handlers' self-calls would then be numbered from 1 instead of
+            # 2 and meet the log's call 1 (the first start) as a divergence. Number it
+            # again, as the first life did; it is dropped as consumed, checked against
+            # the log like any regenerated self-call.
+            self._log_first_start()
+
+    async def open_for_writing(
+        self,
+        *,
+        checkpoint: int,
+        chunks: ChunkRange,
+        next_sequence: int,
+        accepted: dict[str, int],
+        server: Listener | None = None,
+    ) -> None:
+        """Start this life's chunk, the committer, the listener and the links.
+
+        ``chunks``: the log's chunks, the last one being this life's new chunk (not yet
+        created). ``server``: a listener already bound (``bind_listener``), or None to
+        bind ``listen_address`` here. Also the second half of a standby's promotion
+        (``ambrosia.coordinator.standby``), which has replayed the log already.
+        """
+        store = self.store
+        policy = self.config.retry_policy
+        assert self.lease is not None and self.metadata is not None
+        assert self.dispatcher is not None
+        self_stream = self.streams[self.instance]
         # A new chunk for this life, right after the last one the log ever created (a torn
         # tail in the old last chunk stays behind; cloud stores cannot truncate), recorded
         # in the metadata before anything is written into it.
-        new_chunk = reading.next_chunk
-        first_chunk = new_chunk if reading.audit is None else reading.audit.chunks.first
+        new_chunk = chunks.last
         lease = self.lease
+        if server is None:
+            server = await self.bind_listener(*self.listen_address)
+        self.server = server
+        self.bound_port = server.port
         await call_with_retry(lambda: store.create_chunk(lease, new_chunk), policy)
-        await self.metadata.record_start(checkpoint.number, ChunkRange(first_chunk, new_chunk))
+        await self.metadata.record_start(checkpoint, chunks, self._primary_fields())
         self.committer = Committer(
             store,
             self.lease,
@@ -350,27 +419,30 @@ class Runtime:
             retry_policy=self.config.retry_policy,
             metrics=self.metrics,
         )
-        self._replay_pages = pages
-        self_stream.on_drop = _SelfCallAudit(self.instance, pages).check
-        # Self-calls restored from the checkpoint that never reached the log go in first.
-        self_stream.ack(accepted.get(self.instance, 0))
-        if not self.dispatcher.started and self_stream.next_seq == 0 and accepted.get(
-            self.instance, 0
-        ):
-            # The log holds the first-start call, made after this checkpoint. It entered
-            # the self-stream from the runtime, not from a handler, so replay would not
-            # number it: the handlers' self-calls would then be numbered from 1 instead of
-            # 2 and meet the log's call 1 (the first start) as a divergence. Number it
-            # again, as the first life did; it is dropped as consumed, checked against
-            # the log like any regenerated self-call.
-            self._log_first_start()
         if self_stream.has_unsent:
             self._on_dirty(self_stream)
         loop = asyncio.get_running_loop()
-        host, port = self.listen_address
+        server.start()
+        for stream in list(self.streams.values()):
+            self._start_link(stream)
+        self._tasks.append(loop.create_task(self._deliver_loop()))
+        self.start_renewing()
+        self._tasks.append(loop.create_task(self._sweep_loop()))
+
+    def _primary_fields(self) -> tuple[tuple[str, str], ...]:
+        host = self.listen_address[0]
+        return (
+            ("primary.address", f"{host}:{self.bound_port}"),
+            ("primary.pid", str(os.getpid())),
+            ("primary.host", socket.gethostname()),
+            ("primary.started", f"{time.time():.3f}"),
+        )
+
+    async def bind_listener(self, host: str, port: int) -> Listener:
+        """The peer listener, bound but not yet accepting."""
         # Not loop.create_server: it accepts a burst of sockets before any limit is
         # checked (``ambrosia.coordinator.listener``).
-        self.server = await Listener.bind(
+        return await Listener.bind(
             host,
             port,
             lambda: IncomingLink(self),
@@ -379,13 +451,6 @@ class Runtime:
             tls=self.tls.server if self.tls is not None else None,
             tls_handshake_timeout_s=self.config.tls_handshake_timeout_s,
         )
-        self.server.start()
-        self.bound_port = self.server.port
-        for stream in list(self.streams.values()):
-            self._start_link(stream)
-        self._tasks.append(loop.create_task(self._deliver_loop()))
-        self._tasks.append(loop.create_task(self._renew_loop()))
-        self._tasks.append(loop.create_task(self._sweep_loop()))
 
     async def _first_checkpoint(self) -> CheckpointState:
         """Checkpoint 0 of a new log (recovery found no metadata and no pages)."""
@@ -775,7 +840,8 @@ class Runtime:
                     self._check_resume(stream, stream.drop_through)
             if not dispatcher.started:
                 self._log_first_start()
-            self._request_checkpoint()
+            if self.checkpoint_on_primary:
+                self._request_checkpoint()
             self.primary.set()
             # Everything allocated so far (modules, recovered state) lives for the whole
             # process: keep it out of the collector's full passes, which would otherwise
@@ -958,6 +1024,13 @@ class Runtime:
             )
 
     # -- lease -----------------------------------------------------------------------------
+
+    def start_renewing(self) -> None:
+        """Keep the lease renewed from now on (idempotent): as soon as it is taken, so a
+        recovery or a takeover longer than a cloud lease does not lose it halfway."""
+        if self._renewing is None:
+            self._renewing = asyncio.get_running_loop().create_task(self._renew_loop())
+            self._tasks.append(self._renewing)
 
     async def _renew_loop(self) -> None:
         while True:

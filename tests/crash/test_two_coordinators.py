@@ -1,12 +1,13 @@
 """Two ``ambrosia run`` processes for one instance, started at once: one primary, one standby.
 
 The behaviour under test (documented in docs/storage.md): the process that wins the
-instance's lease becomes primary and writes; the other is a standby that waits for the
-lease up to ``--lease-wait-s``. If the primary dies, the standby takes over (file: at once,
-the kernel drops a dead holder's flock; cloud: when the dead holder's lease expires). A
-process whose wait runs out exits with code 3 and ``ambrosia: error: NAME is running
-elsewhere: ...``. Afterwards the log is audited: every page in order, no sequence gap,
-epochs never decrease, and exactly two writers: the first primary, then the standby.
+instance's lease becomes primary and writes; the other is a hot standby (role auto). If
+the primary dies, the standby takes over (file: at once, the kernel drops a dead holder's
+flock; cloud: when the dead holder's lease expires). A process started with ``--role
+primary`` waits for the lease up to ``--lease-wait-s`` instead; when its wait runs out it
+exits with code 3 and ``ambrosia: error: NAME is running elsewhere: ...``. Afterwards the
+log is audited: every page in order, no sequence gap, epochs never decrease, and exactly
+two writers: the first primary, then the standby.
 """
 
 from __future__ import annotations
@@ -103,7 +104,9 @@ def test_one_primary_one_standby_then_takeover(
         deployment.wait_for(lambda: bool(primaries()), 45, "a primary")
 
         # A third process that will not wait long gives up with a clear message.
-        late = deployment.start("server", args=("--lease-wait-s", "0.5"), label="server-c")
+        late = deployment.start(
+            "server", args=("--role", "primary", "--lease-wait-s", "0.5"), label="server-c"
+        )
         try:
             assert late.wait(30) == 3
         except subprocess.TimeoutExpired:

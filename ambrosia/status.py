@@ -1,0 +1,171 @@
+"""``ambrosia status NAME``: who runs an instance, and how far behind its standbys are.
+
+Read live from the log, without the lease (it never writes):
+
+- the primary: the process, host and address the current writer recorded in the log's
+  metadata when it started (``MetadataKeeper.record_start``), and its epoch;
+- the log: its chunks, its last page (sequence, epoch, chunk, offset) and the latest
+  checkpoint the metadata names;
+- each standby, from the replica board (``ambrosia.coordinator.replicas``): the page it
+  has replayed through, its lag behind the log's last page in pages and in seconds
+  (its own measure: how long since it was last caught up), and how old its note is. A
+  note not rewritten for ``SILENT_AFTER_S`` is marked silent: its standby probably died.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ambrosia.backends import LogStore, open_store
+from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, call_with_retry
+from ambrosia.coordinator.replicas import ReplicaNote, board_of, decode_note
+from ambrosia.coordinator.standby import current_primary
+from ambrosia.errors import NotFoundError
+from ambrosia.log.page import PAGE_BYTES_MAX_DEFAULT, instance_id_for, scan_chunk
+
+__all__ = ["SILENT_AFTER_S", "InstanceStatus", "read_status", "render_status"]
+
+SILENT_AFTER_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStatus:
+    instance: str
+    log_url: str
+    primary: dict[str, str]
+    epoch: int | None
+    checkpoint: int | None
+    chunks: str
+    last_page: dict[str, int] | None
+    standbys: list[ReplicaNote]
+    board: bool
+    read_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        now = self.read_at
+        last = None if self.last_page is None else self.last_page["sequence"]
+        return {
+            "instance": self.instance,
+            "log": self.log_url,
+            "primary": {**self.primary, "epoch": self.epoch},
+            "checkpoint": self.checkpoint,
+            "chunks": self.chunks,
+            "last_page": self.last_page,
+            "standbys": [
+                {
+                    "replica": note.replica_id,
+                    "pid": note.pid,
+                    "host": note.host,
+                    "replayed_page": note.replayed_sequence,
+                    "lag_pages": None if last is None else max(0, last - note.replayed_sequence),
+                    "lag_s": note.lag_s,
+                    "note_age_s": round(now - note.updated, 3),
+                    "silent": now - note.updated > SILENT_AFTER_S,
+                }
+                for note in self.standbys
+            ],
+            "standbys_reported": self.board,
+        }
+
+
+async def read_status(
+    log_url: str, instance: str, *, page_bytes_max: int = PAGE_BYTES_MAX_DEFAULT
+) -> InstanceStatus:
+    store = await open_store(log_url, instance)
+    try:
+        return await _read(store, log_url, page_bytes_max)
+    finally:
+        await store.close()
+
+
+async def _read(store: LogStore, log_url: str, page_bytes_max: int) -> InstanceStatus:
+    policy = DEFAULT_RETRY_POLICY
+    meta, _ = await call_with_retry(store.read_meta, policy)
+    listed = await call_with_retry(store.list_chunks, policy)
+    last_page = None
+    for info in reversed(listed):
+        if not info.size_bytes:
+            continue
+        try:
+            data = await call_with_retry(functools.partial(store.read_chunk, info.number), policy)
+        except NotFoundError:  # deleted by retention under us
+            continue
+        scan = scan_chunk(
+            data,
+            where=f"{log_url} {store.instance} chunk {info.number}",
+            instance_id=instance_id_for(store.instance),
+            page_bytes_max=page_bytes_max,
+        )
+        if scan.pages:
+            page = scan.pages[-1]
+            last_page = {
+                "sequence": page.sequence,
+                "epoch": page.epoch,
+                "chunk": info.number,
+                "offset": page.offset,
+            }
+            break
+    board = board_of(store)
+    notes: list[ReplicaNote] = []
+    if board is not None:
+        for _, data in await call_with_retry(board.list_replica_notes, policy):
+            note = decode_note(data)
+            if note is not None:
+                notes.append(note)
+    chunks = "none" if meta is None or meta.chunks is None else str(meta.chunks)
+    return InstanceStatus(
+        instance=store.instance,
+        log_url=log_url,
+        primary=current_primary(meta),
+        epoch=None if meta is None else meta.epoch,
+        checkpoint=None if meta is None else meta.checkpoint,
+        chunks=chunks,
+        last_page=last_page,
+        standbys=notes,
+        board=board is not None,
+        read_at=time.time(),
+    )
+
+
+def render_status(status: InstanceStatus, *, as_json: bool = False) -> str:
+    record = status.to_json()
+    if as_json:
+        return orjson.dumps(record, option=orjson.OPT_INDENT_2).decode() + "\n"
+    primary = record["primary"]
+    lines = [f"instance {status.instance}   log {status.log_url}"]
+    if status.primary:
+        lines.append(
+            f"primary   pid {primary.get('pid', '?')} on {primary.get('host', '?')}, "
+            f"listening on {primary.get('address', '?')}, epoch {status.epoch}"
+        )
+    elif status.epoch is None:
+        lines.append("primary   none: the log was never started")
+    else:
+        lines.append(f"primary   epoch {status.epoch} (not recorded by this version's writer)")
+    last = status.last_page
+    if last is None:
+        lines.append(f"log       chunks {status.chunks}, no page yet")
+    else:
+        lines.append(
+            f"log       chunks {status.chunks}, last page {last['sequence']} (epoch "
+            f"{last['epoch']}, chunk {last['chunk']} offset {last['offset']})"
+        )
+    lines.append(f"checkpoint {status.checkpoint if status.checkpoint is not None else 'none'}")
+    if not status.board:
+        lines.append("standbys  not reported by this log store")
+    elif not record["standbys"]:
+        lines.append("standbys  none")
+    for standby in record["standbys"]:
+        silent = f", SILENT for {standby['note_age_s']:.0f} s" if standby["silent"] else ""
+        lag = "?" if standby["lag_pages"] is None else standby["lag_pages"]
+        lines.append(
+            f"standby   pid {standby['pid']} on {standby['host']}: replayed through page "
+            f"{standby['replayed_page']}, {lag} pages and {standby['lag_s']:.1f} s behind"
+            f"{silent}"
+        )
+    return "\n".join(lines) + "\n"
