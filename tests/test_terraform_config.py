@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ambrosia.backends.azblob import _parse_url as parse_azblob_url
-from ambrosia.backends.s3 import _parse_url as parse_s3_url
+from ambrosia.backends.azblob import check_url as parse_azblob_url
+from ambrosia.backends.s3 import check_url as parse_s3_url
 from ambrosia.deployment import load_deployment
 from ambrosia.errors import ConfigError
 from ambrosia.terraform import load_outputs, parse_outputs, write_deployment
