@@ -51,9 +51,12 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
             assert isinstance(state, Sink)
             return state
 
-        deployment.wait_for(
-            lambda: len(sink().reports) == MESSAGES // REPORT_EVERY, LIVENESS_S, "every report"
-        )
+        def complete() -> bool:
+            state = sink()
+            return state.received == MESSAGES and len(state.reports) == MESSAGES // REPORT_EVERY
+
+        # Every message and every report: the last report comes before the last messages.
+        deployment.wait_for(complete, LIVENESS_S, "every message and report at the sink")
         names = ("source", "forwarder", "sink")
         deployment.wait_for(
             lambda: all(f"{name}: primary (" in deployment.output(name) for name in names),
