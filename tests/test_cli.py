@@ -268,7 +268,10 @@ def test_run_refuses_a_busy_address_and_releases_the_lease(tmp_path: Path) -> No
 
 
 def test_a_second_run_says_at_once_whose_lease_it_waits_for(tmp_path: Path) -> None:
-    """Not 30 silent seconds: the holder's process and host, and how long it will wait."""
+    """Not 30 silent seconds: the holder's process and host, and how long it will wait.
+
+    (``--role primary``: a second run waits for the lease; by default it is a hot
+    standby instead, and says so at once, ``tests/crash/test_standby.py``.)"""
     cli = Cli(tmp_path)
     cli.register("server", f"file://{tmp_path}/log")
     first = cli.start("run", "server", "--plaintext")
@@ -276,7 +279,9 @@ def test_a_second_run_says_at_once_whose_lease_it_waits_for(tmp_path: Path) -> N
     try:
         assert first.stdout is not None
         _read_until(first, ": primary (replayed")
-        second = cli.start("run", "server", "--plaintext", "--lease-wait-s", "60")
+        second = cli.start(
+            "run", "server", "--plaintext", "--role", "primary", "--lease-wait-s", "60"
+        )
         expected = (
             f"server: waiting up to 60 s for the lease held by process {first.pid} "
             f"on host {socket.gethostname()}"

@@ -120,7 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra argument for every `ambrosia run` (e.g. --run-option=--store-option "
         "--run-option=lease_duration_s=2)",
     )
-    parser.add_argument("--out", type=Path, default=Path("results/failover"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/failover"),
+        help="output directory for the JSON, Markdown and plot (default results/failover)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
 
 
