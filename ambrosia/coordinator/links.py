@@ -767,12 +767,14 @@ class OutgoingLink:
         if interval_s <= 0:
             await connection.lost
             return
+        lost = connection.lost
         while True:
-            try:
-                await asyncio.wait_for(asyncio.shield(connection.lost), interval_s)
+            # ``asyncio.wait``, not ``wait_for`` on a shield: it never cancels what it
+            # waits for and never swallows a cancel of this task (Python 3.11's
+            # ``wait_for`` returns the result when both come in the same turn).
+            done, _ = await asyncio.wait({lost}, timeout=interval_s)
+            if done or self.closing:
                 return
-            except TimeoutError:
-                pass
             try:
                 now = await asyncio.wait_for(
                     self._resolve(self.stream.destination), self.config.connect_timeout_s
