@@ -149,6 +149,7 @@ def test_aws_policy_allows_only_the_calls_of_the_s3_backend() -> None:
         "head_object": "s3:GetObject",
         "put_object": "s3:PutObject",
         "delete_objects": "s3:DeleteObject",
+        "delete_object": "s3:DeleteObject",  # a standby's progress note, under the prefix
         "list_objects_v2": "s3:ListBucket",
         "head_bucket": "s3:ListBucket",
         "get_paginator": "s3:ListBucket",
