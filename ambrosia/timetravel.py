@@ -169,12 +169,10 @@ class _Describer:
 
 
 class _Recorder:
-    """Every message the replayed code sends, by destination and number."""
+    """The output streams of a replay; ``collect`` hands out what each call sent."""
 
     def __init__(self) -> None:
         self.streams: dict[str, OutputStream] = {}
-        self.sent: dict[str, dict[int, bytes]] = {}
-        self.marks: dict[str, int] = {}  # bytes of ``open`` already split, per destination
 
     def open(self, destination: str) -> OutputStream:
         stream = OutputStream(
@@ -186,26 +184,21 @@ class _Recorder:
             on_unblocked=lambda stream: None,
         )
         self.streams[destination] = stream
-        self.sent.setdefault(destination, {})
-        self.marks[destination] = 0
         return stream
 
     def collect(self) -> list[tuple[str, int, bytes]]:
         """The messages sent since the last call: (destination, number, bytes)."""
         produced: list[tuple[str, int, bytes]] = []
         for destination, stream in self.streams.items():
-            mark = self.marks[destination]
-            if len(stream.open) == mark:
+            if not stream.open:
                 continue
-            new = bytes(stream.open[mark:])
-            first = stream.next_seq - sum(1 for _ in _split(new)) + 1
-            for offset, (start, stop) in enumerate(_split(new)):
-                message = new[start:stop]
-                self.sent[destination][first + offset] = message
-                produced.append((destination, first + offset, message))
-            # Keep memory bounded: what was split is not needed again.
-            stream.open.clear()
-            self.marks[destination] = 0
+            new = bytes(stream.open)
+            stream.open.clear()  # memory stays bounded by one call's output
+            messages = [new[start:stop] for start, stop in _split(new)]
+            first = stream.next_seq - len(messages) + 1
+            produced.extend(
+                (destination, first + offset, message) for offset, message in enumerate(messages)
+            )
         return produced
 
 
