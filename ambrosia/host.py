@@ -24,20 +24,24 @@ import functools
 import importlib
 import logging
 import os
+import socket
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ambrosia.backends import LogStore, open_store
 from ambrosia.backends import faults as faults_knob
+from ambrosia.binding.dispatcher import in_process
 from ambrosia.binding.immortal import Immortal
 from ambrosia.catalog import Catalog, default_catalog_url, open_catalog
+from ambrosia.coordinator.binding_port import Binding, BindingHost
 from ambrosia.coordinator.runtime import Config, Runtime
+from ambrosia.coordinator.socket_binding import BindingPorts, SocketBinding
 from ambrosia.coordinator.tls import Transport
-from ambrosia.coordinator.watchdog import HandlerWatchdog, SignalStop
 from ambrosia.deployment import DeploymentFile, load_deployment, resolve_run
 from ambrosia.errors import ConfigError
+from ambrosia.watchdog import HandlerWatchdog, SignalStop
 
 logger = logging.getLogger("ambrosia.host")
 
@@ -98,6 +102,7 @@ async def serve(
     coordinator: Mapping[str, Any] | None = None,
     transport: Mapping[str, Any] | None = None,
     create_storage: bool = False,
+    separate: BindingEndpoints | None = None,
 ) -> int:
     """Run immortal ``name`` until stopped; returns a process exit code.
 
@@ -114,6 +119,9 @@ async def serve(
     storage (URL, credentials, container or bucket, reachability) and raises
     ``ConfigError``. ``LeaseHeldError`` means another process runs the instance and
     kept its lease for longer than ``Config.lease_wait_s``.
+
+    ``separate``: run the coordinator alone (``ambrosia coordinator``), for a binding
+    process that connects to these loopback ports (``ambrosia.coordinator.socket_binding``).
     """
     deployment = deployment if deployment is not None else load_deployment()
     catalog = await open_catalog(deployment.catalog_for(catalog_url) or default_catalog_url())
@@ -133,7 +141,9 @@ async def serve(
         )
         run_config = config if config is not None else settings.config
         chosen = dataclasses.replace(settings.transport, tls=run_config.tls)
-        if app_factory is None:
+        if separate is not None:
+            pass  # the application is in the binding process
+        elif app_factory is None:
             if settings.app is None:
                 raise ConfigError(f"{name} has no registered app; pass --app module:Class")
             app_factory = load_app(settings.app)
@@ -153,28 +163,110 @@ async def serve(
         logger.info(
             "%s: log %s, deployment file %s", name, settings.log_url, deployment.path or "none"
         )
+        resolver = _CatalogResolver(catalog, chosen)
+        if separate is not None:
+            ports = separate.open(name)
+            cleanup.callback(ports.close)
+
+            async def next_store() -> LogStore:
+                return await open_store(settings.log_url, name, **settings.store_options)
+
+            return await _run_separate(name, ports, store, next_store, listen, resolver, run_config)
+        assert app_factory is not None
         runtime = Runtime(
             instance=name,
-            app_factory=app_factory,
+            binding=in_process(app_factory),
             store=store,
             listen=listen,
-            resolve=_CatalogResolver(catalog, chosen),
+            resolve=resolver,
             config=run_config,
         )
         return await _run(runtime, name, listen)
     raise AssertionError("unreachable")  # AsyncExitStack does not swallow exceptions
 
 
-async def _run(runtime: Runtime, name: str, listen: tuple[str, int]) -> int:
+@dataclasses.dataclass(frozen=True, slots=True)
+class BindingEndpoints:
+    """Where ``ambrosia coordinator`` listens for its binding process (loopback only).
+
+    Ports 0: any free port (logged). ``receive_fd``/``send_fd``: listening sockets
+    inherited from the process that started this one (``ambrosia run --separate``).
+    """
+
+    receive_port: int = 0
+    send_port: int = 0
+    receive_fd: int | None = None
+    send_fd: int | None = None
+    host: str = "127.0.0.1"
+
+    def open(self, name: str) -> BindingPorts:
+        if self.receive_fd is not None and self.send_fd is not None:
+            return BindingPorts(
+                name,
+                socket.socket(fileno=self.receive_fd),
+                socket.socket(fileno=self.send_fd),
+            )
+        return BindingPorts.bind(name, self.host, self.receive_port, self.send_port)
+
+
+async def _run_separate(
+    name: str,
+    ports: BindingPorts,
+    store: LogStore,
+    next_store: Callable[[], Awaitable[LogStore]],
+    listen: tuple[str, int],
+    resolve: _CatalogResolver,
+    config: Config,
+) -> int:
+    """Serve binding after binding: a lost binding ends one runtime life, and the next
+    life recovers from the log at once (serving peers) and waits for the next binding."""
+    await ports.start()
+    logger.info(
+        "%s: coordinator alone; binding receive port %d, send port %d",
+        name,
+        ports.receive_port,
+        ports.send_port,
+    )
+    while True:
+        stop = asyncio.Event()
+        lost: list[str] = []
+
+        def on_lost(reason: str, lost: list[str] = lost, stop: asyncio.Event = stop) -> None:
+            lost.append(reason)
+            stop.set()
+
+        def binding(host: BindingHost, on_lost: Callable[[str], None] = on_lost) -> Binding:
+            return SocketBinding(
+                host, ports, on_lost=on_lost, message_bytes_max=config.message_bytes_max
+            )
+
+        runtime = Runtime(
+            instance=name,
+            binding=binding,
+            store=store,
+            listen=listen,
+            resolve=resolve,
+            config=config,
+        )
+        code = await _run(runtime, name, listen, stop=stop)
+        if not lost:
+            return code
+        logger.warning("%s: recovering from its log for the next binding", name)
+        store = await next_store()
+
+
+async def _run(
+    runtime: Runtime, name: str, listen: tuple[str, int], stop: asyncio.Event | None = None
+) -> int:
     """Start ``runtime`` and serve until it fails or a signal asks it to stop.
 
     Signals and stuck handlers are watched from threads of their own
-    (``ambrosia.coordinator.watchdog``): SIGTERM ends the process within
+    (``ambrosia.watchdog``): SIGTERM ends the process within
     ``Config.shutdown_grace_s`` even when a handler never returns, and such a handler is
     named after ``Config.handler_warning_s``, during replay too.
     """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
     watchdog = HandlerWatchdog(warning_after_s=runtime.config.handler_warning_s)
     signals = SignalStop(
         name=name,
