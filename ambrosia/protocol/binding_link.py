@@ -49,7 +49,7 @@ from typing import Final, TypeAlias
 
 import xxhash
 
-from ambrosia.errors import BindingProtocolError, ProtocolError
+from ambrosia.errors import BindingProtocolError, ProtocolError, UnknownMessageTypeError
 from ambrosia.log.page import Page
 from ambrosia.names import INSTANCE_NAME_BYTES_MAX
 from ambrosia.protocol.batch import check_batch
@@ -193,7 +193,9 @@ class CoordinatorEnd:
         self.committer_id = committer_id - (1 << 32) if committer_id >= 1 << 31 else committer_id
         self.checkpoint_bytes_max = checkpoint_bytes_max
         self._decoder = MessageDecoder(
-            Direction.BINDING_TO_COORDINATOR, frame_bytes_max=message_bytes_max
+            Direction.BINDING_TO_COORDINATOR,
+            frame_bytes_max=message_bytes_max,
+            accepted_types=ACCEPTED_FROM_BINDING,
         )
         self._checkpoint: bytearray | None = None
         self._checkpoint_length = 0
@@ -217,6 +219,13 @@ class CoordinatorEnd:
             self._decoder.feed(data)
             for event in self._decoder:
                 self._handle(event, events)
+        except UnknownMessageTypeError as error:
+            self._poison(
+                ProtocolError(
+                    f"message type {error.message_type} is not accepted from a binding "
+                    f"(only {sorted(ACCEPTED_FROM_BINDING)})"
+                )
+            )
         except ProtocolError as error:
             self._poison(error)
         return events
@@ -346,7 +355,13 @@ def _routed(rpc: OutgoingRpc) -> RpcReceived:
                 f"{rpc.reserved}): impulses are calls to methods >= 0"
             )
     else:
-        check_batch(message, 1, 1)
+        try:
+            check_batch(message, 1, 1)
+        except ProtocolError as error:
+            raise ProtocolError(
+                f"an RPC to {destination or 'self'} that would be refused where it is "
+                f"logged: {error}"
+            ) from error
     return RpcReceived(destination, message, int(rpc.rpc_kind))
 
 
