@@ -248,15 +248,20 @@ async def _run_separate(
             resolve=resolve,
             config=config,
         )
-        code = await _run(runtime, name, listen, stop=stop)
-        if not lost:
+        signalled = asyncio.Event()
+        code = await _run(runtime, name, listen, stop=stop, signalled=signalled)
+        if not lost or signalled.is_set():
             return code
         logger.warning("%s: recovering from its log for the next binding", name)
         store = await next_store()
 
 
 async def _run(
-    runtime: Runtime, name: str, listen: tuple[str, int], stop: asyncio.Event | None = None
+    runtime: Runtime,
+    name: str,
+    listen: tuple[str, int],
+    stop: asyncio.Event | None = None,
+    signalled: asyncio.Event | None = None,
 ) -> int:
     """Start ``runtime`` and serve until it fails or a signal asks it to stop.
 
@@ -267,11 +272,17 @@ async def _run(
     """
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
+    signalled = signalled if signalled is not None else asyncio.Event()
+
+    def on_signal() -> None:
+        signalled.set()
+        stop.set()
+
     watchdog = HandlerWatchdog(warning_after_s=runtime.config.handler_warning_s)
     signals = SignalStop(
         name=name,
         grace_s=runtime.config.shutdown_grace_s,
-        request_stop=functools.partial(_call_soon_threadsafe, loop, stop.set),
+        request_stop=functools.partial(_call_soon_threadsafe, loop, on_signal),
     )
     # Python lets only the main thread set signal handlers; ``serve`` run elsewhere (an
     # embedding application's thread) leaves signals to that application.
