@@ -56,6 +56,7 @@ logger = logging.getLogger("ambrosia.binding.remote")
 
 _STATE_HEAD = struct.Struct(">I")
 _READ_BYTES = 1024 * 1024
+_STREAM_LIMIT_BYTES = 4 * 1024 * 1024  # asyncio's 64 KiB default reads big pages in slivers
 _TYPE_INITIAL_MESSAGE = 9
 _SEND_BUFFER_BYTES_MAX = 4 * 1024 * 1024
 RECORD_BYTES_MAX = 64 * 1024 * 1024
@@ -218,8 +219,12 @@ async def run_binding(
     deadline = loop.time() + connect_timeout_s
     while True:
         try:
-            _, to_coordinator = await asyncio.open_connection(host, receive_port)
-            from_coordinator, _send = await asyncio.open_connection(host, send_port)
+            _, to_coordinator = await asyncio.open_connection(
+                host, receive_port, limit=_STREAM_LIMIT_BYTES
+            )
+            from_coordinator, _send = await asyncio.open_connection(
+                host, send_port, limit=_STREAM_LIMIT_BYTES
+            )
             break
         except OSError as error:
             if loop.time() > deadline:

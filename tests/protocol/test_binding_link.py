@@ -229,3 +229,30 @@ def test_a_record_that_fails_its_check_bytes_is_refused_by_the_binding() -> None
     data[-1] ^= 1
     with pytest.raises(Exception, match="check bytes"):
         BindingEnd(record_bytes_max=1 << 20).receive_data(bytes(data))
+
+
+def test_a_run_of_one_shape_is_taken_whole_and_a_mixed_run_one_by_one() -> None:
+    fork = encode(IncomingRpc(5, RpcKind.FORK, b"0123456789abcdef"))
+    tick = encode(IncomingRpc(7, RpcKind.IMPULSE, b"0123456789abcdef"))
+    sent = [fork] * 50 + [tick] + [fork] * 3
+    data = b"".join(outgoing_from_incoming(b"server" if m is fork else b"", m) for m in sent)
+    events = end().receive_data(data)
+    assert [(e.destination, e.count) for e in events if isinstance(e, RpcReceived)] == [
+        ("server", 50),
+        ("", 1),
+        ("server", 3),
+    ]
+    assert b"".join(e.message for e in events if isinstance(e, RpcReceived)) == b"".join(sent)
+    # Split anywhere, the same messages in the same order (runs end where the bytes do).
+    bytewise = feed_bytewise(end(), data)
+    assert b"".join(e.message for e in bytewise if isinstance(e, RpcReceived)) == b"".join(sent)
+    assert sum(e.count for e in bytewise if isinstance(e, RpcReceived)) == len(sent)
+
+
+def test_a_run_with_a_message_its_receiver_would_refuse_is_refused_at_that_message() -> None:
+    good = encode(IncomingRpc(5, RpcKind.FORK, b"abc"))
+    bad = encode(IncomingRpc(-3, RpcKind.FORK, b"abc"))  # a reserved method id
+    data = b"".join(outgoing_from_incoming(b"server", m) for m in (good, good, bad))
+    coordinator = end()
+    with pytest.raises(BindingProtocolError, match="RPC to server"):
+        coordinator.receive_data(data)
