@@ -431,12 +431,16 @@ class CoordinatorEnd:
 
     def page_record(self, page: Page) -> bytes:
         """The record of a durable page: per group, a source marker and its messages."""
-        parts: list[bytes | memoryview] = [b""]
+        return b"".join(self.page_record_parts(page))
+
+    def page_record_parts(self, page: Page) -> tuple[bytes, bytes]:
+        """``page_record`` as header and body, to be written without joining them."""
+        parts: list[bytes | memoryview] = []
         for group in page.groups:
             parts.append(source_marker(group.source, len(group.messages)))
             parts.append(group.messages)
         body = b"".join(parts)
-        return encode_log_record_header(self.committer_id, page.sequence, body) + body
+        return encode_log_record_header(self.committer_id, page.sequence, body), body
 
     def control_record(self, *messages: bytes) -> bytes:
         """A record the coordinator made up (sequence -1) holding ``messages``."""
