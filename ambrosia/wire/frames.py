@@ -262,20 +262,11 @@ class MessageDecoder(_StreamDecoder):
     __slots__ = ("_decoders", "direction")
 
     def __init__(
-        self,
-        direction: Direction,
-        *,
-        frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
-        accepted_types: frozenset[int] | None = None,
+        self, direction: Direction, *, frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
     ) -> None:
         super().__init__(frame_bytes_max)
         self.direction = direction
-        # ``accepted_types``: fewer types than the direction knows (a type outside it is
-        # an unknown type, refused before its body is looked at).
-        decoders = _DECODERS[direction]
-        if accepted_types is not None:
-            decoders = {kind: decode for kind, decode in decoders.items() if kind in accepted_types}
-        self._decoders = decoders
+        self._decoders = _DECODERS[direction]
 
     def next_event(self) -> MessageEvent | StreamSignal:
         """The next message or checkpoint event, NEED_DATA, or END_OF_STREAM."""
