@@ -31,7 +31,10 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from ambrosia.binding import codec
+from ambrosia.binding.immortal import method_table
 from ambrosia.testing.harness import Deployment, free_port
+from ambrosia.testing.workloads import ChainServer
 
 LIVENESS_S = 60.0
 HEADER = struct.Struct("<iiQq")
@@ -307,3 +310,89 @@ def test_bad_input_loses_the_binding_and_the_next_one_recovers_everything(
         assert binding.page()[1] == logged, what
     assert deployment.output("solo").count("binding lost") == len(BAD_INPUTS)
     binding.close()
+
+
+def result_rpc(destination: str, call_id: int, value: object) -> bytes:
+    """The result of an async call, as the Python binding's callers expect it."""
+    name = destination.encode()
+    head = varint(len(name)) + name + bytes((1,)) + varint(0) + bytes((0,))
+    return message(0, head + varint(call_id) + b"\x00" + codec.encode_value(value))
+
+
+def serve_chain_calls(binding: FakeBinding, total: int, state: bytes) -> list[int]:
+    """Act as the chain's server until call ``total``: answer awaited calls (also the
+    replayed ones: a binding regenerates its output), answer checkpoint requests."""
+    methods = {info.method_id: name for name, info in method_table(ChainServer).items()}
+    seen: list[int] = []
+    while not seen or seen[-1] < total:
+        sequence, body = binding.record()
+        if sequence < 0:
+            assert body in (TAKE_CHECKPOINT, TAKE_BECOMING_PRIMARY_CHECKPOINT), body.hex()
+            binding.send(checkpoint(state))
+            continue
+        for source, group in _groups(body):
+            assert source == "client", source
+            position = 0
+            while position < len(group):
+                size, start = read_varint(group, position)
+                method, kind_at = read_varint(group, start + 2)
+                arguments = group[kind_at + 1 : start + size]
+                if group[kind_at] == 0:  # awaited: a call id, then the arguments
+                    call_id, at = read_varint(arguments, 0)
+                    (n,) = codec.decode_args(arguments[at:], lambda *_: None)
+                    binding.send(result_rpc("client", call_id, n * 2))
+                else:
+                    (n,) = codec.decode_args(arguments, lambda *_: None)
+                assert methods[method] in ("record", "record_fork")
+                seen.append(n)
+                position = start + size
+    return seen
+
+
+def test_the_coordinator_keeps_its_peers_across_a_lost_binding(tmp_path: Path) -> None:
+    total = 30
+    deployment = Deployment(tmp_path, env={"AMBROSIA_CHAIN_TOTAL": str(total)})
+    deployment.register("server", "ambrosia.testing.workloads:ChainServer")
+    deployment.register("client", "ambrosia.testing.workloads:ChainClient")
+    receive_port, send_port = free_port(), free_port()
+    deployment.start(
+        "server",
+        subcommand="coordinator",
+        args=("--receive-port", str(receive_port), "--send-port", str(send_port)),
+    )
+    try:
+        binding = FakeBinding(receive_port, send_port)
+        assert binding.control() == TAKE_BECOMING_PRIMARY_CHECKPOINT
+        binding.send(message(9, b"server") + checkpoint(b"s0"))
+        assert binding.page()[1] == [("server", message(9, b"server"))]
+        deployment.start("client")
+        first = serve_chain_calls(binding, total // 2, b"s1")
+        assert first == list(range(1, len(first) + 1))
+        # Garbage: this binding is lost; the client keeps calling meanwhile (its calls
+        # are logged and acknowledged without a binding), the next binding catches up.
+        binding.send(b"\xff" * 12)
+        wait_for_text(deployment, "server", "binding lost: binding protocol")
+        binding.close()
+        binding = FakeBinding(receive_port, send_port)
+        sequence, body = binding.record()
+        assert sequence == -2
+        (length, _) = read_varint(body, 2)
+        binding.read_exactly(length)
+        second = serve_chain_calls(binding, total, b"s2")
+        # From the checkpoint on, in order, each call once, through the last one.
+        assert second == list(range(second[0], total + 1))
+        assert second[0] <= first[-1] + 1
+        deadline = time.monotonic() + LIVENESS_S
+        while not (deployment.status("client") or {}).get("done"):
+            assert time.monotonic() < deadline, deployment.output("client")
+            deployment.check_exit("client")
+            time.sleep(0.05)
+        status = deployment.status("client")
+        assert status is not None and status["bad_results"] == []
+        assert status["results"] == len([n for n in range(1, total + 1) if n % 3 == 0])
+        binding.close()
+    finally:
+        codes = [deployment.terminate(name) for name in ("client", "server")]
+        deployment.stop_all()
+    assert codes == [0, 0], deployment.output("server")
+    assert deployment.log_findings() == []
