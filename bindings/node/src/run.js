@@ -15,6 +15,8 @@ import { RecordReader } from './wire.js';
 
 const CONNECT_RETRY_FIRST_MS = 50;
 const CONNECT_RETRY_MAX_MS = 1000;
+// A coordinator that died mid-stream: not this binding's fault, and nothing to report.
+const CONNECTION_LOST = new Set(['ECONNRESET', 'EPIPE']);
 
 function connectOnce(host, port) {
   return new Promise((resolve, reject) => {
@@ -91,7 +93,11 @@ export async function run(appFactory, options) {
     log(`${instance}: the coordinator closed the connection`);
     return 0;
   } catch (error) {
-    log(`${instance}: binding stopped: ${error?.stack ?? error}`);
+    if (CONNECTION_LOST.has(error?.code)) {
+      log(`${instance}: the connection to the coordinator was lost (${error.code})`);
+    } else {
+      log(`${instance}: binding stopped: ${error?.stack ?? error}`);
+    }
     return 1;
   } finally {
     toCoordinator.destroy();
