@@ -236,3 +236,20 @@ test('method tables refuse collisions and bad ids', () => {
   }
   assert.throws(() => new Dispatcher('n', () => new Missing()), /not a method/);
 });
+
+test('a loaded checkpoint restores the call counter: new calls never reuse an id', async () => {
+  const first = started();
+  await first.handle(control(11));
+  first.takeOutput();
+  await first.handle(page(0, ['py', awaited('sum_remote', 1, 1, 2)]));
+  await first.handle(page(1, ['py', result(1, 2)]));
+  await first.handle(page(2, ['py', result(2, 4)]));
+  first.takeOutput();
+  const second = started();
+  await second.handle({ kind: 'checkpoint', data: first.checkpoint() });
+  assert.deepEqual(second.app.state, first.app.state);
+  await second.handle(page(3, ['py', awaited('sum_remote', 2, 1, 2)]));
+  const [next] = rpcs(second.takeOutput());
+  assert.equal(decodeZigZagLong(next.args, 0)[0], 3);
+  assert.throws(() => second.loadCheckpoint(Buffer.from('{"format": 9}')), /not this binding's/);
+});
