@@ -20,6 +20,7 @@ and fail in CI.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -28,9 +29,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ambrosia.binding.codec import decode_args, decode_value, encode_args
+from ambrosia.binding.immortal import _default_method_id
 from ambrosia.testing.harness import Deployment, free_port
 from ambrosia.testing.skips import skip_unless_ci
 from ambrosia.testing.workloads import expected_chain, is_async_call
@@ -76,6 +80,74 @@ def test_the_node_binding_unit_tests_pass() -> None:
     passed = re.search(r"^# pass (\d+)$", done.stdout, re.MULTILINE)
     assert passed is not None and int(passed.group(1)) > 0, done.stdout[-3000:]
     assert re.search(r"^# fail 0$", done.stdout, re.MULTILINE), done.stdout[-3000:]
+
+
+# Reads JSON lines of hex-encoded Python arguments; writes what the Node codec decodes
+# them to, and the Node codec's own encoding of the same values (and the method ids).
+_CODEC_SCRIPT = """
+import { decodeArgs, encodeArgs, encodeValue } from './src/codec.js';
+import { defaultMethodId } from './src/wire.js';
+import { readFileSync } from 'node:fs';
+const cases = JSON.parse(readFileSync(0, 'utf8'));
+const out = cases.args.map((hex) => {
+  const values = decodeArgs(Buffer.from(hex, 'hex'));
+  const plain = values.map((v) => (Buffer.isBuffer(v) ? { bytes: v.toString('hex') } : v));
+  return { values: plain, again: encodeArgs(values).toString('hex') };
+});
+const results = cases.results.map((v) => encodeValue(v).toString('hex'));
+const raw = encodeValue(Buffer.from('00ff10', 'hex')).toString('hex');
+const ids = cases.names.map((name) => defaultMethodId(name));
+let refused = '';
+try { decodeArgs(Buffer.from(cases.state, 'hex')); } catch (error) { refused = error.message; }
+process.stdout.write(JSON.stringify({ out, results, raw, ids, refused }));
+"""
+
+
+def test_the_node_codec_reads_and_writes_what_the_python_codec_does() -> None:
+    node = node_executable()
+    python_args: list[tuple[Any, ...]] = [
+        (),
+        (1, -2, 3.5, "héllo", True, None),
+        ((1 << 53) - 1, -(1 << 53) + 1),
+        (b"\x00\x01raw",),
+    ]
+    encoded = [
+        (b"\x00" + args[0]) if len(args) == 1 and type(args[0]) is bytes else encode_args(args)
+        for args in python_args
+    ]
+    results: list[object] = [7, "text", None, [1, "a"], {"k": [True]}]
+    names = ["record", "record_fork", "step", "a_much_longer_method_name_é"]
+    cases = {
+        "args": [data.hex() for data in encoded],
+        "results": results,
+        "names": names,
+        "state": encode_args(((1, 2),)).hex(),  # a tuple: Python's state encoding
+    }
+    done = subprocess.run(
+        [node, "--input-type=module", "-e", _CODEC_SCRIPT],
+        cwd=BINDING_DIRECTORY,
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        timeout=UNIT_TESTS_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    for args, data, node_side in zip(python_args, encoded, seen["out"], strict=True):
+        expected = [{"bytes": a.hex()} if type(a) is bytes else a for a in args]
+        assert node_side["values"] == expected
+        # Python reads what Node writes back to the same values.
+        assert decode_args(bytes.fromhex(node_side["again"]), _no_proxies) == args
+        assert bytes.fromhex(node_side["again"])[:1] == data[:1]
+    for value, hex_value in zip(results, seen["results"], strict=True):
+        assert decode_value(bytes.fromhex(hex_value), _no_proxies) == value
+    assert decode_value(bytes.fromhex(seen["raw"]), _no_proxies) == b"\x00\xff\x10"
+    assert seen["ids"] == [_default_method_id(name) for name in names]
+    assert "Python state encoding" in seen["refused"]
+
+
+def _no_proxies(type_path: str, name: str) -> object:
+    raise AssertionError(f"no proxy expected, got {type_path} {name}")
 
 
 class NodeRelay:
