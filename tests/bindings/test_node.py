@@ -6,7 +6,8 @@ the Python ``ChainClient`` (``ambrosia run client``) calls the Node relay ``rela
 which passes every call on to the Python ``ChainServer`` (``ambrosia run server``): a fork
 as a fork, an awaited call as an awaited call whose result it checks and returns to the
 client. So Python calls Node and Node calls Python, fire and forget and awaited with
-results, each through its own coordinator, over real loopback sockets.
+results, each through its own coordinator, over real loopback sockets. The relay also
+sends itself impulses from a timer (heartbeats), logged between the calls.
 
 Each immortal checks what it sees: the relay and the server saw exactly 1..N in order
 (their hash chains must equal the chain of 1..N), the client got every awaited result
@@ -323,6 +324,9 @@ class Chain:
             assert seen.get("chain") == chain, (name, seen)
             assert seen.get("out_of_order") == [], (name, seen)
             assert seen.get("bad_results") == [], (name, seen)
+        # The relay's own impulses (a timer's heartbeats) were logged and ran between calls.
+        heartbeats = status(deployment, RELAY).get("heartbeats")
+        assert isinstance(heartbeats, int) and heartbeats > 0, status(deployment, RELAY)
         awaited = [n for n in range(1, self.total + 1) if is_async_call(n)]
         client = status(deployment, "client")
         assert client.get("results") == len(awaited), client

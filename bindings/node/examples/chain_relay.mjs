@@ -7,7 +7,8 @@
 //
 //   node examples/chain_relay.mjs --instance relay-1 --receive-port 7100 --send-port 7101
 //
-// While primary it writes its progress to $AMBROSIA_STATUS_DIR/NAME.json (outside the
+// While primary it sends itself a heartbeat impulse every 100 ms (outside input, logged
+// and counted in its state), and writes its progress to $AMBROSIA_STATUS_DIR/NAME.json (outside the
 // logged state) for a test harness to watch.
 
 import { createHash } from 'node:crypto';
@@ -16,6 +17,7 @@ import { join } from 'node:path';
 import { Immortal, main } from '../src/index.js';
 
 const STATUS_INTERVAL_MS = 50;
+const HEARTBEAT_INTERVAL_MS = 100;
 
 function chainStep(chain, value) {
   return createHash('sha256').update(`${chain}:${value}`).digest('hex');
@@ -23,9 +25,10 @@ function chainStep(chain, value) {
 
 export class ChainRelay extends Immortal {
   static rpc = ['record', 'record_fork'];
+  static impulses = ['heartbeat'];
 
   initialState() {
-    return { nextHop: '', count: 0, chain: '', outOfOrder: [], badResults: [] };
+    return { nextHop: '', count: 0, chain: '', outOfOrder: [], badResults: [], heartbeats: 0 };
   }
 
   async onFirstStart() {
@@ -52,13 +55,25 @@ export class ChainRelay extends Immortal {
     this.proxy(this.state.nextHop).fork('record_fork', n);
   }
 
+  // Outside input: a timer's ticks, logged as impulses between the chain's calls.
+  heartbeat() {
+    this.state.heartbeats += 1;
+  }
+
   onBecomePrimary() {
+    setInterval(() => this.self.impulse('heartbeat'), HEARTBEAT_INTERVAL_MS);
     const directory = process.env.AMBROSIA_STATUS_DIR;
     if (!directory) return;
     const path = join(directory, `${this.name}.json`);
     const write = () => {
-      const { count, chain, outOfOrder, badResults } = this.state;
-      const status = { count, chain, out_of_order: outOfOrder.slice(0, 10), bad_results: badResults.slice(0, 10) };
+      const { count, chain, outOfOrder, badResults, heartbeats } = this.state;
+      const status = {
+        count,
+        chain,
+        out_of_order: outOfOrder.slice(0, 10),
+        bad_results: badResults.slice(0, 10),
+        heartbeats,
+      };
       writeFileSync(`${path}.tmp`, JSON.stringify(status));
       renameSync(`${path}.tmp`, path);
     };
