@@ -109,9 +109,28 @@ def _assignments(texts: Sequence[str], flag: str) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ambrosia.host import load_app, serve
+    from ambrosia.host import BindingEndpoints, load_app, serve
 
     deployment = _deployment(args)
+    separate = None
+    if args.command == "coordinator":
+        if args.app:
+            raise ConfigError(
+                "ambrosia coordinator runs no application: --app belongs to its binding"
+            )
+        if args.role == "standby":
+            raise ConfigError(
+                "ambrosia coordinator starts as primary: hot standbys run in-process "
+                "(ambrosia run NAME --role standby)"
+            )
+        separate = BindingEndpoints(
+            receive_port=args.receive_port or 0,
+            send_port=args.send_port or 0,
+            receive_fd=args.receive_fd,
+            send_fd=args.send_fd,
+        )
+    elif args.separate:
+        return _run_separate(args, deployment)
     fields = _assignments(args.coordinator_options, "--coordinator-option")
     for name in ("checkpoint_log_bytes", "checkpoints_kept", "lease_wait_s"):
         value = getattr(args, name)
@@ -142,7 +161,31 @@ def _run(args: argparse.Namespace) -> int:
             create_storage=args.create_storage,
             role=args.role,
             standby_poll_s=args.standby_poll_s,
+            separate=separate,
         )
+    )
+
+
+def _run_separate(args: argparse.Namespace, deployment: DeploymentFile) -> int:
+    """``ambrosia run NAME --separate``: this process the binding, the coordinator a child."""
+    from ambrosia.host import load_app
+    from ambrosia.separate import run_separate
+
+    spec = args.app or deployment.instance(args.name).app
+    if spec is None:
+
+        async def registered(catalog: Catalog) -> str | None:
+            return (await catalog.get(args.name)).app
+
+        spec = run_with_catalog(deployment.catalog_for(args.catalog), registered)
+    if spec is None:
+        raise ConfigError(f"{args.name} has no registered app; pass --app module:Class")
+    return run_separate(
+        args.name,
+        load_app(spec),
+        args.argv,
+        receive_port=args.receive_port or 0,
+        send_port=args.send_port or 0,
     )
 
 
@@ -264,8 +307,32 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", parents=[common], help="list registered instances")
     listing.set_defaults(handler=_list)
 
-    run = commands.add_parser("run", parents=[common], help="run (or recover) an immortal instance")
+    run = commands.add_parser(
+        "run",
+        aliases=["coordinator"],
+        parents=[common],
+        help="run (or recover) an immortal instance; `coordinator`: its coordinator alone, "
+        "for a binding process (docs/bindings.md)",
+    )
     run.add_argument("name")
+    separate = run.add_argument_group(
+        "separate binding",
+        "the coordinator as a process of its own, speaking the binding protocol on two "
+        "loopback ports (docs/bindings.md)",
+    )
+    separate.add_argument(
+        "--separate",
+        action="store_true",
+        help="run: the application as a binding process, its coordinator as a child process",
+    )
+    separate.add_argument(
+        "--receive-port", type=int, help="port the binding sends to (default: any free port)"
+    )
+    separate.add_argument(
+        "--send-port", type=int, help="port the binding reads log records from (default: any)"
+    )
+    separate.add_argument("--receive-fd", type=int, help=argparse.SUPPRESS)
+    separate.add_argument("--send-fd", type=int, help=argparse.SUPPRESS)
     run.add_argument("--app", help="module:Class (default: deployment file, then registration)")
     run.add_argument("--log", help="log URL (default: deployment file, then registration)")
     run.add_argument(
@@ -407,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

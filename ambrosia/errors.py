@@ -11,6 +11,8 @@ one boundary (the backend modules), with the original chained as ``__cause__``.
     │   ├── FrameTooLargeError   length prefix above the frame limit (checked before allocating)
     │   ├── VarintTooLongError   varint longer than 5 (int) or 10 (long) bytes
     │   ├── UnknownMessageTypeError
+    │   ├── BindingProtocolError a binding process broke the binding protocol (its
+    │   │                        connection is closed; the coordinator keeps running)
     │   └── PeerIdentityError    a TLS peer's certificate names no instance, or not the one
     │                            dialled
     ├── LogError
@@ -66,6 +68,10 @@ class VarintTooLongError(ProtocolError):
     def __init__(self, limit_bytes: int) -> None:
         super().__init__(f"varint longer than {limit_bytes} bytes")
         self.limit_bytes = limit_bytes
+
+
+class BindingProtocolError(ProtocolError):
+    """A binding process sent what the binding protocol (PROTOCOL.md) does not allow."""
 
 
 class UnknownMessageTypeError(ProtocolError):

@@ -24,23 +24,27 @@ import functools
 import importlib
 import logging
 import os
+import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ambrosia.backends import LogStore, open_store
 from ambrosia.backends import faults as faults_knob
+from ambrosia.binding.dispatcher import in_process
 from ambrosia.binding.immortal import Immortal
 from ambrosia.catalog import Catalog, InstanceRecord, default_catalog_url, open_catalog
+from ambrosia.coordinator.binding_port import Binding, BindingHost
 from ambrosia.coordinator.runtime import Config, Runtime
+from ambrosia.coordinator.socket_binding import BindingPorts, SocketBinding
 from ambrosia.coordinator.standby import Role, StandbyRuntime, StandbySettings
 from ambrosia.coordinator.tls import Transport
-from ambrosia.coordinator.watchdog import HandlerWatchdog, SignalStop
 from ambrosia.deployment import DeploymentFile, load_deployment, resolve_run
 from ambrosia.errors import ConfigError, FenceError
 from ambrosia.operations import serving
+from ambrosia.watchdog import HandlerWatchdog, SignalStop
 
 logger = logging.getLogger("ambrosia.host")
 
@@ -148,6 +152,7 @@ async def serve(
     role: Role = "auto",
     standby: StandbySettings | None = None,
     standby_poll_s: float | None = None,
+    separate: BindingEndpoints | None = None,
 ) -> int:
     """Run immortal ``name`` until stopped; returns a process exit code.
 
@@ -168,6 +173,10 @@ async def serve(
     ``role`` (``ambrosia.coordinator.standby``): ``auto`` becomes primary if the lease
     is free and a hot standby otherwise; ``standby`` always starts as a standby;
     ``primary`` waits for the lease and recovers cold, as before standbys existed.
+
+    ``separate``: run the coordinator alone (``ambrosia coordinator``), for a binding
+    process that connects to these loopback ports (``ambrosia.coordinator.socket_binding``).
+    It starts as primary (``role`` does not apply: no standbys in this mode yet).
     """
     deployment = deployment if deployment is not None else load_deployment()
     catalog = await open_catalog(deployment.catalog_for(catalog_url) or default_catalog_url())
@@ -187,7 +196,9 @@ async def serve(
         )
         run_config = config if config is not None else settings.config
         chosen = dataclasses.replace(settings.transport, tls=run_config.tls)
-        if app_factory is None:
+        if separate is not None:
+            pass  # the application is in the binding process
+        elif app_factory is None:
             if settings.app is None:
                 raise ConfigError(f"{name} has no registered app; pass --app module:Class")
             app_factory = load_app(settings.app)
@@ -207,12 +218,22 @@ async def serve(
         logger.info(
             "%s: log %s, deployment file %s", name, settings.log_url, deployment.path or "none"
         )
+        resolver = _CatalogResolver(catalog, chosen)
+        if separate is not None:
+            ports = separate.open(name)
+            cleanup.callback(ports.close)
+
+            async def next_store() -> LogStore:
+                return await open_store(settings.log_url, name, **settings.store_options)
+
+            return await _run_separate(name, ports, store, next_store, listen, resolver, run_config)
+        assert app_factory is not None
         runtime = StandbyRuntime(
             instance=name,
-            app_factory=app_factory,
+            binding=in_process(app_factory),
             store=store,
             listen=listen,
-            resolve=_CatalogResolver(catalog, chosen),
+            resolve=resolver,
             config=run_config,
             role=role,
             standby=standby or StandbySettings.for_log(settings.log_url, standby_poll_s),
@@ -231,21 +252,104 @@ async def _publish_address(catalog: Catalog, record: InstanceRecord, address: st
     logger.warning("%s: registered address changed to %s", record.name, address)
 
 
-async def _run(runtime: Runtime, name: str, listen: tuple[str, int]) -> int:
+@dataclasses.dataclass(frozen=True, slots=True)
+class BindingEndpoints:
+    """Where ``ambrosia coordinator`` listens for its binding process (loopback only).
+
+    Ports 0: any free port (logged). ``receive_fd``/``send_fd``: listening sockets
+    inherited from the process that started this one (``ambrosia run --separate``).
+    """
+
+    receive_port: int = 0
+    send_port: int = 0
+    receive_fd: int | None = None
+    send_fd: int | None = None
+    host: str = "127.0.0.1"
+
+    def open(self, name: str) -> BindingPorts:
+        if self.receive_fd is not None and self.send_fd is not None:
+            return BindingPorts(
+                name,
+                socket.socket(fileno=self.receive_fd),
+                socket.socket(fileno=self.send_fd),
+            )
+        return BindingPorts.bind(name, self.host, self.receive_port, self.send_port)
+
+
+async def _run_separate(
+    name: str,
+    ports: BindingPorts,
+    store: LogStore,
+    next_store: Callable[[], Awaitable[LogStore]],
+    listen: tuple[str, int],
+    resolve: _CatalogResolver,
+    config: Config,
+) -> int:
+    """Serve binding after binding: a lost binding ends one runtime life, and the next
+    life recovers from the log at once (serving peers) and waits for the next binding."""
+    await ports.start()
+    logger.info(
+        "%s: coordinator alone; binding receive port %d, send port %d",
+        name,
+        ports.receive_port,
+        ports.send_port,
+    )
+    while True:
+        stop = asyncio.Event()
+        lost: list[str] = []
+
+        def on_lost(reason: str, lost: list[str] = lost, stop: asyncio.Event = stop) -> None:
+            lost.append(reason)
+            stop.set()
+
+        def binding(host: BindingHost, on_lost: Callable[[str], None] = on_lost) -> Binding:
+            return SocketBinding(
+                host, ports, on_lost=on_lost, message_bytes_max=config.message_bytes_max
+            )
+
+        runtime = Runtime(
+            instance=name,
+            binding=binding,
+            store=store,
+            listen=listen,
+            resolve=resolve,
+            config=config,
+        )
+        signalled = asyncio.Event()
+        code = await _run(runtime, name, listen, stop=stop, signalled=signalled)
+        if not lost or signalled.is_set():
+            return code
+        logger.warning("%s: recovering from its log for the next binding", name)
+        store = await next_store()
+
+
+async def _run(
+    runtime: Runtime,
+    name: str,
+    listen: tuple[str, int],
+    stop: asyncio.Event | None = None,
+    signalled: asyncio.Event | None = None,
+) -> int:
     """Start ``runtime`` and serve until it fails or a signal asks it to stop.
 
     Signals and stuck handlers are watched from threads of their own
-    (``ambrosia.coordinator.watchdog``): SIGTERM ends the process within
+    (``ambrosia.watchdog``): SIGTERM ends the process within
     ``Config.shutdown_grace_s`` even when a handler never returns, and such a handler is
     named after ``Config.handler_warning_s``, during replay too.
     """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
+    signalled = signalled if signalled is not None else asyncio.Event()
+
+    def on_signal() -> None:
+        signalled.set()
+        stop.set()
+
     watchdog = HandlerWatchdog(warning_after_s=runtime.config.handler_warning_s)
     signals = SignalStop(
         name=name,
         grace_s=runtime.config.shutdown_grace_s,
-        request_stop=functools.partial(_call_soon_threadsafe, loop, stop.set),
+        request_stop=functools.partial(_call_soon_threadsafe, loop, on_signal),
     )
     # Python lets only the main thread set signal handlers; ``serve`` run elsewhere (an
     # embedding application's thread) leaves signals to that application.

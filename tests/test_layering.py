@@ -82,3 +82,41 @@ def test_nothing_outside_testing_and_bench_imports_the_testing_package() -> None
             if within(imported, TESTING):
                 offenders.append(f"{name} imports {imported}")
     assert offenders == []
+
+
+# Which package may import which: the coordinator knows bytes, not types, and reaches the
+# application only through ``ambrosia.coordinator.binding_port``; the binding knows
+# nothing of the coordinator; the sans-IO layers (wire, log, protocol) import neither,
+# and no event loop. ``ambrosia.host`` and ``ambrosia.separate`` choose and build.
+FORBIDDEN_IMPORTS = {
+    "ambrosia.coordinator": ("ambrosia.binding",),
+    "ambrosia.binding": ("ambrosia.coordinator",),
+    "ambrosia.protocol": ("ambrosia.coordinator", "ambrosia.binding", "asyncio"),
+    "ambrosia.wire": ("ambrosia.coordinator", "ambrosia.binding", "ambrosia.protocol", "asyncio"),
+    "ambrosia.log": ("ambrosia.coordinator", "ambrosia.binding", "ambrosia.protocol", "asyncio"),
+}
+
+
+def layer_offenders() -> list[str]:
+    offenders = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        name = module_name(path)
+        for layer, forbidden in FORBIDDEN_IMPORTS.items():
+            if not within(name, layer):
+                continue
+            for imported in sorted(imported_modules(path)):
+                if any(within(imported, package) for package in forbidden):
+                    offenders.append(f"{name} imports {imported}")
+    return offenders
+
+
+def test_the_coordinator_and_the_binding_import_nothing_of_each_other() -> None:
+    assert layer_offenders() == []
+
+
+def test_the_layer_check_sees_an_arrow_drawn_back() -> None:
+    found = imports_in(
+        "from ambrosia.binding.dispatcher import Dispatcher\n", "ambrosia.coordinator"
+    )
+    assert any(within(module, "ambrosia.binding") for module in found)
+    assert within("ambrosia.binding.dispatcher", FORBIDDEN_IMPORTS["ambrosia.coordinator"][0])

@@ -203,6 +203,7 @@ def test_bad_requests_get_clear_answers(tmp_path: Path) -> None:
     import asyncio
 
     from ambrosia.backends import open_store
+    from ambrosia.binding.dispatcher import in_process
     from ambrosia.coordinator.runtime import Runtime
     from ambrosia.operations import HealthServer
     from ambrosia.testing.workloads import ChainServer
@@ -226,7 +227,7 @@ def test_bad_requests_get_clear_answers(tmp_path: Path) -> None:
 
         runtime = Runtime(
             instance="server",
-            app_factory=ChainServer,
+            binding=in_process(ChainServer),
             store=store,
             listen=("127.0.0.1", 0),
             resolve=resolve,

@@ -156,7 +156,11 @@ class _Pair:
         persist: bool,
         env: dict[str, str],
         tls: bool = False,
+        separate: bool = False,
     ):
+        if separate and (tls or not persist):
+            raise ValueError("the separate binding is measured with a log and plain TCP")
+        self.separate = separate
         workdir = workdir.resolve()  # the catalog URL needs an absolute path
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
@@ -195,7 +199,14 @@ class _Pair:
 
     def start(self, name: str, app: str) -> subprocess.Popen[str]:
         command = [sys.executable, "-m", "ambrosia.bench.ambrosia_side", "run", name, app]
-        if not self.persist:
+        if self.separate:
+            # The application in a binding process, its coordinator a child process
+            # (``ambrosia run --separate``): the language-neutral split, measured.
+            command = [
+                sys.executable, "-m", "ambrosia.cli", "run", name, "--app", app,
+                "--separate", "--plaintext",
+            ]  # fmt: skip
+        elif not self.persist:
             command.append("--no-persist")
         if self.certs_dir is not None:
             command += ["--tls-dir", str(self.certs_dir)]
@@ -259,6 +270,7 @@ def _measure_size(
     workdir: Path,
     on_progress: Callable[[str, float], None],
     tls: bool = False,
+    separate: bool = False,
 ) -> ThroughputPoint:
     pair = _Pair(
         workdir / f"throughput-{size}",
@@ -266,6 +278,7 @@ def _measure_size(
         persist,
         {"AMBROSIA_BENCH_MODE": "throughput", "AMBROSIA_BENCH_SIZE": str(size)},
         tls,
+        separate,
     )
     try:
         server = pair.start("server", "ambrosia.bench.ambrosia_side:BenchServer")
@@ -314,6 +327,7 @@ def run_throughput(
     workdir: Path,
     on_progress: Callable[[str, float], None],
     tls: bool = False,
+    separate: bool = False,
 ) -> list[ThroughputPoint]:
     points: list[ThroughputPoint] = []
     try:
@@ -329,6 +343,7 @@ def run_throughput(
                         workdir=workdir / f"attempt-{attempt}",
                         on_progress=on_progress,
                         tls=tls,
+                        separate=separate,
                     )
                 except RuntimeError as error:
                     # A process that dies at start-up (a probed free port taken by someone

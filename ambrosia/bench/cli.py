@@ -55,9 +55,12 @@ from ambrosia.errors import AmbrosiaError, ConfigError
 
 __all__ = ["main"]
 
-SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu")
+SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu", "ambrosia-separate")
 # The systems that stream payloads; tcp and cpu only measure the machine's floors.
+# ambrosia-separate: the application as a binding process beside ``ambrosia coordinator``
+# (``ambrosia run --separate``), throughput only, not in the default set.
 STREAMING_SYSTEMS = ("ambrosia", "grpc")
+THROUGHPUT_SYSTEMS = (*STREAMING_SYSTEMS, "ambrosia-separate")
 default_sizes = "16..64K"
 # 13 sizes x 2 systems x (3 s + 1 s warm-up) is about 104 s, leaving room for process
 # start-up inside the 3-minute budget of a default run.
@@ -190,15 +193,17 @@ def _add_throughput(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser, *, ping: bool = False) -> None:
-    allowed = SYSTEMS if ping else STREAMING_SYSTEMS
+    allowed = SYSTEMS[:4] if ping else THROUGHPUT_SYSTEMS
     parser.add_argument(
         "--systems",
         type=_systems_option(allowed),
-        default=list(allowed),
+        default=list(SYSTEMS[:4] if ping else STREAMING_SYSTEMS),
         help="comma list of ambrosia, grpc, tcp, cpu (tcp: a bare TCP echo between two "
         "processes; cpu: a fixed unit of CPU work; the machine's floors; default all four)"
         if ping
-        else "comma list of ambrosia, grpc (default both; tcp and cpu are ping floors only)",
+        else "comma list of ambrosia, grpc, ambrosia-separate (the application as a binding "
+        "process beside `ambrosia coordinator`) (default ambrosia,grpc; tcp and cpu are ping "
+        "floors only)",
     )
     parser.add_argument(
         "--tls",
@@ -327,7 +332,7 @@ def _measure_throughput(
             for log in logs if system == "ambrosia" else [None]:
                 label = _label(system, log, logs)
                 try:
-                    if system == "ambrosia":
+                    if system in ("ambrosia", "ambrosia-separate"):
                         points = _ambrosia_side().run_throughput(
                             [size],
                             duration_s=options.duration,
@@ -337,6 +342,7 @@ def _measure_throughput(
                             tls=options.tls,
                             workdir=workdir / label,
                             on_progress=progress,
+                            separate=system == "ambrosia-separate",
                         )
                     else:
                         points = grpc_side.run_throughput(
@@ -487,7 +493,7 @@ def _execute(options: argparse.Namespace) -> int:
     workdir = out_dir / "work"
     results = Results(command=options.command, config=_config(options))
     measuring = options.command != "cost" or options.results is None
-    if measuring and "ambrosia" in options.systems:
+    if measuring and {"ambrosia", "ambrosia-separate"} & set(options.systems):
         _ambrosia_side()  # fail before any measurement, not after the gRPC half
         for log_url in options.logs or []:
             _check_log(log_url)

@@ -35,9 +35,10 @@ import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ambrosia.binding import codec
+from ambrosia.binding import state as state_codec
 from ambrosia.binding.immortal import (
     _SIZE_PREFIX,
     _SIZE_TABLE_MAX,
@@ -56,6 +57,7 @@ from ambrosia.errors import (
     RemoteCallError,
     ReplayDivergenceError,
 )
+from ambrosia.log.page import Page
 from ambrosia.wire.messages import (
     KIND_ASYNC,
     KIND_FORK,
@@ -71,10 +73,47 @@ from ambrosia.wire.varint import (
     encode_zigzag_long,
 )
 
-if TYPE_CHECKING:
-    from ambrosia.coordinator.outputs import OutputStream
-
 logger = logging.getLogger("ambrosia.binding")
+
+# Groups of small messages are copied into ``bytes`` once before dispatch: every
+# per-message slice and index is cheaper on bytes than on a memoryview. Large messages
+# are copied once each anyway.
+_COPY_GROUP_BELOW_MESSAGE_BYTES = 8192
+
+
+class OutputStream(Protocol):
+    """Where the dispatcher writes the output to one destination (the coordinator's
+    ``ambrosia.coordinator.outputs.OutputStream``, or a binding process's writer)."""
+
+    def add(self, head: bytes, body: bytes) -> None: ...
+
+    def report_again(self) -> None: ...
+
+
+class BindingHost(Protocol):
+    """The coordinator the dispatcher writes to (see ``ambrosia.coordinator.binding_port``)."""
+
+    @property
+    def instance(self) -> str: ...
+
+    def open_stream(self, destination: str) -> Any: ...
+
+    def log_impulse(self, message: bytes) -> None: ...
+
+
+def in_process(app_factory: Callable[[], Immortal]) -> Callable[[BindingHost], Dispatcher]:
+    """The binding factory of ``Runtime`` for an application running in its process."""
+
+    def build(host: BindingHost) -> Dispatcher:
+        return Dispatcher(
+            host.instance,
+            app_factory(),
+            host.open_stream,
+            host.log_impulse,
+            app_factory=app_factory,
+        )
+
+    return build
 
 
 def frame_prefix(size: int) -> bytes:
@@ -122,9 +161,12 @@ class Dispatcher:
         app: Immortal,
         open_stream: Callable[[str], OutputStream],
         log_impulse: Callable[[bytes], None],
+        *,
+        app_factory: Callable[[], Immortal] | None = None,
     ) -> None:
         self.instance = instance
         self.app = app
+        self._app_factory = app_factory if app_factory is not None else type(app)
         self._open_stream_callback = open_stream
         self._log_impulse = log_impulse
         self._streams: dict[str, OutputStream] = {}
@@ -545,6 +587,62 @@ class Dispatcher:
             return
         awaited.waiter = (coroutine, reply)
         self._suspended += 1
+
+    # -- the coordinator's side (``ambrosia.coordinator.binding_port.Binding``) ---------
+
+    # The in-process binding checkpoints after the first page it is quiescent at.
+    checkpoint_when_primary = False
+
+    async def deliver(self, page: Page) -> None:
+        """Run every call of a durable page, in log order."""
+        # Where the dispatcher is, for the watchdog to name a stuck call: set per page and
+        # per group, never per message (the call's own position is a local of ``dispatch``).
+        self.page_sequence = page.sequence
+        for group in page.groups:
+            self.group_first_seq = group.first_seq
+            data = group.messages
+            end = len(data)
+            if type(data) is not bytes and end < group.count * _COPY_GROUP_BELOW_MESSAGE_BYTES:
+                data = bytes(data)
+            position = 0
+            while position < end:
+                if self.blocked:
+                    # A full output buffer holds up the next handler, whichever page it is on.
+                    await self.unblocked.wait()
+                position = self.dispatch(group.source, data, position, end)
+
+    async def end_replay(self) -> None:
+        """Nothing to wait for: replay ran the handlers synchronously."""
+
+    async def load_checkpoint(self, binding: Any, state: bytes) -> None:
+        app = self._app_factory()
+        state_codec.load_attributes(app, state, resolve_proxy=self.resolve_proxy)
+        self.replace_app(app)
+        self.restore_binding_state(binding)
+
+    async def initial_checkpoint(self) -> tuple[dict[str, Any], bytes]:
+        return self._state()
+
+    async def take_checkpoint(self) -> tuple[dict[str, Any], bytes] | None:
+        return self._state() if self.quiescent else None
+
+    def _state(self) -> tuple[dict[str, Any], bytes]:
+        return dict(self.binding_state()), state_codec.dump_attributes(self.app, exclude=set())
+
+    async def become_primary(self) -> None:
+        self.start_task(self._become_primary())
+
+    async def _become_primary(self) -> None:
+        try:
+            await self.app.on_become_primary()
+        except Exception:
+            logger.exception("%s: on_become_primary failed", self.instance)
+
+    def blocked_on(self, stream: Any) -> bool:
+        return stream in self.blocked
+
+    def close(self) -> None:
+        self.stop_tasks()
 
     # -- checkpoint support ----------------------------------------------------------
 

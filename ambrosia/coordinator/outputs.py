@@ -170,6 +170,25 @@ class OutputStream:
             self.dirty = True
             self._on_dirty(self)
 
+    def add_run(self, data: bytes, count: int) -> None:
+        """Append ``count`` framed messages at once (``data``: back to back).
+
+        For a binding process's runs of calls (``socket_binding``); the caller adds one
+        by one while regenerated messages may still be dropped (``drop_through`` ahead).
+        """
+        first = self.next_seq + 1
+        assert first > self.drop_through, "a run that may hold consumed messages"
+        self.next_seq += count
+        open_batch = self.open
+        if not open_batch:
+            self.open_first_seq = first
+        open_batch += data
+        if len(open_batch) >= self._check_at:
+            self._limits_reached()
+        if not self.dirty:
+            self.dirty = True
+            self._on_dirty(self)
+
     def _limits_reached(self) -> None:
         if len(self.open) >= self.batch_bytes_max:
             self.seal()

@@ -1,4 +1,7 @@
-"""The coordinator of one immortal, with its binding in the same process.
+"""The coordinator of one immortal, driving its binding (``binding_port``).
+
+The binding is the in-process dispatcher (``ambrosia run``, the fast path) or a binding
+process on two loopback sockets (``ambrosia coordinator``); ``ambrosia.host`` chooses.
 
 Start-up is recovery; a first start is recovery from an empty log:
 
@@ -12,11 +15,11 @@ Start-up is recovery; a first start is recovery from an empty log:
 4. start a NEW chunk (the old last chunk may end in a torn write that cloud stores cannot
    truncate) and record it in the metadata before writing into it; start the committer,
    the peer listener and the outgoing links;
-5. replay the logged pages through the dispatcher (impulses refused meanwhile);
+5. replay the logged pages through the binding (impulses refused meanwhile);
 6. become primary: log the first-start call if it never was, ask for a checkpoint,
    run ``on_become_primary``.
 
-After that, durable pages flow from the committer to the dispatcher in order, outputs
+After that, durable pages flow from the committer to the binding in order, outputs
 flow to peers, acknowledgements free them and are logged as trim points, and a
 checkpoint is taken at a quiescent page boundary whenever the current chunk passes
 ``checkpoint_log_bytes`` or one is requested.
@@ -39,9 +42,7 @@ from typing import Any
 
 from ambrosia.backends.base import ChunkRange, Lease, LogStore
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
-from ambrosia.binding import state as state_codec
-from ambrosia.binding.dispatcher import Dispatcher
-from ambrosia.binding.immortal import Immortal
+from ambrosia.coordinator.binding_port import Binding, BindingHost, BindingState
 from ambrosia.coordinator.checkpoint import CheckpointState, OutputState, encode_checkpoint
 from ambrosia.coordinator.committer import Committer, DurablePage
 from ambrosia.coordinator.links import KEEPALIVE, IncomingLink, OutgoingLink
@@ -61,8 +62,8 @@ from ambrosia.errors import (
 )
 from ambrosia.log.page import Page, decode_page, instance_id_for
 from ambrosia.names import validate_instance_name
-from ambrosia.wire.messages import PEER_PROTOCOL_VERSION, Hello
-from ambrosia.wire.varint import decode_zigzag_long
+from ambrosia.wire.messages import PEER_PROTOCOL_VERSION, TYPE_RPC, Hello
+from ambrosia.wire.varint import decode_zigzag_long, encode_zigzag_int
 
 logger = logging.getLogger("ambrosia.coordinator")
 
@@ -70,7 +71,6 @@ IMPULSE_SOURCE = "@impulses"
 # Descriptors kept free of peer connections: the log's chunk files, checkpoints, the
 # catalog, outgoing links (counted separately) and whatever the application opens.
 _DESCRIPTORS_RESERVED = 64
-_COPY_GROUP_BELOW_MESSAGE_BYTES = 8192
 MiB = 1024 * 1024
 
 
@@ -113,7 +113,7 @@ class Config:
     # healthy idle peer is never cut off; keep the interval well below the timeout.
     incoming_idle_timeout_s: float = 60.0
     keepalive_interval_s: float = 15.0
-    # Process-level knobs used by ``ambrosia.host`` (see ``ambrosia.coordinator.watchdog``):
+    # Process-level knobs used by ``ambrosia.host`` (see ``ambrosia.watchdog``):
     # a handler running longer than this is named in a warning (0: never);
     handler_warning_s: float = 10.0
     # after SIGTERM/SIGINT, a stop that has not finished by then becomes an immediate exit.
@@ -152,16 +152,23 @@ class _SelfCallAudit:
         seq = first_seq
         while position < len(messages):
             size, start = decode_zigzag_long(messages, position)
-            self.logged[seq] = _call_head(messages, start)
+            self.logged[seq] = _call_head(messages, start, start + size)
             position = start + size
             seq += 1
+
+    def logged_message(self, seq: int) -> bytes | None:
+        """Self-call ``seq`` as logged, if it is not an RPC (an InitialMessage)."""
+        logged = self.logged.get(seq)
+        if logged is None or logged[:1] == b"\x00":
+            return None
+        return frame_prefix_of(len(logged)) + logged
 
     def check(self, seq: int, head: bytes) -> None:
         logged = self.logged.get(seq)
         if logged is None:
             return  # consumed before the checkpoint: nothing left to compare with
         _, start = decode_zigzag_long(head, 0)
-        regenerated = _call_head(head, start)
+        regenerated = _call_head(head, start, len(head))
         if regenerated != logged:
             raise ReplayDivergenceError(
                 f"{self.instance}: replay diverged at self-call {seq}: the log holds a call "
@@ -169,10 +176,21 @@ class _SelfCallAudit:
             )
 
 
-def _call_head(data: bytes | memoryview, start: int) -> bytes:
-    """Type, reserved byte, method id and kind of the RPC whose body starts at ``start``."""
+def _call_head(data: bytes | memoryview, start: int, end: int) -> bytes:
+    """Type, reserved byte, method id and kind of the RPC whose body starts at ``start``.
+
+    Any other message (an InitialMessage from a binding process: the first start) is
+    compared whole, type byte and data.
+    """
+    if data[start] != TYPE_RPC:
+        return bytes(data[start:end])
     _, kind_at = decode_zigzag_long(data, start + 2)
     return bytes(data[start : kind_at + 1])
+
+
+def frame_prefix_of(size: int) -> bytes:
+    """The size prefix of a message whose type and data take ``size`` bytes."""
+    return encode_zigzag_int(size)
 
 
 class _Watch:
@@ -219,14 +237,14 @@ class Runtime:
         self,
         *,
         instance: str,
-        app_factory: Callable[[], Immortal],
+        binding: Callable[[BindingHost], Binding],
         store: LogStore,
         listen: tuple[str, int],
         resolve: Resolver,
         config: Config | None = None,
     ) -> None:
         self.instance = instance
-        self.app_factory = app_factory
+        self._binding_factory = binding
         self.store = store
         self.listen_address = listen
         self._resolve = resolve
@@ -238,7 +256,7 @@ class Runtime:
         self.instance_id = instance_id_for(instance)
         self.lease: Lease | None = None
         self.metadata: MetadataKeeper | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.binding: Binding | None = None
         self.committer: Committer | None = None
         self.streams: dict[str, OutputStream] = {}
         self.links: dict[str, OutgoingLink] = {}
@@ -258,9 +276,6 @@ class Runtime:
         self.failure: BaseException | None = None
         self.primary = asyncio.Event()
         self.replayed_pages = 0
-        # Whether to ask for a checkpoint on becoming primary (at the next quiescent page;
-        # it is written in the background).
-        self.checkpoint_on_primary = True
         self._renewing: asyncio.Task[None] | None = None
         # Every open peer connection (admitted or not) and what the deadlines know of it.
         self.connections: dict[IncomingLink, _Watch] = {}
@@ -296,8 +311,7 @@ class Runtime:
         assert self.lease is not None
         logger.info("%s: lease taken, epoch %d", self.instance, self.lease.epoch)
         self.start_renewing()
-        app = self.app_factory()
-        self.dispatcher = Dispatcher(self.instance, app, self._open_stream, self._log_impulse)
+        self.binding = self._binding_factory(self)
         # The audit ``ambrosia log`` runs (``recovery``): a damaged log stops the start
         # here, with the chunk or checkpoint named; a corrupt latest checkpoint falls back
         # to an older kept one when the log from it is intact.
@@ -313,7 +327,7 @@ class Runtime:
             checkpoint = await self._first_checkpoint()
         else:
             checkpoint = reading.checkpoint
-            self._restore(checkpoint)
+            await self._restore(checkpoint)
         # Older kept checkpoints count for retention (the fallback needs the chunks from
         # the oldest one's resume chunk on). Their resume chunk is N - 1 or N; assuming
         # N - 1 keeps whatever they might need. Unusable ones and any newer than the one
@@ -340,10 +354,11 @@ class Runtime:
             self._open_stream(destination).ack(seq)
         self_stream = self._open_stream(self.instance)
         self._replay_pages = pages
-        self_stream.on_drop = _SelfCallAudit(self.instance, pages).check
+        audit = _SelfCallAudit(self.instance, pages)
+        self_stream.on_drop = audit.check
         # Self-calls restored from the checkpoint that never reached the log go in first.
         self_stream.ack(accepted.get(self.instance, 0))
-        self._renumber_first_start(accepted)
+        self._renumber_first_start(accepted, audit)
         first_chunk = reading.next_chunk if reading.audit is None else reading.audit.chunks.first
         await self.open_for_writing(
             checkpoint=checkpoint.number,
@@ -352,11 +367,11 @@ class Runtime:
             accepted=accepted,
         )
 
-    def _renumber_first_start(self, accepted: dict[str, int]) -> None:
-        assert self.dispatcher is not None
+    def _renumber_first_start(self, accepted: dict[str, int], audit: _SelfCallAudit) -> None:
+        assert self.binding is not None
         self_stream = self.streams[self.instance]
         if (
-            not self.dispatcher.started
+            not self.binding.started
             and self_stream.next_seq == 0
             and accepted.get(self.instance, 0)
         ):
@@ -365,8 +380,9 @@ class Runtime:
             # number it: the handlers' self-calls would then be numbered from 1 instead of
             # 2 and meet the log's call 1 (the first start) as a divergence. Number it
             # again, as the first life did; it is dropped as consumed, checked against
-            # the log like any regenerated self-call.
-            self._log_first_start()
+            # the log like any regenerated self-call. A binding process that has not
+            # sent it in this life is numbered with the one in the log.
+            self._log_first_start(audit.logged_message(1))
 
     async def open_for_writing(
         self,
@@ -387,7 +403,7 @@ class Runtime:
         store = self.store
         policy = self.config.retry_policy
         assert self.lease is not None and self.metadata is not None
-        assert self.dispatcher is not None
+        assert self.binding is not None
         self_stream = self.streams[self.instance]
         # A new chunk for this life, right after the last one the log ever created (a torn
         # tail in the old last chunk stays behind; cloud stores cannot truncate), recorded
@@ -454,7 +470,7 @@ class Runtime:
 
     async def _first_checkpoint(self) -> CheckpointState:
         """Checkpoint 0 of a new log (recovery found no metadata and no pages)."""
-        assert self.lease is not None and self.dispatcher is not None
+        assert self.lease is not None and self.binding is not None
         policy = self.config.retry_policy
         if 0 in await call_with_retry(self.store.list_checkpoints, policy):
             # A first life died between writing checkpoint 0 and pointing the metadata at
@@ -469,11 +485,12 @@ class Runtime:
                     f"names {state.instance!r} number {state.number}",
                 )
             logger.info("%s: checkpoint 0 of an earlier first start adopted", self.instance)
-            self._restore(state)
+            await self._restore(state)
             assert self.metadata is not None
             await self.metadata.record_checkpoint(0, 0)
             return state
-        state = self._snapshot(number=0, resume_sequence=0, resume_chunk=0)
+        fresh = await self.binding.initial_checkpoint()
+        state = self._snapshot(fresh, number=0, resume_sequence=0, resume_chunk=0)
         await self._store_checkpoint(0, encode_checkpoint(state), first_chunk=0)
         return state
 
@@ -494,26 +511,37 @@ class Runtime:
         await call_with_retry(lambda: self.store.write_checkpoint(lease, number, data), policy)
         await self.metadata.record_checkpoint(number, first_chunk)
 
-    def _restore(self, checkpoint: CheckpointState) -> None:
-        assert self.dispatcher is not None
-        app = self.app_factory()
-        state_codec.load_attributes(
-            app, checkpoint.app, resolve_proxy=self.dispatcher.resolve_proxy
-        )
-        self.dispatcher.replace_app(app)
-        self.dispatcher.restore_binding_state(checkpoint.binding)
+    async def _restore(self, checkpoint: CheckpointState) -> None:
+        assert self.binding is not None
+        await self.binding.load_checkpoint(checkpoint.binding, checkpoint.app)
         for destination, output in checkpoint.outputs.items():
             stream = self._open_stream(destination)
             stream.restore(output.next_seq, output.acked_through, output.segments)
 
     # -- output streams ------------------------------------------------------------------
 
+    def open_stream(self, destination: str) -> OutputStream:
+        """The output stream to ``destination`` (``BindingHost``)."""
+        return self._open_stream(destination)
+
+    def log_impulse(self, message: bytes) -> None:
+        """Log an impulse from the binding (``BindingHost``)."""
+        self._log_impulse(message)
+
+    @property
+    def dispatcher(self) -> Any:
+        """The binding, by its older name (the in-process one is the dispatcher)."""
+        return self.binding
+
+    @dispatcher.setter
+    def dispatcher(self, binding: Any) -> None:
+        self.binding = binding
+
     def _open_stream(self, destination: str) -> OutputStream:
         stream = self.streams.get(destination)
         if stream is not None:
             return stream
-        dispatcher = self.dispatcher
-        assert dispatcher is not None
+        assert self.binding is not None
         stream = OutputStream(
             destination,
             buffer_bytes_max=self.config.output_buffer_bytes_max,
@@ -658,7 +686,7 @@ class Runtime:
         if link.closed or refusal is not None:
             link.fail(refusal or "closed")
             return
-        assert self.committer is not None and self.dispatcher is not None
+        assert self.committer is not None and self.binding is not None
         accepted = self.committer.accepted.get(sender, 0)
         if hello.acked > accepted:
             link.close()
@@ -675,7 +703,7 @@ class Runtime:
         self.incoming[sender] = link
         link.admit(sender, accepted)
         stream = self.streams.get(sender)
-        if stream is not None and stream.blocked and stream not in self.dispatcher.blocked:
+        if stream is not None and stream.blocked and not self.binding.blocked_on(stream):
             link.hold(self._hold_wanted(stream))
 
     def stop_for_lost(self, what: str) -> None:
@@ -690,8 +718,8 @@ class Runtime:
 
         Only once replay is over: until then ``next_seq`` is still being regenerated.
         """
-        dispatcher = self.dispatcher
-        if dispatcher is None or dispatcher.replaying or not dispatcher.is_primary:
+        binding = self.binding
+        if binding is None or binding.replaying or not binding.is_primary:
             return
         if stream.drop_through > stream.next_seq:
             self.stop_for_lost(
@@ -722,8 +750,8 @@ class Runtime:
         log is the queue, so two immortals flooding each other cannot deadlock). Results
         and replay never stop the dispatcher; then the peer's input is held instead.
         """
-        assert self.dispatcher is not None
-        held = not self.dispatcher.stream_blocked(stream)
+        assert self.binding is not None
+        held = not self.binding.stream_blocked(stream)
         link = self.incoming.get(stream.destination)
         if link is not None:
             link.hold(held and self._hold_wanted(stream))
@@ -747,8 +775,8 @@ class Runtime:
         link = self.incoming.get(stream.destination)
         if link is not None:
             link.hold(False)
-        assert self.dispatcher is not None
-        self.dispatcher.stream_unblocked(stream)
+        assert self.binding is not None
+        self.binding.stream_unblocked(stream)
 
     async def _sweep_loop(self) -> None:
         """Deadlines of peer connections and keepalives of ours, on one timer."""
@@ -820,35 +848,37 @@ class Runtime:
     # -- delivery --------------------------------------------------------------------------
 
     async def _deliver_loop(self) -> None:
-        dispatcher = self.dispatcher
+        binding = self.binding
         committer = self.committer
-        assert dispatcher is not None and committer is not None
+        assert binding is not None and committer is not None
         try:
-            dispatcher.replaying = True
+            binding.replaying = True
             for _, page in self._replay_pages:
                 await self._deliver(page)
                 self.replayed_pages += 1
             self._replay_pages = []
-            dispatcher.replaying = False
+            await binding.end_replay()
+            binding.replaying = False
             self.streams[self.instance].on_drop = None
-            dispatcher.is_primary = True
+            binding.is_primary = True
             for stream in list(self.streams.values()):
                 # Not the self-stream: the first-start call enters it from the runtime,
                 # not from replay, so its numbering is not regenerated; its resume point
                 # is this log itself.
                 if stream.destination != self.instance:
                     self._check_resume(stream, stream.drop_through)
-            if not dispatcher.started:
-                self._log_first_start()
-            if self.checkpoint_on_primary:
-                self._request_checkpoint()
+            if not binding.started:
+                self._log_first_start(None)
+            self._request_checkpoint()
+            if binding.checkpoint_when_primary:
+                await self._checkpoint_if_due()
             self.primary.set()
             # Everything allocated so far (modules, recovered state) lives for the whole
             # process: keep it out of the collector's full passes, which would otherwise
             # show up as millisecond pauses in the latency tail.
             gc.freeze()
             logger.info("%s: primary (replayed %d pages)", self.instance, self.replayed_pages)
-            self._tasks.append(asyncio.get_running_loop().create_task(self._become_primary()))
+            await binding.become_primary()
             while True:
                 durable = committer.take_delivered()
                 if durable is None:
@@ -881,63 +911,56 @@ class Runtime:
             data, 0, where, instance_id=self.instance_id, page_bytes_max=self.config.page_bytes_max
         )
 
-    async def _become_primary(self) -> None:
-        assert self.dispatcher is not None
-        try:
-            await self.dispatcher.app.on_become_primary()
-        except Exception:
-            logger.exception("%s: on_become_primary failed", self.instance)
-
-    def _log_first_start(self) -> None:
-        assert self.dispatcher is not None
-        message = self.dispatcher.first_start_message()
+    def _log_first_start(self, logged: bytes | None) -> None:
+        """Log the message that starts the application (``logged``: the log's copy)."""
+        assert self.binding is not None
+        message = self.binding.first_start_message() or logged
+        if message is None:
+            return  # a binding process that has not sent one: logged when it does
         stream = self.streams[self.instance]
         stream.add(message, b"")
 
     async def _deliver(self, page: Page) -> None:
-        dispatcher = self.dispatcher
-        assert dispatcher is not None
+        binding = self.binding
+        assert binding is not None
+        await binding.deliver(page)
         delivered = self.delivered
-        # Where the dispatcher is, for the watchdog to name a stuck call: set per page and
-        # per group, never per message (the call's own position is a local of ``dispatch``).
-        dispatcher.page_sequence = page.sequence
         for group in page.groups:
-            dispatcher.group_first_seq = group.first_seq
-            data = group.messages
-            end = len(data)
-            if type(data) is not bytes and end < group.count * _COPY_GROUP_BELOW_MESSAGE_BYTES:
-                # Small messages: one copy of the group makes every per-message slice and
-                # index cheaper than on a memoryview. Large ones are copied once each anyway.
-                data = bytes(data)
-            position = 0
-            while position < end:
-                if dispatcher.blocked:
-                    # A full output buffer holds up the next handler, whichever page it is on.
-                    await dispatcher.unblocked.wait()
-                position = dispatcher.dispatch(group.source, data, position, end)
             delivered[group.source] = group.last_seq
         self.delivered_sequence = page.sequence
         if self._dirty:
             self._flush()  # send this page's output now rather than one loop turn later
+        if binding.checkpoint_requested:
+            await self._checkpoint_if_due()
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _request_checkpoint(self) -> None:
+        assert self.binding is not None
+        self.binding.checkpoint_requested = True
+
+    def request_checkpoint(self) -> None:
+        """A checkpoint at the next page boundary where the binding is quiescent."""
+        self._request_checkpoint()
+
+    async def _checkpoint_if_due(self) -> None:
+        binding = self.binding
         if (
-            dispatcher.checkpoint_requested
-            and dispatcher.quiescent
+            binding is not None
+            and binding.checkpoint_requested
+            and binding.quiescent
             and self._checkpoint_task is None
             and self.committer is not None
             and not self.committer.switch_pending
         ):
             # Checkpoint n resumes in chunk n, the one after the committer's current chunk:
             # until the previous checkpoint's switch has happened, that number is taken.
-            self._start_checkpoint()
+            await self._start_checkpoint()
 
-    # -- checkpoints -------------------------------------------------------------------------
-
-    def _request_checkpoint(self) -> None:
-        assert self.dispatcher is not None
-        self.dispatcher.checkpoint_requested = True
-
-    def _snapshot(self, *, number: int, resume_sequence: int, resume_chunk: int) -> CheckpointState:
-        assert self.dispatcher is not None and self.lease is not None
+    def _snapshot(
+        self, binding: BindingState, *, number: int, resume_sequence: int, resume_chunk: int
+    ) -> CheckpointState:
+        assert self.lease is not None
         outputs = {}
         for destination, stream in self.streams.items():
             next_seq, acked, segments = stream.snapshot()
@@ -950,21 +973,27 @@ class Runtime:
             resume_chunk=resume_chunk,
             inputs=dict(self.delivered),
             outputs=outputs,
-            binding=dict(self.dispatcher.binding_state()),
-            app=state_codec.dump_attributes(self.dispatcher.app, exclude=set()),
+            binding=dict(binding[0]),
+            app=binding[1],
         )
 
-    def _start_checkpoint(self) -> None:
+    async def _start_checkpoint(self) -> None:
         committer = self.committer
-        dispatcher = self.dispatcher
-        assert committer is not None and dispatcher is not None
-        dispatcher.checkpoint_requested = False
+        binding = self.binding
+        assert committer is not None and binding is not None
+        binding.checkpoint_requested = False
+        # The binding's state at this page boundary; a binding process may decline (not
+        # quiescent after all): asked again after a later page.
+        taken = await binding.take_checkpoint()
+        if taken is None:
+            binding.checkpoint_requested = True
+            return
         number = committer.chunk + 1
         resume_sequence = self.delivered_sequence + 1
         # Pages after the snapshot that were already sealed went to the current chunk.
         resume_chunk = committer.chunk if committer.next_sequence > resume_sequence else number
         state = self._snapshot(
-            number=number, resume_sequence=resume_sequence, resume_chunk=resume_chunk
+            taken, number=number, resume_sequence=resume_sequence, resume_chunk=resume_chunk
         )
         committer.switch_chunk(number)
         task = asyncio.get_running_loop().create_task(self._write_checkpoint(state))
@@ -1049,8 +1078,8 @@ class Runtime:
     # -- shutdown ----------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.stop_tasks()
+        if self.binding is not None:
+            self.binding.close()
         for task in self._tasks:
             task.cancel()
         for link in self.links.values():

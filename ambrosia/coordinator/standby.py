@@ -6,7 +6,7 @@ The one holding the log's writer lease is the primary; the others are standbys. 
 
 1. audit the log and load the latest checkpoint (``recovery.recover``, the same audit
    every start runs; it is safe beside a live writer);
-2. replay the pages after it through the dispatcher, impulses refused, outputs kept in
+2. replay the pages after it through the binding, impulses refused, outputs kept in
    their streams and dropped as the trim points logged by the primary say they were
    consumed (exactly what recovery does, page by page instead of all at once);
 3. tail the log (``LogTail``): read what the primary appended since the last read and
@@ -64,7 +64,6 @@ from typing import Any, Literal
 
 from ambrosia.backends.base import ChunkRange, LogStore, Meta
 from ambrosia.backends.retry import RetryPolicy, call_with_retry
-from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.coordinator.checkpoint import CheckpointState
 from ambrosia.coordinator.listener import Listener
 from ambrosia.coordinator.metadata import MetadataKeeper
@@ -335,17 +334,15 @@ class StandbyRuntime(Runtime):
             return False
         checkpoint = reading.checkpoint
         self._forget_state()
-        self.dispatcher = Dispatcher(
-            self.instance, self.app_factory(), self._open_stream, self._log_impulse
-        )
-        self._restore(checkpoint)
+        self.binding = self._binding_factory(self)
+        await self._restore(checkpoint)
         self._loaded_checkpoint = checkpoint
         self.delivered = dict(checkpoint.inputs)
         self.delivered_sequence = checkpoint.resume_sequence - 1
         self_stream = self._open_stream(self.instance)
         self._self_audit = _SelfCallAudit(self.instance, [])
         self_stream.on_drop = self._self_audit.check
-        self.dispatcher.replaying = True
+        self.binding.replaying = True
         if reading.audit is None or not reading.audit.scans:
             chunk = 0 if reading.audit is None else reading.audit.chunks.first
             offset = 0
@@ -371,8 +368,8 @@ class StandbyRuntime(Runtime):
 
     def _forget_state(self) -> None:
         """Drop what an earlier load replayed (nothing runs yet: no links, no listener)."""
-        if self.dispatcher is not None:
-            self.dispatcher.stop_tasks()
+        if self.binding is not None:
+            self.binding.close()
         self.streams = {}
         self._dirty = set()
         self.replayed_pages = 0
@@ -382,7 +379,7 @@ class StandbyRuntime(Runtime):
         if not pages:
             return
         audit = self._self_audit
-        assert audit is not None and self.dispatcher is not None
+        assert audit is not None and self.binding is not None
         accepted_self = self.delivered.get(self.instance, 0)
         for _, page in pages:
             for group in page.groups:
@@ -394,7 +391,7 @@ class StandbyRuntime(Runtime):
         self.streams[self.instance].ack(accepted_self)
         accepted = dict(self.delivered)
         accepted[self.instance] = accepted_self
-        self._renumber_first_start(accepted)
+        self._renumber_first_start(accepted, audit)
         self.log_end_sequence = max(self.log_end_sequence, pages[-1][1].sequence)
         for _, page in pages:
             await self._deliver(page)
@@ -584,10 +581,9 @@ class StandbyRuntime(Runtime):
         listed = await call_with_retry(self.store.list_chunks, policy)
         last = max([meta.chunks.last, *(info.number for info in listed)])
         accepted = dict(self.delivered)
-        # A checkpoint soon after the takeover, taken in the background like any other:
+        # Becoming primary asks for a checkpoint, taken in the background like any other:
         # every takeover starts a chunk, and without one the chunks of a string of quick
         # failovers are never retired (on s3 each one costs requests at every takeover).
-        self.checkpoint_on_primary = True
         await self.open_for_writing(
             checkpoint=meta.checkpoint,
             chunks=ChunkRange(meta.chunks.first, last + 1),

@@ -148,8 +148,11 @@ class Deployment:
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         label: str | None = None,
+        subcommand: str = "run",
     ) -> subprocess.Popen[bytes]:
         """Start ``ambrosia run NAME``; ``label`` tells apart processes of one instance.
+
+        ``subcommand="coordinator"``: its coordinator alone, for a binding process.
 
         The process is known by its label (default: the instance name) to ``kill``,
         ``terminate``, ``output`` and ``wait_for``; ``args`` and ``env`` add to the
@@ -160,7 +163,7 @@ class Deployment:
         count = self.starts.get(key, 0) + 1
         self.starts[key] = count
         log = open(self.directory / f"{key}.{count}.log", "wb")  # noqa: SIM115
-        command = [sys.executable, "-m", "ambrosia.cli", "run", name]
+        command = [sys.executable, "-m", "ambrosia.cli", subcommand, name]
         process = subprocess.Popen(
             [*command, *self.transport_args(name), *self.run_args, *args],
             env={**self.env, **(env or {})},

@@ -13,9 +13,11 @@ from ambrosia.backends import open_store
 from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.binding.immortal import Immortal
+from ambrosia.binding.remote import RemoteBinding
 from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.coordinator.recovery import recover
 from ambrosia.log.page import PAGE_BYTES_MAX_DEFAULT
+from ambrosia.protocol.binding_link import PageReceived
 
 
 async def replay(
@@ -63,6 +65,14 @@ async def replay(
     def refuse(message: bytes) -> None:
         raise AssertionError("replay does not log impulses")
 
+    if state.binding.get("separate"):
+        # Written by a binding process (``ambrosia run --separate``): its own format.
+        remote = RemoteBinding(instance, app_factory, lambda data: None)
+        await remote.load(state.app)
+        for _, page in reading.pages:
+            groups = tuple((group.source, bytes(group.messages)) for group in page.groups)
+            remote.deliver(PageReceived(page.sequence, groups))
+        return remote.dispatcher.app
     dispatcher = Dispatcher(instance, app_factory(), sink, refuse)
     app = app_factory()
     state_codec.load_attributes(app, state.app, dispatcher.resolve_proxy)

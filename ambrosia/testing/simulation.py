@@ -93,6 +93,7 @@ from ambrosia.backends import memory, open_store
 from ambrosia.backends.base import LogStore
 from ambrosia.backends.file import FileLogStore
 from ambrosia.binding import state as state_codec
+from ambrosia.binding.dispatcher import Dispatcher, in_process
 from ambrosia.binding.immortal import Immortal, rpc
 from ambrosia.coordinator.outputs import Segment
 from ambrosia.coordinator.recovery import read_checkpoint
@@ -532,9 +533,9 @@ class _Node:
 
     def app(self) -> Immortal | None:
         runtime = self.runtime
-        if self.dead or runtime is None or runtime.dispatcher is None:
+        if self.dead or runtime is None or not isinstance(runtime.binding, Dispatcher):
             return None
-        return runtime.dispatcher.app
+        return runtime.binding.app
 
     def kill(self) -> None:
         if self.dead:
@@ -674,7 +675,7 @@ class _Run:
         store = await self.storage.open(node.name)
         node.runtime = Runtime(
             instance=node.name,
-            app_factory=node.factory,
+            binding=in_process(node.factory),
             store=store,
             listen=("127.0.0.1", 0),
             resolve=self.resolve,

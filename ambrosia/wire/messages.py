@@ -199,6 +199,10 @@ KIND_IMPULSE: Final = int(RpcKind.IMPULSE)
 # result of an earlier async call.
 RESERVED_CALL: Final = 0
 RESERVED_RESULT: Final = 1
+# Method ids below 0 are the system's. -1: the first-start call of the Python binding;
+# -2: a coordinator's source marker in a log record sent to a binding process (the
+# sender of the messages that follow; ``ambrosia.protocol.binding_link``).
+METHOD_ID_SOURCE: Final = -2
 
 
 class Direction(enum.Enum):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from ambrosia.backends import memory, open_store
 from ambrosia.backends.base import LogStore
+from ambrosia.binding.dispatcher import in_process
 from ambrosia.binding.immortal import Immortal, impulse, rpc
 from ambrosia.coordinator.runtime import Config, Runtime
 from ambrosia.errors import InstanceNotFoundError
@@ -121,7 +122,7 @@ class Peers:
         self.registered.add(name)
         runtime = Runtime(
             instance=name,
-            app_factory=factory,
+            binding=in_process(factory),
             store=store,
             listen=("127.0.0.1", 0),
             resolve=self.resolve,

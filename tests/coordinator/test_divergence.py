@@ -8,6 +8,7 @@ from coordinator_peers import LIVENESS_S
 
 from ambrosia import Immortal, rpc
 from ambrosia.backends import open_store
+from ambrosia.binding.dispatcher import in_process
 from ambrosia.coordinator.runtime import Runtime
 from ambrosia.errors import ReplayDivergenceError
 
@@ -45,7 +46,7 @@ async def _run(url: str, until_steps: int | None) -> Runtime:
 
     runtime = Runtime(
         instance="stepper",
-        app_factory=Stepper,
+        binding=in_process(Stepper),
         store=store,
         listen=("127.0.0.1", 0),
         resolve=resolve,

@@ -35,7 +35,7 @@ from coordinator_peers import ASYNC_EVERY, Peers, Recorder, Sender
 
 from ambrosia.backends import open_store
 from ambrosia.backends.base import LogStore
-from ambrosia.binding.dispatcher import Dispatcher
+from ambrosia.binding.dispatcher import Dispatcher, in_process
 from ambrosia.coordinator.checkpoint import decode_checkpoint, encode_checkpoint
 from ambrosia.coordinator.recovery import recover
 from ambrosia.coordinator.runtime import Config, Runtime
@@ -279,7 +279,7 @@ async def two_phases(storage: Storage, peers: Peers) -> int:
 def server_runtime(store: LogStore, peers: Peers) -> Runtime:
     return Runtime(
         instance="server",
-        app_factory=Recorder,
+        binding=in_process(Recorder),
         store=store,
         listen=("127.0.0.1", 0),
         resolve=peers.resolve,
@@ -482,7 +482,9 @@ def test_first_start_killed_before_its_metadata_starts_again(storage: Storage) -
             first = server_runtime(store, peers)
             first.lease = lease
             first.dispatcher = Dispatcher("server", Recorder(), first._open_stream, print)
-            state = first._snapshot(number=0, resume_sequence=0, resume_chunk=0)
+            state = first._snapshot(
+                first.dispatcher._state(), number=0, resume_sequence=0, resume_chunk=0
+            )
             await store.write_checkpoint(lease, 0, encode_checkpoint(state))
             meta, _ = await store.read_meta()
             assert meta is None or meta.checkpoint is None

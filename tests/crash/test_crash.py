@@ -38,3 +38,19 @@ def test_crash_file_backend(tmp_path: Path, seed: int) -> None:
     points = [kill.at_call for kill in outcome.plan if kill.at_call is not None]
     assert max(points) > 2 * SETTINGS.total_calls // 3, points
     assert outcome.audits >= outcome.kills
+
+
+SEPARATE_SETTINGS = CrashSettings(
+    # The same scenario with each immortal as two processes (``ambrosia run --separate``:
+    # a binding process and its ``ambrosia coordinator`` child, killed together), kept
+    # short for CI.
+    total_calls=2_000,
+    kills=6,
+    run_args=("--checkpoint-log-bytes", "65536", "--separate"),
+)
+
+
+def test_crash_file_backend_separate_binding(tmp_path: Path) -> None:
+    outcome = run_crash_scenario(tmp_path, None, 20261121, settings=SEPARATE_SETTINGS)
+    assert outcome.kills == SEPARATE_SETTINGS.kills
+    assert outcome.audits >= outcome.kills

@@ -23,6 +23,7 @@ from ambrosia.backends import open_store
 from ambrosia.backends.base import LogStore
 from ambrosia.backends.faults import FaultInjectingStore, FaultRates
 from ambrosia.backends.retry import RetryPolicy, RetryStats, call_with_retry
+from ambrosia.binding.dispatcher import in_process
 from ambrosia.binding.immortal import Immortal, impulse, rpc
 from ambrosia.coordinator.runtime import Config, Runtime
 from ambrosia.errors import ConfigError
@@ -180,7 +181,7 @@ def test_start_up_survives_one_transient_read_failure() -> None:
 
         runtime = Runtime(
             instance="solo",
-            app_factory=_Quiet,
+            binding=in_process(_Quiet),
             store=store,
             listen=("127.0.0.1", 0),
             resolve=nowhere,
@@ -226,7 +227,7 @@ def test_retention_keeps_exactly_the_newest_checkpoints_across_restarts(tmp_path
 
         runtime = Runtime(
             instance="solo",
-            app_factory=_Ticking,
+            binding=in_process(_Ticking),
             store=store,
             listen=("127.0.0.1", 0),
             resolve=nowhere,
