@@ -24,6 +24,7 @@ import functools
 import importlib
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -294,8 +295,54 @@ async def _run_separate(
         ports.receive_port,
         ports.send_port,
     )
+    # Between two lives no SignalStop is installed: a SIGTERM there would kill the
+    # process unclean. This handler only notes it; the loop then stops.
+    asked_between_lives: list[int] = []
+    current_stop: list[asyncio.Event] = []
+    loop = asyncio.get_running_loop()
+
+    def note(number: int, frame: Any) -> None:
+        asked_between_lives.append(number)
+        for event in current_stop:  # a life about to install its own handlers
+            loop.call_soon_threadsafe(event.set)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, note)
+    try:
+        return await _lives(
+            name,
+            ports,
+            store,
+            next_store,
+            listen,
+            resolve,
+            config,
+            asked_between_lives,
+            current_stop,
+        )
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
+async def _lives(
+    name: str,
+    ports: BindingPorts,
+    store: LogStore,
+    next_store: Callable[[], Awaitable[LogStore]],
+    listen: tuple[str, int],
+    resolve: _CatalogResolver,
+    config: Config,
+    asked_between_lives: list[int],
+    current_stop: list[asyncio.Event],
+) -> int:
     while True:
         stop = asyncio.Event()
+        current_stop[:] = [stop]
+        if asked_between_lives:
+            stop.set()  # asked since the last check: this life stops as it starts
         lost: list[str] = []
 
         def on_lost(reason: str, lost: list[str] = lost, stop: asyncio.Event = stop) -> None:
@@ -317,10 +364,13 @@ async def _run_separate(
         )
         signalled = asyncio.Event()
         code = await _run(runtime, name, listen, stop=stop, signalled=signalled)
-        if not lost or signalled.is_set():
+        if not lost or signalled.is_set() or asked_between_lives:
             return code
         logger.warning("%s: recovering from its log for the next binding", name)
         store = await next_store()
+        if asked_between_lives:
+            await store.close()
+            return 0
 
 
 async def _run(

@@ -58,7 +58,7 @@ _STATE_HEAD = struct.Struct(">I")
 _READ_BYTES = 1024 * 1024
 _STREAM_LIMIT_BYTES = 4 * 1024 * 1024  # asyncio's 64 KiB default reads big pages in slivers
 _TYPE_INITIAL_MESSAGE = 9
-_SEND_BUFFER_BYTES_MAX = 4 * 1024 * 1024
+_SEND_BUFFER_BYTES_MAX = 16 * 1024 * 1024
 RECORD_BYTES_MAX = 64 * 1024 * 1024
 
 
@@ -231,6 +231,11 @@ async def run_binding(
                 logger.error("%s: cannot reach the coordinator: %s", instance, error)
                 return 1
             await asyncio.sleep(0.1)
+    # ``drain`` waits down to the low mark (asyncio's default 16 KiB would empty the
+    # buffer before the next page's output is made): two pages' output may be in flight.
+    to_coordinator.transport.set_write_buffer_limits(
+        high=_SEND_BUFFER_BYTES_MAX, low=_SEND_BUFFER_BYTES_MAX // 2
+    )
     binding = RemoteBinding(instance, app_factory, to_coordinator.write)
     end = BindingEnd(record_bytes_max=RECORD_BYTES_MAX)
     try:

@@ -21,6 +21,7 @@ if __package__ in (None, ""):
 
 from ambrosia.backends import file
 from ambrosia.coordinator import links
+from ambrosia.coordinator.binding_port import BindingState
 from ambrosia.coordinator.checkpoint import CheckpointState, OutputState
 from ambrosia.coordinator.committer import Committer
 from ambrosia.coordinator.outputs import OutputStream
@@ -130,8 +131,8 @@ def checkpoint_without_output_buffers() -> Iterator[None]:
     """Checkpoints record each output stream's numbers but not its unacknowledged messages."""
     snapshot = Runtime._snapshot
 
-    def bare(self: Runtime, **where: int) -> CheckpointState:
-        state = snapshot(self, **where)
+    def bare(self: Runtime, binding: BindingState, **where: int) -> CheckpointState:
+        state = snapshot(self, binding, **where)
         outputs = {
             destination: OutputState(output.next_seq, output.acked_through, [])
             for destination, output in state.outputs.items()
