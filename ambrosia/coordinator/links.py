@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import random
@@ -700,17 +701,18 @@ class OutgoingLink:
         connection = self.protocol
         if connection is None or not connection.ready:
             return
-        stream = self.stream
-        stream.seal()
-        stream.dirty = False
         # Only while the connection takes more: what stays unsent waits in the stream,
-        # where an acknowledgement can still free it, and goes out on the next flush.
-        while connection.writable and stream.unsent:
-            segment = stream.unsent.popleft()
-            stream.inflight.append(segment)
-            connection.send(data_batch_head(segment), segment.data)
-            self.batches_sent += 1
-            self.bytes_sent += len(segment.data)
+        # where an acknowledgement can still free it, and goes out on the next flush
+        # (the connection's own, once its buffer drains).
+        self.stream.hand_out(functools.partial(self._send_batch, connection))
+
+    def _send_batch(self, connection: OutgoingConnection, segment: Segment) -> bool:
+        if not connection.writable:
+            return False
+        connection.send(data_batch_head(segment), segment.data)
+        self.batches_sent += 1
+        self.bytes_sent += len(segment.data)
+        return True
 
     async def _run(self) -> None:
         delay = self.config.reconnect_delay_min_s

@@ -213,13 +213,31 @@ class OutputStream:
             self.open = bytearray()
             self._update_check_at()
 
+    def hand_out(self, send: Callable[[Segment], bool]) -> bool:
+        """Seal, then give each unsent batch to ``send`` in order; the ones it takes
+        (True) are in flight. Stops at the first it refuses (a full connection, a full
+        page): that one and the rest stay unsent, and the stream stays dirty, so the
+        next ``add`` does not ask for another flush; whoever refused asks again when it
+        has room. True when everything went out."""
+        self.seal()
+        unsent = self.unsent
+        inflight = self.inflight
+        while unsent:
+            if not send(unsent[0]):
+                return False
+            inflight.append(unsent.popleft())
+        self.dirty = False
+        return True
+
     def take_unsent(self) -> list[Segment]:
         """Seal and return what the current connection has not been sent; mark it in flight."""
-        self.seal()
-        self.dirty = False
-        segments = list(self.unsent)
-        self.unsent.clear()
-        self.inflight.extend(segments)
+        segments: list[Segment] = []
+
+        def take(segment: Segment) -> bool:
+            segments.append(segment)
+            return True
+
+        self.hand_out(take)
         return segments
 
     # -- acknowledgements and reconnection ----------------------------------------------

@@ -49,7 +49,7 @@ from ambrosia.coordinator.links import KEEPALIVE, IncomingLink, OutgoingLink
 from ambrosia.coordinator.listener import Listener
 from ambrosia.coordinator.metadata import MetadataKeeper
 from ambrosia.coordinator.metrics import CoordinatorMetrics, register_runtime
-from ambrosia.coordinator.outputs import OutputStream
+from ambrosia.coordinator.outputs import OutputStream, Segment
 from ambrosia.coordinator.recovery import read_checkpoint, recover
 from ambrosia.coordinator.tls import TlsContexts, TlsSettings, load_contexts
 from ambrosia.errors import (
@@ -595,16 +595,16 @@ class Runtime:
         committer = self.committer
         if committer is None:
             return
-        stream.seal()
-        while stream.unsent:
-            segment = stream.unsent[0]
-            if not committer.try_add(
-                self.instance, segment.first_seq, segment.count, segment.count, segment.data
-            ):
-                committer.wait_for_room(lambda: self._on_dirty(stream))
-                return
-            stream.inflight.append(stream.unsent.popleft())
-        stream.dirty = False
+        instance = self.instance
+
+        def log(segment: Segment) -> bool:
+            assert committer is not None
+            return committer.try_add(
+                instance, segment.first_seq, segment.count, segment.count, segment.data
+            )
+
+        if not stream.hand_out(log):
+            committer.wait_for_room(lambda: self._on_dirty(stream))
 
     def _on_ack(self, stream: OutputStream) -> None:
         """Acknowledged output: its trim point rides on the next page written."""

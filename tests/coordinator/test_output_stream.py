@@ -129,6 +129,39 @@ def test_messages_are_numbered_from_one_and_batched_until_taken() -> None:
     assert sent(stream.take_unsent()) == expected(6, 6)
 
 
+def test_hand_out_stops_at_the_first_refused_batch_and_stays_dirty() -> None:
+    """A full connection or page refuses a batch: it and the rest stay unsent, in order,
+    and no flush is asked for again until the refuser has room (it asks itself)."""
+    stream, events = make(batch_bytes_max=30)
+    add(stream, 1, 20)
+    stream.seal()
+    batches = len(stream.unsent)
+    assert batches >= 3
+    taken: list[Segment] = []
+
+    def take_two(segment: Segment) -> bool:
+        if len(taken) == 2:
+            return False
+        taken.append(segment)
+        return True
+
+    assert not stream.hand_out(take_two)
+    assert len(stream.inflight) == 2 and len(stream.unsent) == batches - 2
+    add(stream, 21, 22)
+    assert events.dirty == 1, "still dirty: the refuser asks again, not the next add"
+    rest: list[Segment] = []
+
+    def take_all(segment: Segment) -> bool:
+        rest.append(segment)
+        return True
+
+    assert stream.hand_out(take_all)
+    assert sent(taken + rest) == expected(1, 22)
+    assert not stream.has_unsent
+    add(stream, 23, 23)
+    assert events.dirty == 2, "everything went out: the next add asks for a flush"
+
+
 def test_batches_seal_at_batch_bytes_max() -> None:
     stream, _ = make(batch_bytes_max=30)
     add(stream, 1, 20)
