@@ -55,10 +55,13 @@ from ambrosia.wire.varint import decode_zigzag_int, encode_zigzag_int
 logger = logging.getLogger("ambrosia.binding.remote")
 
 _STATE_HEAD = struct.Struct(">I")
-_READ_BYTES = 1024 * 1024
+# Messages at least this large are dispatched from a view of the page (each is copied
+# once, as its arguments); smaller ones from one copy of their group.
+_VIEW_MESSAGE_BYTES_MIN = 1024
 _STREAM_LIMIT_BYTES = 4 * 1024 * 1024  # asyncio's 64 KiB default reads big pages in slivers
 _TYPE_INITIAL_MESSAGE = 9
 _SEND_BUFFER_BYTES_MAX = 16 * 1024 * 1024
+_EVENTS_QUEUED_MAX = 64
 RECORD_BYTES_MAX = 64 * 1024 * 1024
 
 
@@ -93,7 +96,7 @@ class RemoteBinding:
         self,
         instance: str,
         app_factory: Callable[[], Immortal],
-        write: Callable[[bytes], None],
+        write: Callable[[bytes | bytearray], None],
     ) -> None:
         self.instance = instance
         self._write = write
@@ -125,7 +128,8 @@ class RemoteBinding:
     def flush(self) -> None:
         self._flush_scheduled = False
         if self._out:
-            self._write(bytes(self._out))
+            # The transport sends what it can at once and copies only the rest.
+            self._write(self._out)
             self._out.clear()
 
     # -- what the coordinator sends -----------------------------------------------------
@@ -148,12 +152,20 @@ class RemoteBinding:
         for source, data in page.groups:
             position = 0
             end = len(data)
+            if (
+                end
+                and type(data) is not bytes
+                and decode_zigzag_int(data, 0)[0] < _VIEW_MESSAGE_BYTES_MIN
+            ):
+                # Small messages: one copy of the group makes each message's slice cheaper
+                # than on a view. Large ones are copied once each, as their arguments.
+                data = bytes(data)
             if source == self.instance and not dispatcher.started:
                 position = self._maybe_initial(data)
             while position < end:
                 position = dispatcher.dispatch(source, data, position, end)
 
-    def _maybe_initial(self, data: bytes) -> int:
+    def _maybe_initial(self, data: bytes | memoryview) -> int:
         """Dispatch the InitialMessage if the group starts with it; where to go on."""
         size, start = decode_zigzag_int(data, 0)
         if data[start] != _TYPE_INITIAL_MESSAGE:
@@ -205,6 +217,69 @@ class RemoteBinding:
         await dispatcher.become_primary()
 
 
+class _RecordReader(asyncio.BufferedProtocol):
+    """Reads the coordinator's log records straight into the binding end's buffer.
+
+    Events wait here until the binding takes them (``events``); past
+    ``_EVENTS_QUEUED_MAX`` of them the socket is not read (the coordinator's own flow
+    control then holds its pages).
+    """
+
+    def __init__(self, end: BindingEnd) -> None:
+        self._end = end
+        self._events: list[BindingEvent] = []
+        self._closed = False
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
+        self._transport: asyncio.BaseTransport | None = None
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._end.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self._events += self._end.buffer_updated(nbytes)
+        except ProtocolError as error:
+            self._error = error
+            self._closed = True
+        self._ready.set()
+        if len(self._events) > _EVENTS_QUEUED_MAX and not self._paused:
+            assert isinstance(self._transport, asyncio.ReadTransport)
+            self._transport.pause_reading()
+            self._paused = True
+
+    def eof_received(self) -> bool:
+        self._closed = True
+        self._ready.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if exc is not None and self._error is None:
+            self._error = exc
+        self._ready.set()
+
+    async def events(self) -> list[BindingEvent] | None:
+        """The events received so far (waiting for one); None at the end of the stream."""
+        while not self._events:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        events, self._events = self._events, []
+        if self._paused:
+            self._paused = False
+            assert isinstance(self._transport, asyncio.ReadTransport)
+            self._transport.resume_reading()
+        return events
+
+
 async def run_binding(
     instance: str,
     app_factory: Callable[[], Immortal],
@@ -217,16 +292,18 @@ async def run_binding(
     """Connect to the coordinator and run until it closes the connection; exit code."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + connect_timeout_s
+    reader = _RecordReader(BindingEnd(record_bytes_max=RECORD_BYTES_MAX))
     while True:
+        to_coordinator: asyncio.StreamWriter | None = None
         try:
             _, to_coordinator = await asyncio.open_connection(
                 host, receive_port, limit=_STREAM_LIMIT_BYTES
             )
-            from_coordinator, _send = await asyncio.open_connection(
-                host, send_port, limit=_STREAM_LIMIT_BYTES
-            )
+            from_coordinator, _ = await loop.create_connection(lambda: reader, host, send_port)
             break
         except OSError as error:
+            if to_coordinator is not None:
+                to_coordinator.close()  # the pair is made again, receive port first
             if loop.time() > deadline:
                 logger.error("%s: cannot reach the coordinator: %s", instance, error)
                 return 1
@@ -237,14 +314,13 @@ async def run_binding(
         high=_SEND_BUFFER_BYTES_MAX, low=_SEND_BUFFER_BYTES_MAX // 2
     )
     binding = RemoteBinding(instance, app_factory, to_coordinator.write)
-    end = BindingEnd(record_bytes_max=RECORD_BYTES_MAX)
     try:
         while True:
-            data = await from_coordinator.read(_READ_BYTES)
-            if not data:
+            events = await reader.events()
+            if events is None:
                 logger.info("%s: the coordinator closed the connection", instance)
                 return 0
-            for event in end.receive_data(data):
+            for event in events:
                 await binding.handle(event)
             binding.flush()
             if to_coordinator.transport.get_write_buffer_size() > _SEND_BUFFER_BYTES_MAX:
@@ -254,6 +330,6 @@ async def run_binding(
         return 1
     finally:
         binding.dispatcher.stop_tasks()
-        for writer in (to_coordinator, _send):
+        for transport in (to_coordinator.transport, from_coordinator):
             with contextlib.suppress(Exception):
-                writer.close()
+                transport.close()

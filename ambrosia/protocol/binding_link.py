@@ -111,6 +111,10 @@ ACCEPTED_FROM_BINDING: Final = frozenset((0, 1, 2, 5, 6, 7, 8, 9))
 _RECORD_HEADER: Final = struct.Struct("<iiQq")
 _COMPACT_BYTES_MIN: Final = 64 * 1024
 _PATTERNS_MAX: Final = 256
+# A binding's receive buffer: the socket reads into at least _READ_CHUNK_BYTES of free
+# space; records from _LARGE_RECORD_BYTES on are read into a buffer of their own.
+_READ_CHUNK_BYTES: Final = 256 * 1024
+_LARGE_RECORD_BYTES: Final = 1024 * 1024
 _TAKE_CHECKPOINT: Final = encode(TakeCheckpoint())
 _SOURCE_HEAD: Final = bytes((TYPE_RPC, RESERVED_CALL)) + encode_zigzag_int(METHOD_ID_SOURCE)
 _SOURCE_HEAD_WITH_KIND: Final = _SOURCE_HEAD + bytes((KIND_FORK,))
@@ -492,7 +496,7 @@ class PageReceived:
     """A durable log page: its groups as (sender, messages exactly as logged)."""
 
     sequence: int
-    groups: tuple[tuple[str, bytes], ...]
+    groups: tuple[tuple[str, bytes | memoryview], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,33 +517,93 @@ BindingEvent: TypeAlias = PageReceived | CheckpointLoaded | ControlReceived
 class BindingEnd:
     """A binding's end: log records in, events out; what to send, as bytes."""
 
-    __slots__ = ("_buffer", "_checkpoint", "_checkpoint_remaining", "_error", "record_bytes_max")
+    __slots__ = (
+        "_buffer",
+        "_checkpoint",
+        "_checkpoint_remaining",
+        "_end",
+        "_error",
+        "_need",
+        "_record",
+        "_record_filled",
+        "_start",
+        "record_bytes_max",
+    )
 
     def __init__(self, *, record_bytes_max: int) -> None:
         self.record_bytes_max = record_bytes_max
-        self._buffer = bytearray()
+        # Received bytes live in ``_buffer[_start:_end]``; the socket reads straight into
+        # the free space after them (``get_buffer``), and each record's body is copied
+        # out once. ``_need``: the bytes the next record needs, once its header is in.
+        # A large record is read into a buffer of its own instead (``_record``, filled
+        # up to ``_record_filled``), and its body is never copied.
+        self._buffer = bytearray(_READ_CHUNK_BYTES)
+        self._start = 0
+        self._end = 0
+        self._need = RECORD_HEADER_BYTES
+        self._record: bytearray | None = None
+        self._record_filled = 0
         self._checkpoint: bytearray | None = None
         self._checkpoint_remaining = 0
         self._error: ProtocolError | None = None
 
-    def receive_data(self, data: bytes) -> list[BindingEvent]:
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next bytes from the coordinator go (``asyncio.BufferedProtocol``).
+
+        The rest of a large record, or at least ``_READ_CHUNK_BYTES`` free. Fill it,
+        then call ``buffer_updated`` with the count. The receive buffer holds at most
+        one record below ``_LARGE_RECORD_BYTES`` plus a read's worth.
+        """
+        record = self._record
+        if record is not None:
+            return memoryview(record)[self._record_filled :]
+        buffer = self._buffer
+        start, end = self._start, self._end
+        want = max(sizehint, _READ_CHUNK_BYTES, self._need - (end - start))
+        if len(buffer) - end < want:
+            if start:
+                # Move the partial record to the front (no resize: no view is out now).
+                buffer[: end - start] = buffer[start:end]
+                end -= start
+                self._start, self._end = 0, end
+            if len(buffer) - end < want:
+                buffer.extend(bytes(want - (len(buffer) - end)))
+        return memoryview(buffer)[end:]
+
+    def buffer_updated(self, nbytes: int) -> list[BindingEvent]:
+        """``nbytes`` were written into the last ``get_buffer``: the events they complete."""
         if self._error is not None:
             raise self._error.with_traceback(None)
-        self._buffer += data
         events: list[BindingEvent] = []
         try:
+            record = self._record
+            if record is not None:
+                self._record_filled += nbytes
+                if self._record_filled < len(record):
+                    return events
+                self._record = None
+                _, _, check, sequence = _RECORD_HEADER.unpack_from(record, 0)
+                self._record_body(memoryview(record)[RECORD_HEADER_BYTES:], check, sequence, events)
+            else:
+                self._end += nbytes
             self._drain(events)
         except ProtocolError as error:
             self._error = error
             raise
         return events
 
+    def receive_data(self, data: bytes) -> list[BindingEvent]:
+        with self.get_buffer(len(data)) as view:
+            view[: len(data)] = data
+        return self.buffer_updated(len(data))
+
     def _drain(self, events: list[BindingEvent]) -> None:
         buffer = self._buffer
-        position = 0
+        position = self._start
+        end = self._end
         while True:
             if self._checkpoint is not None:
-                take = min(self._checkpoint_remaining, len(buffer) - position)
+                take = min(self._checkpoint_remaining, end - position)
                 self._checkpoint += buffer[position : position + take]
                 position += take
                 self._checkpoint_remaining -= take
@@ -547,29 +611,49 @@ class BindingEnd:
                     break
                 events.append(CheckpointLoaded(bytes(self._checkpoint)))
                 self._checkpoint = None
-            if len(buffer) - position < RECORD_HEADER_BYTES:
+            if end - position < RECORD_HEADER_BYTES:
+                self._need = RECORD_HEADER_BYTES
                 break
             _, size, check, sequence = _RECORD_HEADER.unpack_from(buffer, position)
             if not RECORD_HEADER_BYTES <= size <= self.record_bytes_max:
                 raise ProtocolError(f"log record size {size} outside 24..{self.record_bytes_max}")
-            if len(buffer) - position < size:
+            if end - position < size:
+                if size >= _LARGE_RECORD_BYTES:
+                    # Its own buffer: the rest is read straight into it.
+                    record = bytearray(size)
+                    have = end - position
+                    with memoryview(buffer) as view:
+                        record[:have] = view[position:end]
+                    self._record, self._record_filled = record, have
+                    position = end
+                else:
+                    self._need = size
                 break
-            body = bytes(buffer[position + RECORD_HEADER_BYTES : position + size])
+            with memoryview(buffer) as view:
+                body = bytes(view[position + RECORD_HEADER_BYTES : position + size])
             position += size
-            if xxhash.xxh64_intdigest(body) != check:
-                raise ProtocolError(f"log record {sequence} fails its check bytes")
-            if sequence >= 0:
-                events.append(PageReceived(sequence, _groups(body)))
-            elif sequence == RECORD_SEQUENCE_CHECKPOINT:
-                messages = decode_messages(body, Direction.COORDINATOR_TO_BINDING)
-                if len(messages) != 1 or not isinstance(messages[0], CheckpointHeader):
-                    raise ProtocolError("a checkpoint record holds other than one Checkpoint")
-                self._checkpoint = bytearray()
-                self._checkpoint_remaining = messages[0].length
-            else:
-                for message in decode_messages(body, Direction.COORDINATOR_TO_BINDING):
-                    events.append(ControlReceived(message))
-        del buffer[:position]
+            self._record_body(body, check, sequence, events)
+        if position == end:
+            self._start = self._end = 0
+        else:
+            self._start = position
+
+    def _record_body(
+        self, body: bytes | memoryview, check: int, sequence: int, events: list[BindingEvent]
+    ) -> None:
+        if xxhash.xxh64_intdigest(body) != check:
+            raise ProtocolError(f"log record {sequence} fails its check bytes")
+        if sequence >= 0:
+            events.append(PageReceived(sequence, _groups(body)))
+        elif sequence == RECORD_SEQUENCE_CHECKPOINT:
+            messages = decode_messages(bytes(body), Direction.COORDINATOR_TO_BINDING)
+            if len(messages) != 1 or not isinstance(messages[0], CheckpointHeader):
+                raise ProtocolError("a checkpoint record holds other than one Checkpoint")
+            self._checkpoint = bytearray()
+            self._checkpoint_remaining = messages[0].length
+        else:
+            for message in decode_messages(bytes(body), Direction.COORDINATOR_TO_BINDING):
+                events.append(ControlReceived(message))
 
     # -- what a binding sends -------------------------------------------------------------
 
@@ -615,8 +699,10 @@ def outgoing_from_incoming(destination: bytes, message: bytes | memoryview) -> b
     )
 
 
-def _groups(body: bytes) -> tuple[tuple[str, bytes], ...]:
-    groups = []
+def _groups(body: bytes | memoryview) -> tuple[tuple[str, bytes | memoryview], ...]:
+    """A page record's groups; each one's messages a view into ``body`` (not copied)."""
+    groups: list[tuple[str, bytes | memoryview]] = []
+    whole = memoryview(body)
     position = 0
     end = len(body)
     try:
@@ -628,7 +714,7 @@ def _groups(body: bytes) -> tuple[tuple[str, bytes], ...]:
             length, name_at = decode_zigzag_long(body, start + len(_SOURCE_HEAD_WITH_KIND))
             if stop > end or length < 0 or stop + length > end:
                 raise ProtocolError(f"page record: a group at byte {position} runs past the end")
-            groups.append((body[name_at:stop].decode(), body[stop : stop + length]))
+            groups.append((bytes(whole[name_at:stop]).decode(), whole[stop : stop + length]))
             position = stop + length
     except (Incomplete, UnicodeDecodeError) as error:
         raise ProtocolError(f"page record: bad source marker at byte {position}") from error

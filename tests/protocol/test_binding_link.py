@@ -162,6 +162,50 @@ def test_a_page_reaches_the_binding_as_groups_with_their_senders() -> None:
     ]
 
 
+def test_large_and_small_records_read_through_the_buffer_interface_in_any_split() -> None:
+    """As a socket fills it (``get_buffer``/``buffer_updated``, as asyncio's buffered
+    protocol does): a page over the large-record size is read into its own buffer, the
+    small records before and after it and a checkpoint's bytes through the shared one,
+    whatever the read sizes."""
+    big = encode(IncomingRpc(5, RpcKind.FORK, bytes(range(256)) * 6000))  # ~1.5 MiB
+    small = encode(IncomingRpc(5, RpcKind.FORK, b"s" * 40))
+
+    def page(sequence: int, messages: bytes) -> Page:
+        group = InputGroup("client", 1, 1, 1, messages)
+        return Page(1, sequence, (group,), (), offset=0, size_bytes=0)
+
+    coordinator = end()
+    state = b"state" * 5000
+    data = b"".join(
+        (
+            coordinator.page_record(page(1, small)),
+            coordinator.page_record(page(2, big)),
+            coordinator.page_record(page(3, small + small)),
+            coordinator.checkpoint_record(len(state)),
+            state,
+            coordinator.control_record(encode(TakeCheckpoint())),
+        )
+    )
+    expected = [
+        PageReceived(1, (("client", small),)),
+        PageReceived(2, (("client", big),)),
+        PageReceived(3, (("client", small + small),)),
+        CheckpointLoaded(state),
+        ControlReceived(TakeCheckpoint()),
+    ]
+    for read in (7, 4096, 65536, 300_000, len(data)):
+        binding = BindingEnd(record_bytes_max=8 << 20)
+        events = []
+        position = 0
+        while position < len(data):
+            with binding.get_buffer(-1) as view:
+                count = min(read, len(view), len(data) - position)
+                view[:count] = data[position : position + count]
+            position += count
+            events += binding.buffer_updated(count)
+        assert events == expected, read
+
+
 def test_a_checkpoint_record_carries_its_raw_bytes_after_it() -> None:
     coordinator = end()
     state = bytes(range(256)) * 3
