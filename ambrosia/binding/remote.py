@@ -62,28 +62,49 @@ _STREAM_LIMIT_BYTES = 4 * 1024 * 1024  # asyncio's 64 KiB default reads big page
 _TYPE_INITIAL_MESSAGE = 9
 _SEND_BUFFER_BYTES_MAX = 16 * 1024 * 1024
 _EVENTS_QUEUED_MAX = 64
+_PREFIXES_MAX = 4096
+_PREFIX_HEAD_BYTES_MAX = 32
 RECORD_BYTES_MAX = 64 * 1024 * 1024
 
 
 class _Writer:
     """Output to one destination, written as outgoing RPCs into the shared buffer."""
 
-    __slots__ = ("_middle", "_out")
+    __slots__ = ("_middle", "_out", "_prefixes")
 
     def __init__(self, destination: str, out: bytearray) -> None:
         name = destination.encode()
         # After the type byte: the name's length and the name.
         self._middle = encode_zigzag_int(len(name)) + name
         self._out = out
+        # An incoming-form head (size, type, method, kind...) -> the outgoing-form bytes
+        # before the body. Calls of one method with arguments of one size share a head,
+        # so a run of them costs one dictionary lookup each.
+        self._prefixes: dict[bytes, bytes] = {}
 
     def add(self, head: bytes, body: bytes) -> None:
-        size, start = decode_zigzag_int(head, 0)
+        prefix = self._prefixes.get(head)
+        if prefix is None:
+            prefix = self._prefix(head)
         out = self._out
-        out += encode_zigzag_int(size + len(self._middle))
-        out.append(head[start])
-        out += self._middle
-        out += head[start + 1 :]
+        out += prefix
         out += body
+
+    def _prefix(self, head: bytes) -> bytes:
+        size, start = decode_zigzag_int(head, 0)
+        prefix = b"".join(
+            (
+                encode_zigzag_int(size + len(self._middle)),
+                head[start : start + 1],
+                self._middle,
+                head[start + 1 :],
+            )
+        )
+        if len(head) <= _PREFIX_HEAD_BYTES_MAX:  # not a whole impulse, say
+            if len(self._prefixes) >= _PREFIXES_MAX:
+                self._prefixes.clear()
+            self._prefixes[bytes(head)] = prefix
+        return prefix
 
     def report_again(self) -> None:
         """Never over a bound here: the socket's flow control slows this process."""
