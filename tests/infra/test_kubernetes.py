@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ambrosia.catalog import check_catalog_url
 from ambrosia.deployment import parse_deployment
 from tests.infra.tools import KUBERNETES_ROOT, kubectl_binary
 
@@ -140,13 +141,20 @@ def test_cloud_overlays_sign_in_with_workload_identity() -> None:
         if name.startswith("ambrosia-environment")
     )["data"]
     assert "AWS_REGION" in environment
-    for overlay, scheme in (("overlays/azure", "azblob://"), ("overlays/aws", "s3://")):
+    for overlay, scheme, catalog in (
+        ("overlays/azure", "azblob://", "aztable://"),
+        ("overlays/aws", "s3://", "dynamodb://"),
+    ):
         (config,) = [
             item
             for name, item in _of(render(overlay), "ConfigMap").items()
             if name.startswith("ambrosia-config")
         ]
-        assert f'log = "{scheme}' in config["data"]["ambrosia.toml"]
+        text = config["data"]["ambrosia.toml"]
+        assert f'log = "{scheme}' in text
+        assert f'catalog = "{catalog}' in text
+        # The catalog URL is one ambrosia accepts (checked without IO).
+        check_catalog_url(parse_deployment(text, Path("ambrosia.toml")).catalog_url or "")
 
 
 @pytest.mark.crash
