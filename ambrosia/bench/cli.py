@@ -304,7 +304,13 @@ def _parser() -> argparse.ArgumentParser:
     aws.add_argument(
         "--instances",
         type=int,
-        help=f"immortal pods, each with a volume (default {usage.instances}: the counter)",
+        help=f"immortals, a pod and a volume each (default {usage.instances}: the counter)",
+    )
+    aws.add_argument(
+        "--standbys",
+        type=int,
+        help=f"hot standby pods, a volume each, tailing the logs in S3 (default "
+        f"{usage.standbys}: one per immortal, as the overlays run them)",
     )
     aws.add_argument(
         "--catalog-reads-per-s",
@@ -451,6 +457,7 @@ _AWS_USAGE_OPTIONS = {
     "log_puts_per_s": "--log-puts-per-s",
     "stored_days": "--stored-days",
     "instances": "--instances",
+    "standbys": "--standbys",
     "catalog_reads_per_s": "--catalog-reads-per-s",
 }
 

@@ -52,11 +52,18 @@ With a ``vm`` sheet: nodes times the VM price plus the log's storage bandwidth, 
 With a ``deployment-aws`` sheet (EKS, S3 logs, the DynamoDB catalog), per month::
 
     nodes    = nodes * $/node-hour * hours        cluster = $/cluster-hour * hours
-    disks    = (nodes * node disk GB + instances * volume GB) * EBS $/GB-month
+    disks    = (nodes * node disk GB + (instances + standbys) * volume GB) * EBS $/GB-month
     log PUTs = PUTs/s * seconds * $/1000 PUTs    (one PutObject per log page or lease write)
     log kept = MB/s * stored days * S3 $/GB-month (live pages, and deleted ones kept as
                                                    noncurrent versions for that long)
+    standbys = standbys * ((LIST/s + PUT/s) * $/1000 PUTs + GET/s * $/1000 GETs) * seconds
+               + page PUTs/s * standbys / instances * $/1000 GETs * seconds
     catalog  = reads/s * seconds * $/million reads + writes/s * seconds * $/million writes
+
+An idle hot standby on S3 tails its log with a LIST every poll, lists the chunks every
+fifth idle poll, tries the lease (a GET of the lock) every lease poll and writes a
+progress note (a PUT) every ``board_interval_s``; S3 prices a LIST like a PUT. Each page
+the primary writes costs its standby one GET. docs/high-availability.md has the table.
 
 Every function here is pure; prices come from the TOML price sheets in
 ``bench_configs/``, each naming its source and date. A sheet with a missing, unknown or
@@ -243,7 +250,9 @@ class EbsPrices:
 @dataclass(frozen=True, slots=True)
 class S3Prices:
     usd_per_gb_month: float
+    # PUT, COPY, POST and LIST requests are priced alike; GET and the rest at another rate.
     usd_per_1000_puts: float
+    usd_per_1000_gets: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,19 +497,29 @@ class AwsDeploymentUsage:
     nodes: int = 2  # the Terraform's node_count
     node_disk_gb: float = 20.0  # the Terraform's node_disk_gb
     cluster: bool = True  # create_eks: the EKS control plane is billed per hour
-    instances: int = 2  # pods, each with a volume (the counter: server and client)
-    volume_gb: float = 10.0  # each pod's volume claim in infra/kubernetes/base
+    instances: int = 2  # immortals (the counter: server and client)
+    volume_gb: float = 10.0  # each pod's volume claim (primaries and standbys alike)
     log_mb_per_s: float = 1.0
     log_puts_per_s: float = 50.0
     stored_days: float = 7.0  # the Terraform's noncurrent_version_days
     catalog_reads_per_s: float = 1.0
     catalog_writes_per_s: float = 0.0
+    # Hot standbys (infra/kubernetes's cloud overlays run one per instance) and what one
+    # idle standby asks of S3 at StandbySettings.for_log's defaults for a cloud log: a
+    # poll every 0.25 s (a LIST), a chunk listing every fifth (0.8 LIST/s), a lease try
+    # every 0.25 s (a GET), a progress note every second (a PUT).
+    standbys: int = 2
+    standby_lists_per_s: float = 4.8
+    standby_gets_per_s: float = 4.0
+    standby_puts_per_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
             raise ValueError(f"nodes must be at least 1, got {self.nodes}")
         if self.instances < 0:
             raise ValueError(f"instances must not be negative, got {self.instances}")
+        if self.standbys < 0:
+            raise ValueError(f"standbys must not be negative, got {self.standbys}")
         for name in (
             "node_disk_gb",
             "volume_gb",
@@ -509,6 +528,9 @@ class AwsDeploymentUsage:
             "stored_days",
             "catalog_reads_per_s",
             "catalog_writes_per_s",
+            "standby_lists_per_s",
+            "standby_gets_per_s",
+            "standby_puts_per_s",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -527,6 +549,8 @@ class AwsDeploymentCost:
     puts_usd_per_month: float
     stored_gb: float
     stored_usd_per_month: float
+    standby_requests_per_month: float
+    standbys_usd_per_month: float
     catalog_usd_per_month: float
 
     @property
@@ -537,6 +561,7 @@ class AwsDeploymentCost:
             + self.disks_usd_per_month
             + self.puts_usd_per_month
             + self.stored_usd_per_month
+            + self.standbys_usd_per_month
             + self.catalog_usd_per_month
         )
 
@@ -547,9 +572,18 @@ def aws_deployment_cost(
     """The formulas of the module docstring's ``deployment-aws`` case."""
     hours = prices.hours_per_month
     seconds = _seconds_per_month(hours)
-    disk_gb = usage.nodes * usage.node_disk_gb + usage.instances * usage.volume_gb
+    pods = usage.instances + usage.standbys
+    disk_gb = usage.nodes * usage.node_disk_gb + pods * usage.volume_gb
     puts = usage.log_puts_per_s * seconds
     stored_gb = usage.log_mb_per_s * megabyte_bytes * 86400.0 * usage.stored_days / 1e9
+    # PUT-priced (LIST, PUT) and GET-priced requests of the standbys, per second.
+    standby_puts = usage.standbys * (usage.standby_lists_per_s + usage.standby_puts_per_s)
+    standby_gets = usage.standbys * usage.standby_gets_per_s
+    if usage.instances > 0:
+        standby_gets += usage.log_puts_per_s * usage.standbys / usage.instances
+    standbys_usd = (
+        standby_puts * prices.s3.usd_per_1000_puts + standby_gets * prices.s3.usd_per_1000_gets
+    ) * (seconds / 1000.0)
     catalog = (
         usage.catalog_reads_per_s * seconds * prices.dynamodb.usd_per_million_reads
         + usage.catalog_writes_per_s * seconds * prices.dynamodb.usd_per_million_writes
@@ -564,6 +598,8 @@ def aws_deployment_cost(
         puts_usd_per_month=puts / 1000.0 * prices.s3.usd_per_1000_puts,
         stored_gb=stored_gb,
         stored_usd_per_month=stored_gb * prices.s3.usd_per_gb_month,
+        standby_requests_per_month=(standby_puts + standby_gets) * seconds,
+        standbys_usd_per_month=standbys_usd,
         catalog_usd_per_month=catalog,
     )
 
@@ -578,7 +614,8 @@ def describe_aws_deployment_cost(
         f"nodes: {usage.nodes} x {prices.node_name} at {cost.node_usd_per_month:.2f} USD/month"
         f" = {usage.nodes * cost.node_usd_per_month:.2f} USD/month\n"
         f"EKS control plane: {cost.cluster_usd_per_month:.2f} USD/month\n"
-        f"disks: {usage.nodes} x {usage.node_disk_gb:g} GB (nodes) + {usage.instances} x"
+        f"disks: {usage.nodes} x {usage.node_disk_gb:g} GB (nodes)"
+        f" + {usage.instances + usage.standbys} x"
         f" {usage.volume_gb:g} GB (pod volumes) = {cost.disk_gb:g} GB at"
         f" {prices.ebs.usd_per_gb_month:g} USD/GB-month = {cost.disks_usd_per_month:.2f}"
         " USD/month\n"
@@ -588,6 +625,10 @@ def describe_aws_deployment_cost(
         f"log kept: {usage.log_mb_per_s:g} MB/s for {usage.stored_days:g} days ="
         f" {cost.stored_gb:.1f} GB at {prices.s3.usd_per_gb_month:g} USD/GB-month ="
         f" {cost.stored_usd_per_month:.2f} USD/month\n"
+        f"standbys: {usage.standbys} x ({usage.standby_lists_per_s:g} LIST +"
+        f" {usage.standby_gets_per_s:g} GET + {usage.standby_puts_per_s:g} PUT)/s, and a GET"
+        f" per page = {cost.standby_requests_per_month / 1e6:.2f} M requests/month ="
+        f" {cost.standbys_usd_per_month:.2f} USD/month\n"
         f"catalog: {usage.catalog_reads_per_s:g} reads/s, {usage.catalog_writes_per_s:g}"
         f" writes/s = {cost.catalog_usd_per_month:.2f} USD/month\n"
         f"total: {cost.usd_per_month:.2f} USD/month\n"

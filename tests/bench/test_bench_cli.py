@@ -350,7 +350,7 @@ def test_points_on_a_log_url_each_get_a_log_of_their_own(tmp_path: Path) -> None
 def test_deployment_cost_on_an_aws_sheet(capsys: pytest.CaptureFixture[str]) -> None:
     sheet = str(CONFIGS / "prices-eks.toml")
     arguments = ["deployment-cost", "--prices", sheet, "--log-mb-per-s", "0"]
-    assert cli.main([*arguments, "--log-puts-per-s", "0", "--no-cluster"]) == 0
+    assert cli.main([*arguments, "--log-puts-per-s", "0", "--no-cluster", "--standbys", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("price sheet: prices-eks.toml (AWS us-east-1")
     assert "EKS control plane: 0.00 USD/month" in lines

@@ -322,13 +322,14 @@ def test_aws_deployment_sheet_loads_and_prices_each_term() -> None:
         stored_days=7.0,
         catalog_reads_per_s=1.0,
         catalog_writes_per_s=0.5,
+        standbys=2,
     )
     bill = cost.aws_deployment_cost(prices, usage)
     seconds = HOURS * 3600.0
     assert bill.node_usd_per_month == pytest.approx(prices.ec2.usd_per_node_hour * HOURS)
     assert bill.cluster_usd_per_month == pytest.approx(prices.eks.usd_per_cluster_hour * HOURS)
-    assert bill.disk_gb == 3 * 20 + 4 * 10
-    assert bill.disks_usd_per_month == pytest.approx(100 * prices.ebs.usd_per_gb_month)
+    assert bill.disk_gb == 3 * 20 + (4 + 2) * 10
+    assert bill.disks_usd_per_month == pytest.approx(120 * prices.ebs.usd_per_gb_month)
     assert bill.puts_per_month == pytest.approx(10.0 * seconds)
     assert bill.puts_usd_per_month == pytest.approx(10.0 * seconds / 1000 * 0.005)
     # 2 MB/s for 7 days: 2e6 B/s * 604,800 s = 1,209.6 GB.
@@ -341,6 +342,7 @@ def test_aws_deployment_sheet_loads_and_prices_each_term() -> None:
         + bill.disks_usd_per_month
         + bill.puts_usd_per_month
         + bill.stored_usd_per_month
+        + bill.standbys_usd_per_month
         + bill.catalog_usd_per_month
     )
     without_cluster = cost.aws_deployment_cost(
@@ -351,8 +353,21 @@ def test_aws_deployment_sheet_loads_and_prices_each_term() -> None:
         cost.AwsDeploymentUsage(nodes=0)
     with pytest.raises(ValueError, match="log_puts_per_s"):
         cost.AwsDeploymentUsage(log_puts_per_s=-1.0)
+    with pytest.raises(ValueError, match="standbys"):
+        cost.AwsDeploymentUsage(standbys=-1)
     # A deployment sheet prices what was provisioned: it is no design of the cost figure.
     assert cost.cost_points([prices], [16, 1024], {("ambrosia", 16): 10.0}) == []
+
+
+def test_aws_standby_request_rates_are_the_standbys_defaults_on_a_cloud_log() -> None:
+    from ambrosia.coordinator.standby import _LISTING_EVERY_IDLE_POLLS, StandbySettings
+
+    settings = StandbySettings.for_log("s3://bucket/prefix")
+    usage = cost.AwsDeploymentUsage()
+    polls = 1 / settings.poll_interval_s
+    assert usage.standby_lists_per_s == pytest.approx(polls + polls / _LISTING_EVERY_IDLE_POLLS)
+    assert usage.standby_gets_per_s == pytest.approx(1 / settings.lease_poll_interval_s)
+    assert usage.standby_puts_per_s == pytest.approx(1 / settings.board_interval_s)
 
 
 def test_aws_deployment_sheet_keys_are_checked(tmp_path: Path) -> None:

@@ -64,3 +64,11 @@ def test_aws_cost_defaults_are_what_infra_provisions() -> None:
                 claims.append(claim["spec"]["resources"]["requests"]["storage"])
     assert len(claims) == usage.instances
     assert claims == [f"{usage.volume_gb:g}Gi"] * usage.instances
+    # The AWS overlay runs one hot standby per immortal (components/standby).
+    standby = REPOSITORY_ROOT / "infra" / "kubernetes" / "components" / "standby"
+    replicas = yaml.safe_load((standby / "replicas.yaml").read_text())["spec"]["replicas"]
+    overlay = (REPOSITORY_ROOT / "infra" / "kubernetes" / "overlays" / "aws").joinpath(
+        "kustomization.yaml"
+    )
+    assert "../../components/standby" in yaml.safe_load(overlay.read_text())["components"]
+    assert usage.standbys == usage.instances * (replicas - 1)
