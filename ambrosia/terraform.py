@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ambrosia.backends import check_store_url
+from ambrosia.catalog import check_catalog_url
 from ambrosia.deployment import parse_deployment
 from ambrosia.errors import ConfigError
 
@@ -51,6 +53,7 @@ _NOTED_OUTPUTS = (
     "role_arn",
     "storage_account_name",
     "bucket",
+    "catalog_table",
     "cluster_name",
     "kubernetes_namespace",
     "kubernetes_service_account",
@@ -166,9 +169,15 @@ def deployment_text(outputs: TerraformOutputs, *, create_storage: bool = False) 
 def write_deployment(
     outputs: TerraformOutputs, destination: Path | None, *, force: bool = False
 ) -> str:
-    """Check and write the file (``destination`` None: only return its text)."""
+    """Check and write the file (``destination`` None: only return its text).
+
+    The URLs are checked as ``ambrosia`` checks them before any IO (a malformed table or
+    bucket name, an unknown scheme), so a file written here is not refused later.
+    """
     text = deployment_text(outputs)
     parse_deployment(text, destination or Path("ambrosia.toml"))
+    check_catalog_url(outputs.required("catalog_url"))
+    check_store_url(outputs.required("log_url"))
     if destination is not None:
         if destination.exists() and not force:
             raise ConfigError(f"{destination} exists; pass --force to replace it")

@@ -5,9 +5,9 @@ emulator (missing, or it did not start) the tests that need it are skipped with 
 emulator's error, except in CI (the ``CI`` environment variable is set), where they
 fail. Every run ends with a section listing each skipped test and why
 (``ambrosia.testing.skips``): a skip must not read as a pass.
-``azblob_env`` and ``s3_env`` put the endpoint and credentials into the environment
-(``monkeypatch``), where both the processes a test starts and the test itself (offline
-replay, log audits) find them, exactly as a deployment would.
+``azblob_env``, ``s3_env`` and ``dynamodb_env`` put the endpoint and credentials into the
+environment (``monkeypatch``), where both the processes a test starts and the test itself
+(offline replay, log audits) find them, exactly as a deployment would.
 """
 
 from __future__ import annotations
@@ -73,3 +73,10 @@ def s3_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServ
     monkeypatch.setenv("AMBROSIA_S3_ENDPOINT_URL", moto_server.endpoint_url)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_server
+
+
+@pytest.fixture
+def dynamodb_env(s3_env: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    """The moto server as DynamoDB too (the catalog), besides S3 (the logs)."""
+    monkeypatch.setenv("AMBROSIA_DYNAMODB_ENDPOINT_URL", s3_env.endpoint_url)
+    return s3_env

@@ -18,6 +18,8 @@ import pytest
 
 from ambrosia.backends.azblob import check_url as parse_azblob_url
 from ambrosia.backends.s3 import check_url as parse_s3_url
+from ambrosia.catalog import check_catalog_url
+from ambrosia.catalog.dynamodb import check_url as check_dynamodb_url
 from ambrosia.deployment import load_deployment
 from ambrosia.errors import ConfigError
 from ambrosia.terraform import load_outputs, parse_outputs, write_deployment
@@ -42,7 +44,8 @@ AZURE_OUTPUTS = {
 }
 AWS_OUTPUTS = {
     "log_url": _output("s3://my-ambrosia-logs/prod"),
-    "catalog_url": _output("sqlite:///var/lib/ambrosia/catalog.db"),
+    "catalog_url": _output("dynamodb://ambrosia-ambrosia-catalog?region=eu-west-1"),
+    "catalog_table": _output("ambrosia-ambrosia-catalog"),
     "region": _output("eu-west-1"),
     "bucket": _output("my-ambrosia-logs"),
     "role_arn": _output("arn:aws:iam::123456789012:role/ambrosia-ambrosia"),
@@ -94,9 +97,37 @@ def test_aws_outputs_to_stdout(tmp_path: Path) -> None:
     done = _cli(tmp_path, str(saved), "-o", "-")
     assert done.returncode == 0, done.stderr
     assert 'log = "s3://my-ambrosia-logs/prod"' in done.stdout
+    assert 'catalog = "dynamodb://ambrosia-ambrosia-catalog?region=eu-west-1"' in done.stdout
+    assert "catalog_table = ambrosia-ambrosia-catalog" in done.stdout
     assert "AWS_REGION=eu-west-1" in done.stdout
     assert not (tmp_path / "ambrosia.toml").exists()
     parse_s3_url(urlsplit("s3://my-ambrosia-logs/prod"))
+    assert check_dynamodb_url(
+        check_catalog_url("dynamodb://ambrosia-ambrosia-catalog?region=eu-west-1")
+    ) == (
+        "ambrosia-ambrosia-catalog",
+        "eu-west-1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("catalog", "log", "fragment"),
+    [
+        ("dynamodb://ab?region=eu-west-1", "s3://my-ambrosia-logs/prod", "3 to 255"),
+        ("dynamodb://table?region=nowhere", "s3://my-ambrosia-logs/prod", "not an AWS region"),
+        ("mysql://db/catalog", "s3://my-ambrosia-logs/prod", "unknown catalog scheme"),
+        ("dynamodb://table", "s3://B/prod", "bucket"),
+    ],
+)
+def test_outputs_with_urls_ambrosia_would_refuse_are_not_written(
+    tmp_path: Path, catalog: str, log: str, fragment: str
+) -> None:
+    outputs = parse_outputs(
+        json.dumps({"catalog_url": _output(catalog), "log_url": _output(log)}), "saved"
+    )
+    with pytest.raises(ConfigError, match=fragment):
+        write_deployment(outputs, tmp_path / "ambrosia.toml")
+    assert not (tmp_path / "ambrosia.toml").exists()
 
 
 def test_missing_output_is_named(tmp_path: Path) -> None:

@@ -276,19 +276,56 @@ def _parser() -> argparse.ArgumentParser:
 
     deployment = commands.add_parser(
         "deployment-cost",
-        help="monthly USD of what infra/ provisions (nodes and log bandwidth)",
+        help="monthly USD of what infra/ provisions (nodes, storage, requests)",
     )
     deployment.add_argument(
-        "--prices", type=Path, help="a VM price sheet (default: the vm sheet in bench_configs/)"
+        "--prices",
+        type=Path,
+        help="a vm or deployment-aws price sheet (default: the vm sheet in bench_configs/)",
     )
+    usage = cost.AwsDeploymentUsage()
     deployment.add_argument(
-        "--nodes", type=int, default=2, help="cluster nodes (default 2, as the Terraform)"
+        "--nodes", type=int, default=usage.nodes, help="cluster nodes (default 2, as the Terraform)"
     )
     deployment.add_argument(
         "--log-mb-per-s",
         type=float,
-        default=1.0,
+        default=usage.log_mb_per_s,
         help="log bandwidth of all instances together, MB/s (default 1)",
+    )
+    aws = deployment.add_argument_group("with a deployment-aws sheet only")
+    aws.add_argument(
+        "--log-puts-per-s",
+        type=float,
+        help=f"S3 PutObject calls per second of all instances together (default "
+        f"{usage.log_puts_per_s:g}: one page per S3 round trip of a busy log)",
+    )
+    aws.add_argument(
+        "--stored-days",
+        type=float,
+        help=f"days each logged byte stays in S3, live or as a noncurrent version (default "
+        f"{usage.stored_days:g}, the Terraform's noncurrent_version_days)",
+    )
+    aws.add_argument(
+        "--instances",
+        type=int,
+        help=f"immortals, a pod and a volume each (default {usage.instances}: the counter)",
+    )
+    aws.add_argument(
+        "--standbys",
+        type=int,
+        help=f"hot standby pods, a volume each, tailing the logs in S3 (default "
+        f"{usage.standbys}: one per immortal, as the overlays run them)",
+    )
+    aws.add_argument(
+        "--catalog-reads-per-s",
+        type=float,
+        help=f"DynamoDB catalog reads per second (default {usage.catalog_reads_per_s:g})",
+    )
+    aws.add_argument(
+        "--no-cluster",
+        action="store_true",
+        help="no EKS control plane (the Terraform without create_eks)",
     )
 
     run = commands.add_parser("run", help="run an experiment config (TOML)")
@@ -422,8 +459,40 @@ def _default_price_sheets() -> list[Path]:
     raise ConfigError("no price sheets found in bench_configs/; pass --prices FILE")
 
 
+_AWS_USAGE_OPTIONS = {
+    "log_puts_per_s": "--log-puts-per-s",
+    "stored_days": "--stored-days",
+    "instances": "--instances",
+    "standbys": "--standbys",
+    "catalog_reads_per_s": "--catalog-reads-per-s",
+}
+
+
 def _deployment_cost(options: argparse.Namespace) -> int:
-    sheets = [options.prices] if options.prices else _default_price_sheets()
+    given = {name: getattr(options, name) for name in _AWS_USAGE_OPTIONS}
+    given = {name: value for name, value in given.items() if value is not None}
+    if options.prices:
+        prices = cost.load_price_sheet(options.prices)
+        if isinstance(prices, cost.AwsDeploymentPrices):
+            try:
+                usage = cost.AwsDeploymentUsage(
+                    nodes=options.nodes,
+                    log_mb_per_s=options.log_mb_per_s,
+                    cluster=not options.no_cluster,
+                    **given,
+                )
+            except ValueError as error:
+                raise ConfigError(str(error)) from error
+            bill = cost.aws_deployment_cost(prices, usage)
+            print(cost.describe_aws_deployment_cost(options.prices, prices, bill), end="")
+            return 0
+        sheets = [options.prices]
+    else:
+        sheets = _default_price_sheets()
+    if given or options.no_cluster:
+        flags = [_AWS_USAGE_OPTIONS[name] for name in given]
+        flags += ["--no-cluster"] if options.no_cluster else []
+        raise ConfigError(f"{', '.join(flags)}: only with --prices of a deployment-aws sheet")
     for path in sheets:
         prices = cost.load_price_sheet(path)
         if isinstance(prices, cost.VmPrices):

@@ -47,6 +47,24 @@ On VMs (gRPC or ambrosia), from the throughput one client/server pair reached he
 where ambrosia's measured MB/s is first capped at the VM's storage bandwidth (96 MB/s
 for the paper's F2s), because the log cannot be written faster than that on such a VM.
 
+A deployment (``ambrosia-bench deployment-cost``) is priced by what ``infra/`` provisions.
+With a ``vm`` sheet: nodes times the VM price plus the log's storage bandwidth, as above.
+With a ``deployment-aws`` sheet (EKS, S3 logs, the DynamoDB catalog), per month::
+
+    nodes    = nodes * $/node-hour * hours        cluster = $/cluster-hour * hours
+    disks    = (nodes * node disk GB + (instances + standbys) * volume GB) * EBS $/GB-month
+    log PUTs = PUTs/s * seconds * $/1000 PUTs    (one PutObject per log page or lease write)
+    log kept = MB/s * stored days * S3 $/GB-month (live pages, and deleted ones kept as
+                                                   noncurrent versions for that long)
+    standbys = standbys * ((LIST/s + PUT/s) * $/1000 PUTs + GET/s * $/1000 GETs) * seconds
+               + page PUTs/s * standbys / instances * $/1000 GETs * seconds
+    catalog  = reads/s * seconds * $/million reads + writes/s * seconds * $/million writes
+
+An idle hot standby on S3 tails its log with a LIST every poll, lists the chunks every
+fifth idle poll, tries the lease (a GET of the lock) every lease poll and writes a
+progress note (a PUT) every ``board_interval_s``; S3 prices a LIST like a PUT. Each page
+the primary writes costs its standby one GET. docs/high-availability.md has the table.
+
 Every function here is pure; prices come from the TOML price sheets in
 ``bench_configs/``, each naming its source and date. A sheet with a missing, unknown or
 mistyped key, or a non-positive capacity limit, is refused with a ``ValueError`` naming
@@ -65,14 +83,19 @@ from typing import Any, TypeVar
 from ambrosia.bench.report import CostPoint, ThroughputPoint, megabyte_bytes
 
 __all__ = [
+    "AwsDeploymentCost",
+    "AwsDeploymentPrices",
+    "AwsDeploymentUsage",
     "AwsPrices",
     "AzurePrices",
     "DeploymentCost",
     "PriceSheet",
     "Scenario",
     "VmPrices",
+    "aws_deployment_cost",
     "cost_points",
     "deployment_cost",
+    "describe_aws_deployment_cost",
     "describe_deployment_cost",
     "dynamodb_usd_per_month",
     "event_hubs_throughput_units",
@@ -209,7 +232,52 @@ class VmPrices:
     storage_bandwidth_cap_mb_per_s: float
 
 
-PriceSheet = AzurePrices | AwsPrices | VmPrices
+@dataclass(frozen=True, slots=True)
+class Ec2Prices:
+    usd_per_node_hour: float
+
+
+@dataclass(frozen=True, slots=True)
+class EksPrices:
+    usd_per_cluster_hour: float
+
+
+@dataclass(frozen=True, slots=True)
+class EbsPrices:
+    usd_per_gb_month: float
+
+
+@dataclass(frozen=True, slots=True)
+class S3Prices:
+    usd_per_gb_month: float
+    # PUT, COPY, POST and LIST requests are priced alike; GET and the rest at another rate.
+    usd_per_1000_puts: float
+    usd_per_1000_gets: float
+
+
+@dataclass(frozen=True, slots=True)
+class DynamoDbOnDemandPrices:
+    usd_per_million_reads: float
+    usd_per_million_writes: float
+
+
+@dataclass(frozen=True, slots=True)
+class AwsDeploymentPrices:
+    """A ``deployment-aws`` sheet: list prices of what infra/terraform/aws provisions."""
+
+    source: str
+    date: str
+    region: str
+    node_name: str
+    hours_per_month: float
+    ec2: Ec2Prices
+    eks: EksPrices
+    ebs: EbsPrices
+    s3: S3Prices
+    dynamodb: DynamoDbOnDemandPrices
+
+
+PriceSheet = AzurePrices | AwsPrices | VmPrices | AwsDeploymentPrices
 
 # -- the formulas -------------------------------------------------------------------------
 
@@ -422,6 +490,151 @@ def describe_deployment_cost(sheet: Path, prices: VmPrices, cost: DeploymentCost
     )
 
 
+@dataclass(frozen=True, slots=True)
+class AwsDeploymentUsage:
+    """What runs on the provisioned AWS deployment; the defaults are infra/'s own."""
+
+    nodes: int = 2  # the Terraform's node_count
+    node_disk_gb: float = 20.0  # the Terraform's node_disk_gb
+    cluster: bool = True  # create_eks: the EKS control plane is billed per hour
+    instances: int = 2  # immortals (the counter: server and client)
+    volume_gb: float = 10.0  # each pod's volume claim (primaries and standbys alike)
+    log_mb_per_s: float = 1.0
+    log_puts_per_s: float = 50.0
+    stored_days: float = 7.0  # the Terraform's noncurrent_version_days
+    catalog_reads_per_s: float = 1.0
+    catalog_writes_per_s: float = 0.0
+    # Hot standbys (infra/kubernetes's cloud overlays run one per instance) and what one
+    # idle standby asks of S3 at StandbySettings.for_log's defaults for a cloud log: a
+    # poll every 0.25 s (a LIST), a chunk listing every fifth (0.8 LIST/s), a lease try
+    # every 0.25 s (a GET), a progress note every second (a PUT).
+    standbys: int = 2
+    standby_lists_per_s: float = 4.8
+    standby_gets_per_s: float = 4.0
+    standby_puts_per_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError(f"nodes must be at least 1, got {self.nodes}")
+        if self.instances < 0:
+            raise ValueError(f"instances must not be negative, got {self.instances}")
+        if self.standbys < 0:
+            raise ValueError(f"standbys must not be negative, got {self.standbys}")
+        for name in (
+            "node_disk_gb",
+            "volume_gb",
+            "log_mb_per_s",
+            "log_puts_per_s",
+            "stored_days",
+            "catalog_reads_per_s",
+            "catalog_writes_per_s",
+            "standby_lists_per_s",
+            "standby_gets_per_s",
+            "standby_puts_per_s",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class AwsDeploymentCost:
+    """The monthly bill of an AWS deployment, term by term (USD per month)."""
+
+    usage: AwsDeploymentUsage
+    node_usd_per_month: float
+    cluster_usd_per_month: float
+    disk_gb: float
+    disks_usd_per_month: float
+    puts_per_month: float
+    puts_usd_per_month: float
+    stored_gb: float
+    stored_usd_per_month: float
+    standby_requests_per_month: float
+    standbys_usd_per_month: float
+    catalog_usd_per_month: float
+
+    @property
+    def usd_per_month(self) -> float:
+        return (
+            self.usage.nodes * self.node_usd_per_month
+            + self.cluster_usd_per_month
+            + self.disks_usd_per_month
+            + self.puts_usd_per_month
+            + self.stored_usd_per_month
+            + self.standbys_usd_per_month
+            + self.catalog_usd_per_month
+        )
+
+
+def aws_deployment_cost(
+    prices: AwsDeploymentPrices, usage: AwsDeploymentUsage
+) -> AwsDeploymentCost:
+    """The formulas of the module docstring's ``deployment-aws`` case."""
+    hours = prices.hours_per_month
+    seconds = _seconds_per_month(hours)
+    pods = usage.instances + usage.standbys
+    disk_gb = usage.nodes * usage.node_disk_gb + pods * usage.volume_gb
+    puts = usage.log_puts_per_s * seconds
+    stored_gb = usage.log_mb_per_s * megabyte_bytes * 86400.0 * usage.stored_days / 1e9
+    # PUT-priced (LIST, PUT) and GET-priced requests of the standbys, per second.
+    standby_puts = usage.standbys * (usage.standby_lists_per_s + usage.standby_puts_per_s)
+    standby_gets = usage.standbys * usage.standby_gets_per_s
+    if usage.instances > 0:
+        standby_gets += usage.log_puts_per_s * usage.standbys / usage.instances
+    standbys_usd = (
+        standby_puts * prices.s3.usd_per_1000_puts + standby_gets * prices.s3.usd_per_1000_gets
+    ) * (seconds / 1000.0)
+    catalog = (
+        usage.catalog_reads_per_s * seconds * prices.dynamodb.usd_per_million_reads
+        + usage.catalog_writes_per_s * seconds * prices.dynamodb.usd_per_million_writes
+    ) / 1e6
+    return AwsDeploymentCost(
+        usage=usage,
+        node_usd_per_month=prices.ec2.usd_per_node_hour * hours,
+        cluster_usd_per_month=prices.eks.usd_per_cluster_hour * hours if usage.cluster else 0.0,
+        disk_gb=disk_gb,
+        disks_usd_per_month=disk_gb * prices.ebs.usd_per_gb_month,
+        puts_per_month=puts,
+        puts_usd_per_month=puts / 1000.0 * prices.s3.usd_per_1000_puts,
+        stored_gb=stored_gb,
+        stored_usd_per_month=stored_gb * prices.s3.usd_per_gb_month,
+        standby_requests_per_month=(standby_puts + standby_gets) * seconds,
+        standbys_usd_per_month=standbys_usd,
+        catalog_usd_per_month=catalog,
+    )
+
+
+def describe_aws_deployment_cost(
+    sheet: Path, prices: AwsDeploymentPrices, cost: AwsDeploymentCost
+) -> str:
+    """The lines ``ambrosia-bench deployment-cost`` prints for an AWS sheet."""
+    usage = cost.usage
+    return (
+        f"price sheet: {sheet.name} (AWS {prices.region} list prices; {prices.date})\n"
+        f"nodes: {usage.nodes} x {prices.node_name} at {cost.node_usd_per_month:.2f} USD/month"
+        f" = {usage.nodes * cost.node_usd_per_month:.2f} USD/month\n"
+        f"EKS control plane: {cost.cluster_usd_per_month:.2f} USD/month\n"
+        f"disks: {usage.nodes} x {usage.node_disk_gb:g} GB (nodes)"
+        f" + {usage.instances + usage.standbys} x"
+        f" {usage.volume_gb:g} GB (pod volumes) = {cost.disk_gb:g} GB at"
+        f" {prices.ebs.usd_per_gb_month:g} USD/GB-month = {cost.disks_usd_per_month:.2f}"
+        " USD/month\n"
+        f"log writes: {usage.log_puts_per_s:g} PUT/s = {cost.puts_per_month / 1e6:.2f} M/month at"
+        f" {prices.s3.usd_per_1000_puts:g} USD per 1000 = {cost.puts_usd_per_month:.2f}"
+        " USD/month\n"
+        f"log kept: {usage.log_mb_per_s:g} MB/s for {usage.stored_days:g} days ="
+        f" {cost.stored_gb:.1f} GB at {prices.s3.usd_per_gb_month:g} USD/GB-month ="
+        f" {cost.stored_usd_per_month:.2f} USD/month\n"
+        f"standbys: {usage.standbys} x ({usage.standby_lists_per_s:g} LIST +"
+        f" {usage.standby_gets_per_s:g} GET + {usage.standby_puts_per_s:g} PUT)/s, and a GET"
+        f" per page = {cost.standby_requests_per_month / 1e6:.2f} M requests/month ="
+        f" {cost.standbys_usd_per_month:.2f} USD/month\n"
+        f"catalog: {usage.catalog_reads_per_s:g} reads/s, {usage.catalog_writes_per_s:g}"
+        f" writes/s = {cost.catalog_usd_per_month:.2f} USD/month\n"
+        f"total: {cost.usd_per_month:.2f} USD/month\n"
+    )
+
+
 # -- from measurements and sheets to rows ---------------------------------------------------
 
 
@@ -452,6 +665,8 @@ def cost_points(
                 add("serverless-azure", size, serverless_azure_usd_per_month(sheet, size, scenario))
             elif isinstance(sheet, AwsPrices):
                 add("serverless-aws", size, serverless_aws_usd_per_month(sheet, size, scenario))
+            elif isinstance(sheet, AwsDeploymentPrices):
+                break  # prices a provisioned deployment (deployment-cost), not a design
             else:
                 for design, system, logs in _VM_DESIGNS:
                     rate = measured.get((system, size))
@@ -534,6 +749,24 @@ def load_price_sheet(path: Path) -> PriceSheet:
             lambda_=_section(FunctionPrices, document.get("lambda"), f"{path} [lambda]"),
             dynamodb=_section(DynamoDbPrices, document.get("dynamodb"), f"{path} [dynamodb]"),
         )
+    if design == "deployment-aws":
+        region, node_name = document.get("region"), document.get("node_name")
+        if not isinstance(region, str) or not isinstance(node_name, str):
+            raise ValueError(f"{path}: a deployment-aws sheet names its region and node_name")
+        return AwsDeploymentPrices(
+            source=source,
+            date=date,
+            region=region,
+            node_name=node_name,
+            hours_per_month=_hours_per_month(document, path),
+            ec2=_section(Ec2Prices, document.get("ec2"), f"{path} [ec2]"),
+            eks=_section(EksPrices, document.get("eks"), f"{path} [eks]"),
+            ebs=_section(EbsPrices, document.get("ebs"), f"{path} [ebs]"),
+            s3=_section(S3Prices, document.get("s3"), f"{path} [s3]"),
+            dynamodb=_section(
+                DynamoDbOnDemandPrices, document.get("dynamodb"), f"{path} [dynamodb]"
+            ),
+        )
     if design == "vm":
         vm, storage = document.get("vm"), document.get("storage")
         if not isinstance(vm, dict) or not isinstance(storage, dict):
@@ -554,5 +787,6 @@ def load_price_sheet(path: Path) -> PriceSheet:
         except KeyError as error:
             raise ValueError(f"{path}: missing key {error}") from error
     raise ValueError(
-        f"{path}: design {design!r} is not one of serverless-azure, serverless-aws, vm"
+        f"{path}: design {design!r} is not one of serverless-azure, serverless-aws, vm, "
+        "deployment-aws"
     )

@@ -191,8 +191,9 @@ assert {field.name for field in fields(InstanceRecord)} == {*SETTINGS_FIELDS, "c
 class Catalog(Protocol):
     """Async access to a table of registered instances.
 
-    Implementations: ``ambrosia.catalog.sqlite`` (embedded default) and
-    ``ambrosia.catalog.aztable`` (Azure Tables). Obtain one with
+    Implementations: ``ambrosia.catalog.sqlite`` (embedded default),
+    ``ambrosia.catalog.aztable`` (Azure Tables) and ``ambrosia.catalog.dynamodb``
+    (DynamoDB). Obtain one with
     ``ambrosia.catalog.open_catalog(url)``; every method may raise ``CatalogError``.
     """
 

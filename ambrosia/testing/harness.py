@@ -2,8 +2,9 @@
 
 Used by the crash tests and example tests; usable by applications for their own.
 Each ``Deployment`` has its own catalog and log location under one directory, so tests
-never share state. Processes are started with ``python -m ambrosia.cli run`` exactly as a
-user would start them, and killed by PID. Several processes may run one instance at once
+never share state (or a catalog and log URL of the caller's, on cloud storage).
+Processes are started with ``python -m ambrosia.cli run`` exactly as a user would start
+them, and killed by PID. Several processes may run one instance at once
 (a primary and its standbys): each start then gets its own label.
 
 Links between the processes are plain TCP on loopback (``--plaintext``), or with
@@ -83,6 +84,7 @@ class Deployment:
         directory: Path,
         *,
         log_url: str | None = None,
+        catalog_url: str | None = None,
         env: dict[str, str] | None = None,
         run_args: tuple[str, ...] = (),
         tls: bool = False,
@@ -95,7 +97,7 @@ class Deployment:
         directory.mkdir(parents=True, exist_ok=True)
         self.status_dir = directory / "status"
         self.status_dir.mkdir(exist_ok=True)
-        self.catalog_url = f"sqlite://{directory / 'catalog.db'}"
+        self.catalog_url = catalog_url or f"sqlite://{directory / 'catalog.db'}"
         self.log_url = log_url or f"file://{directory / 'log'}"
         self.env = {
             **os.environ,

@@ -345,3 +345,23 @@ def test_points_on_a_log_url_each_get_a_log_of_their_own(tmp_path: Path) -> None
     assert [row["size_bytes"] for row in document["throughput"]] == [16, 1024]
     points = sorted(path.name.rsplit("-", 1)[0] for path in shared.iterdir() if path.is_dir())
     assert points[-2:] == ["throughput-1024", "throughput-16"], points
+
+
+def test_deployment_cost_on_an_aws_sheet(capsys: pytest.CaptureFixture[str]) -> None:
+    sheet = str(CONFIGS / "prices-eks.toml")
+    arguments = ["deployment-cost", "--prices", sheet, "--log-mb-per-s", "0"]
+    assert cli.main([*arguments, "--log-puts-per-s", "0", "--no-cluster", "--standbys", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("price sheet: prices-eks.toml (AWS us-east-1")
+    assert "EKS control plane: 0.00 USD/month" in lines
+    # Nodes and disks only: 2 * 0.096 * 730 + 60 GB * 0.08.
+    assert (
+        lines[-1] == f"total: {2 * 0.096 * 730 + 60 * 0.08 + 730 * 3600 * 0.125e-6:.2f} USD/month"
+    )
+    # The AWS options need an AWS sheet; the default sheet is the VM one.
+    assert cli.main(["deployment-cost", "--log-puts-per-s", "5"]) == 2
+    assert "--log-puts-per-s: only with --prices of a deployment-aws sheet" in (
+        capsys.readouterr().err
+    )
+    assert cli.main(["deployment-cost"]) == 0
+    assert capsys.readouterr().out.startswith("price sheet: prices-vm.toml")

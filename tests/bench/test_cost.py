@@ -306,3 +306,76 @@ def test_deployment_cost_is_nodes_plus_log_bandwidth() -> None:
         cost.deployment_cost(prices, nodes=0, log_mb_per_s=1.0)
     with pytest.raises(ValueError, match="negative"):
         cost.deployment_cost(prices, nodes=1, log_mb_per_s=-1.0)
+
+
+def test_aws_deployment_sheet_loads_and_prices_each_term() -> None:
+    prices = cost.load_price_sheet(CONFIGS / "prices-eks.toml")
+    assert isinstance(prices, cost.AwsDeploymentPrices)
+    assert prices.region == "us-east-1" and prices.date and "AWS" in prices.source
+    usage = cost.AwsDeploymentUsage(
+        nodes=3,
+        node_disk_gb=20.0,
+        instances=4,
+        volume_gb=10.0,
+        log_mb_per_s=2.0,
+        log_puts_per_s=10.0,
+        stored_days=7.0,
+        catalog_reads_per_s=1.0,
+        catalog_writes_per_s=0.5,
+        standbys=2,
+    )
+    bill = cost.aws_deployment_cost(prices, usage)
+    seconds = HOURS * 3600.0
+    assert bill.node_usd_per_month == pytest.approx(prices.ec2.usd_per_node_hour * HOURS)
+    assert bill.cluster_usd_per_month == pytest.approx(prices.eks.usd_per_cluster_hour * HOURS)
+    assert bill.disk_gb == 3 * 20 + (4 + 2) * 10
+    assert bill.disks_usd_per_month == pytest.approx(120 * prices.ebs.usd_per_gb_month)
+    assert bill.puts_per_month == pytest.approx(10.0 * seconds)
+    assert bill.puts_usd_per_month == pytest.approx(10.0 * seconds / 1000 * 0.005)
+    # 2 MB/s for 7 days: 2e6 B/s * 604,800 s = 1,209.6 GB.
+    assert bill.stored_gb == pytest.approx(1209.6)
+    assert bill.stored_usd_per_month == pytest.approx(1209.6 * prices.s3.usd_per_gb_month)
+    assert bill.catalog_usd_per_month == pytest.approx((1.0 * 0.125 + 0.5 * 0.625) * seconds / 1e6)
+    assert bill.usd_per_month == pytest.approx(
+        3 * bill.node_usd_per_month
+        + bill.cluster_usd_per_month
+        + bill.disks_usd_per_month
+        + bill.puts_usd_per_month
+        + bill.stored_usd_per_month
+        + bill.standbys_usd_per_month
+        + bill.catalog_usd_per_month
+    )
+    without_cluster = cost.aws_deployment_cost(
+        prices, cost.AwsDeploymentUsage(nodes=3, cluster=False)
+    )
+    assert without_cluster.cluster_usd_per_month == 0.0
+    with pytest.raises(ValueError, match="nodes"):
+        cost.AwsDeploymentUsage(nodes=0)
+    with pytest.raises(ValueError, match="log_puts_per_s"):
+        cost.AwsDeploymentUsage(log_puts_per_s=-1.0)
+    with pytest.raises(ValueError, match="standbys"):
+        cost.AwsDeploymentUsage(standbys=-1)
+    # A deployment sheet prices what was provisioned: it is no design of the cost figure.
+    assert cost.cost_points([prices], [16, 1024], {("ambrosia", 16): 10.0}) == []
+
+
+def test_aws_standby_request_rates_are_the_standbys_defaults_on_a_cloud_log() -> None:
+    from ambrosia.coordinator.standby import _LISTING_EVERY_IDLE_POLLS, StandbySettings
+
+    settings = StandbySettings.for_log("s3://bucket/prefix")
+    usage = cost.AwsDeploymentUsage()
+    polls = 1 / settings.poll_interval_s
+    assert usage.standby_lists_per_s == pytest.approx(polls + polls / _LISTING_EVERY_IDLE_POLLS)
+    assert usage.standby_gets_per_s == pytest.approx(1 / settings.lease_poll_interval_s)
+    assert usage.standby_puts_per_s == pytest.approx(1 / settings.board_interval_s)
+
+
+def test_aws_deployment_sheet_keys_are_checked(tmp_path: Path) -> None:
+    text = (CONFIGS / "prices-eks.toml").read_text()
+    broken = tmp_path / "prices-eks.toml"
+    broken.write_text(text.replace("usd_per_1000_puts", "usd_per_1000_put"))
+    with pytest.raises(ValueError, match=r"\[s3\].*usd_per_1000_put"):
+        cost.load_price_sheet(broken)
+    broken.write_text(text.replace('region = "us-east-1"\n', ""))
+    with pytest.raises(ValueError, match="region"):
+        cost.load_price_sheet(broken)

@@ -33,6 +33,9 @@ pytestmark = pytest.mark.anyio
         "aztable://1table",
         "aztable://ab",
         "aztable://table/extra",
+        "dynamodb://",
+        "dynamodb://ab",
+        "dynamodb://table?region=nowhere",
     ],
 )
 async def test_malformed_urls(url: str) -> None:
@@ -41,7 +44,8 @@ async def test_malformed_urls(url: str) -> None:
 
 
 async def test_unknown_scheme_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown catalog scheme 'postgres'.*aztable, sqlite"):
+    known = r"unknown catalog scheme 'postgres'.*aztable, dynamodb, sqlite"
+    with pytest.raises(ConfigError, match=known):
         await open_catalog("postgres://db/catalog")
 
 

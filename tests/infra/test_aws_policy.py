@@ -1,17 +1,21 @@
-"""The AWS module's IAM policy, enforced: the counter runs on S3 with nothing more.
+"""The AWS module's IAM policy, enforced: the counter runs on S3 and DynamoDB with nothing more.
 
 The policy document is read from the module's HCL (python-hcl2), its references filled
-in for one bucket and prefix, and attached to a user of a moto server that enforces IAM
-(``INITIAL_NO_AUTH_ACTION_COUNT``: the set-up calls pass, everything after is checked).
-With that user's keys, the counter example runs end to end on ``s3://BUCKET/PREFIX``
-(leases, conditional puts, listings, checkpoints, and deletes of retired chunks, with
-``checkpoints_kept = 1``), and a write outside the prefix is refused. A policy missing
-an action the s3 backend uses fails here. Where moto checks differently from AWS,
+in for one bucket, prefix and table, and attached to a user of a moto server that
+enforces IAM (``INITIAL_NO_AUTH_ACTION_COUNT``: the set-up calls pass, everything after
+is checked). With that user's keys, both instances are registered in the DynamoDB
+catalog and the counter example runs end to end on ``s3://BUCKET/PREFIX`` (leases,
+conditional puts, listings, checkpoints, and deletes of retired chunks, with
+``checkpoints_kept = 1``); a write outside the prefix and a DynamoDB call the policy does
+not grant (Scan) are refused. A policy missing an action the s3 backend or the dynamodb
+catalog uses fails here. Where moto checks differently from AWS,
 ``as_moto_reads_it`` adds the grant moto looks for, so those parts are not proven here:
 moto names the HeadBucket action ``s3:HeadBucket`` (AWS checks ``s3:ListBucket``), checks
 a multi-object delete as ``s3:DeleteObject`` on the bucket (AWS checks it per key, on
-``PREFIX/*``), and evaluates only ``StringEquals`` conditions (the ``s3:prefix``
-condition on listings is not exercised).
+``PREFIX/*``), evaluates only ``StringEquals`` conditions (the ``s3:prefix``
+condition on listings is not exercised), and checks DynamoDB actions against the
+resource ``*`` rather than the table's ARN (the table statement's actions are proven
+here; that its resource is the table alone is checked in test_terraform.py).
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from tests.infra.tools import REPOSITORY_ROOT, TERRAFORM_ROOT
 
 BUCKET = "ambrosia-policy-test"
 PREFIX = "prod"
+TABLE = "ambrosia-policy-test-catalog"
+TABLE_ARN = f"arn:aws:dynamodb:us-east-1:123456789012:table/{TABLE}"
 # Unauthenticated set-up calls before moto starts enforcing IAM.
-SETUP_CALLS = 4
+SETUP_CALLS = 5
 LIVENESS_S = 90.0
 
 
@@ -51,6 +57,7 @@ def policy_document() -> dict[str, Any]:
         "${aws_s3_bucket.logs.arn}": f"arn:aws:s3:::{BUCKET}",
         "${var.log_prefix}": PREFIX,
         "${aws_kms_key.logs.arn}": "arn:aws:kms:us-east-1:123456789012:key/test",
+        "${aws_dynamodb_table.catalog.arn}": TABLE_ARN,
     }
 
     def fill(text: str) -> str:
@@ -81,6 +88,8 @@ def as_moto_reads_it(document: dict[str, Any]) -> dict[str, Any]:
     for statement in document["Statement"]:
         if "s3:ListBucket" in statement["Action"]:
             statement["Action"] = [*statement["Action"], "s3:HeadBucket"]
+        if statement["Resource"] == [TABLE_ARN]:
+            statement["Resource"] = ["*"]
     document["Statement"].append(
         {
             "Sid": "MotoChecksMultiDeleteOnTheBucket",
@@ -97,6 +106,8 @@ def test_policy_document_is_limited_to_the_prefix() -> None:
     resources = [resource for s in document["Statement"] for resource in s["Resource"]]
     assert f"arn:aws:s3:::{BUCKET}/{PREFIX}/*" in resources
     assert not any(re.fullmatch(r"arn:aws:s3:::[^/]*/\*", resource) for resource in resources)
+    tables = [s for s in document["Statement"] if "dynamodb:GetItem" in s["Action"]]
+    assert [s["Resource"] for s in tables] == [[TABLE_ARN]]
 
 
 @pytest.mark.emulator
@@ -115,6 +126,19 @@ def test_counter_runs_with_only_the_policy(tmp_path: Path, monkeypatch: pytest.M
             "aws_secret_access_key": "setup",
         }
         boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
+        # The table as the module declares it (ambrosia/catalog/dynamodb.py's layout).
+        boto3.client("dynamodb", **setup).create_table(
+            TableName=TABLE,
+            AttributeDefinitions=[
+                {"AttributeName": "kind", "AttributeType": "S"},
+                {"AttributeName": "name", "AttributeType": "S"},
+            ],
+            KeySchema=[
+                {"AttributeName": "kind", "KeyType": "HASH"},
+                {"AttributeName": "name", "KeyType": "RANGE"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
         iam = boto3.client("iam", **setup)
         iam.create_user(UserName="ambrosia")
         iam.put_user_policy(
@@ -130,6 +154,7 @@ def test_counter_runs_with_only_the_policy(tmp_path: Path, monkeypatch: pytest.M
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
             "AMBROSIA_S3_ENDPOINT_URL": moto.endpoint_url,
+            "AMBROSIA_DYNAMODB_ENDPOINT_URL": moto.endpoint_url,
             "PYTHONPATH": str(REPOSITORY_ROOT),
         }
         for name in ("AWS_PROFILE", "AMBROSIA_CONFIG", "AMBROSIA_CATALOG"):
@@ -145,11 +170,20 @@ def test_counter_runs_with_only_the_policy(tmp_path: Path, monkeypatch: pytest.M
         )
         with pytest.raises(user.exceptions.ClientError, match="AccessDenied"):
             user.put_object(Bucket=BUCKET, Key="elsewhere/x", Body=b"x")
+        catalog_user = boto3.client(
+            "dynamodb",
+            endpoint_url=moto.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+        )
+        with pytest.raises(catalog_user.exceptions.ClientError, match="AccessDenied"):
+            catalog_user.scan(TableName=TABLE)
 
         server_port, client_port = free_loopback_ports(2)
         config = tmp_path / "ambrosia.toml"
         config.write_text(
-            f'catalog = "sqlite://{tmp_path / "catalog.db"}"\n'
+            f'catalog = "dynamodb://{TABLE}?region=us-east-1"\n'
             f'log = "s3://{BUCKET}/{PREFIX}"\n'
             "[store]\ncreate = false\n"
             "[coordinator]\ncheckpoints_kept = 1\n"
@@ -206,6 +240,13 @@ def test_counter_runs_with_only_the_policy(tmp_path: Path, monkeypatch: pytest.M
             for item in user.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/client/")["Contents"]
         ]
         assert any("/checkpoint-" in key for key in keys), keys
+        # Both registrations are in the table, written and read under the policy.
+        rows = catalog_user.query(
+            TableName=TABLE,
+            KeyConditionExpression="kind = :kind",
+            ExpressionAttributeValues={":kind": {"S": "instance"}},
+        )["Items"]
+        assert sorted(row["name"]["S"] for row in rows) == ["client", "server"]
     finally:
         for process in processes:
             process.kill()

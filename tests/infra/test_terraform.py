@@ -137,6 +137,10 @@ def test_aws_policy_allows_only_the_calls_of_the_s3_backend() -> None:
         "s3:PutObject",
         "s3:DeleteObject",
         "s3:ListBucket",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:Query",
         "kms:Decrypt",
         "kms:GenerateDataKey",
     }
@@ -161,6 +165,58 @@ def test_aws_policy_allows_only_the_calls_of_the_s3_backend() -> None:
             assert "*" not in resource.replace("/*", "") or "prefix" in resource, resource
     objects = next(s for s in statements if "s3:GetObject" in s["actions"])
     assert objects["resources"] == ["${local.object_arn}"]
+
+
+def test_aws_policy_allows_only_the_calls_of_the_dynamodb_catalog_on_its_table() -> None:
+    module = _load(AWS / "modules" / "ambrosia")
+    documents = {
+        name: body
+        for block in module["data"]
+        for name, body in block.get("aws_iam_policy_document", {}).items()
+    }
+    statements = documents["logs"]["statement"]
+    dynamodb = [s for s in statements if any(a.startswith("dynamodb:") for a in s["actions"])]
+    assert len(dynamodb) == 1, dynamodb
+    (statement,) = dynamodb
+    assert statement["resources"] == ["${aws_dynamodb_table.catalog.arn}"]
+    granted = set(statement["actions"])
+    # Every call the catalog makes, found in its source, maps to a granted action.
+    source = (Path(__file__).parents[2] / "ambrosia" / "catalog" / "dynamodb.py").read_text()
+    made = set(re.findall(r"client\.(\w+)\(", source))
+    made |= set(re.findall(r"get_paginator\(\"(\w+)\"\)", source))
+    needs = {
+        "get_item": "dynamodb:GetItem",
+        "put_item": "dynamodb:PutItem",
+        "delete_item": "dynamodb:DeleteItem",
+        "query": "dynamodb:Query",
+        "get_paginator": "dynamodb:Query",  # the listing's pages
+        "create_table": None,  # only with create=True; Terraform makes the table
+        "describe_table": None,  # likewise: waiting for the created table
+    }
+    assert made <= set(needs), f"the catalog makes calls the policy does not cover: {made}"
+    assert {"get_item", "put_item", "delete_item", "query"} <= made
+    assert granted == {needs[call] for call in made if needs[call] is not None}
+
+
+def test_aws_catalog_table_is_the_backends_layout_on_demand_recoverable_encrypted() -> None:
+    from ambrosia.catalog.dynamodb import PARTITION_KEY, SORT_KEY
+
+    module = _load(AWS / "modules" / "ambrosia")
+    table = _resources(module, "aws_dynamodb_table")["catalog"]
+    assert table["billing_mode"] == "PAY_PER_REQUEST"
+    assert (table["hash_key"], table["range_key"]) == (PARTITION_KEY, SORT_KEY)
+    assert {(a["name"], a["type"]) for a in table["attribute"]} == {
+        (PARTITION_KEY, "S"),
+        (SORT_KEY, "S"),
+    }
+    assert table["point_in_time_recovery"] == [{"enabled": True}]
+    assert table["server_side_encryption"] == [
+        {"enabled": True, "kms_key_arn": "${aws_kms_key.logs.arn}"}
+    ]
+    outputs = {name: body for block in module["output"] for name, body in block.items()}
+    assert outputs["catalog_url"]["value"] == (
+        "dynamodb://${aws_dynamodb_table.catalog.name}?region=${data.aws_region.current.name}"
+    )
 
 
 def test_aws_bucket_is_private_encrypted_and_keeps_live_objects() -> None:
@@ -266,5 +322,5 @@ def test_log_url_output_has_the_backend_scheme(cloud: str) -> None:
     outputs = {name: body for block in module["output"] for name, body in block.items()}
     scheme = {"azure": "azblob://", "aws": "s3://"}[cloud]
     assert outputs["log_url"]["value"].startswith(scheme)
-    catalog = {"azure": "aztable://", "aws": "sqlite:///"}[cloud]
+    catalog = {"azure": "aztable://", "aws": "dynamodb://"}[cloud]
     assert outputs["catalog_url"]["value"].startswith(catalog)

@@ -1,4 +1,5 @@
-# Example root: an S3 bucket and role for ambrosia's logs, optionally an EKS cluster.
+# Example root: an S3 bucket, a DynamoDB catalog table and a role for ambrosia,
+# optionally an EKS cluster.
 #   terraform init && terraform apply -var bucket_name=my-ambrosia-logs
 #   ambrosia config from-terraform . > ambrosia.toml    (see docs/deploy-aws.md)
 

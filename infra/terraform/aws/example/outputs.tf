@@ -10,6 +10,11 @@ output "catalog_url" {
   value       = module.ambrosia.catalog_url
 }
 
+output "catalog_table" {
+  description = "The catalog table."
+  value       = module.ambrosia.catalog_table
+}
+
 output "region" {
   description = "AWS_REGION of the coordinators."
   value       = module.ambrosia.region

@@ -110,6 +110,7 @@ resource "aws_eks_node_group" "this" {
   node_role_arn   = aws_iam_role.node[0].arn
   subnet_ids      = var.subnet_ids
   instance_types  = [var.node_instance_type]
+  disk_size       = var.node_disk_gb
 
   scaling_config {
     desired_size = var.node_count

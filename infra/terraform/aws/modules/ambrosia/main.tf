@@ -1,14 +1,18 @@
-# Storage and permissions for ambrosia logs on S3, and optionally an EKS cluster to run
-# the coordinators on. See docs/deploy-aws.md.
+# Storage and permissions for ambrosia logs on S3 and its catalog in DynamoDB, and
+# optionally an EKS cluster to run the coordinators on. See docs/deploy-aws.md.
 #
 # The role's policy allows exactly the calls ambrosia's s3 backend makes
 # (ambrosia/backends/s3.py): GetObject (get and head), PutObject (conditional puts of
 # pages, fences, lock, meta, checkpoints), DeleteObject (DeleteObjects of chunks a
 # checkpoint covers) on PREFIX/*, and ListBucket (ListObjectsV2 and HeadBucket) limited
 # to PREFIX. No CreateBucket: the bucket is made here, so run ambrosia without --create.
+# On the catalog table, exactly the calls of ambrosia/catalog/dynamodb.py: GetItem,
+# PutItem and DeleteItem (conditional on the row's revision) and Query (the listing).
+# No CreateTable: the table is made here.
 
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
+data "aws_region" "current" {}
 
 locals {
   object_arn = "${aws_s3_bucket.logs.arn}/${var.log_prefix}/*"
@@ -16,8 +20,9 @@ locals {
 
 # -- encryption key -------------------------------------------------------------------------
 
+# One key for the logs and the catalog table.
 resource "aws_kms_key" "logs" {
-  description             = "${var.name}: ambrosia logs in s3://${var.bucket_name}/${var.log_prefix}"
+  description             = "${var.name}: ambrosia logs in s3://${var.bucket_name}/${var.log_prefix} and its catalog table"
   enable_key_rotation     = true
   deletion_window_in_days = 30
   policy                  = data.aws_iam_policy_document.key.json
@@ -140,6 +145,36 @@ resource "aws_s3_bucket_policy" "logs" {
   depends_on = [aws_s3_bucket_public_access_block.logs]
 }
 
+# -- the catalog ----------------------------------------------------------------------------
+
+# The layout ambrosia/catalog/dynamodb.py reads and writes: partition key `kind` (always
+# "instance"), sort key `name` (the instance name); the other attributes need no schema.
+# A handful of small rows read when a coordinator dials a peer: on-demand billing.
+resource "aws_dynamodb_table" "catalog" {
+  name         = "${var.name}-ambrosia-catalog"
+  billing_mode = "PAY_PER_REQUEST"
+  hash_key     = "kind"
+  range_key    = "name"
+
+  attribute {
+    name = "kind"
+    type = "S"
+  }
+  attribute {
+    name = "name"
+    type = "S"
+  }
+
+  point_in_time_recovery {
+    enabled = true
+  }
+  server_side_encryption {
+    enabled     = true
+    kms_key_arn = aws_kms_key.logs.arn
+  }
+  tags = var.tags
+}
+
 # -- the role the coordinators run as ------------------------------------------------------
 
 data "aws_iam_policy_document" "assume" {
@@ -155,7 +190,7 @@ data "aws_iam_policy_document" "assume" {
 
 resource "aws_iam_role" "ambrosia" {
   name                 = "${var.name}-ambrosia"
-  description          = "Ambrosia coordinators: read and write their logs under s3://${var.bucket_name}/${var.log_prefix}/"
+  description          = "Ambrosia coordinators: read and write their logs under s3://${var.bucket_name}/${var.log_prefix}/ and their catalog table"
   assume_role_policy   = data.aws_iam_policy_document.assume.json
   max_session_duration = 3600
   tags                 = var.tags
@@ -180,6 +215,12 @@ data "aws_iam_policy_document" "logs" {
     }
   }
   statement {
+    sid       = "CatalogTable"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"]
+    resources = [aws_dynamodb_table.catalog.arn]
+  }
+  statement {
+    # S3 (SSE-KMS) and DynamoDB use the key on the role's behalf.
     sid       = "LogKey"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.logs.arn]
@@ -188,7 +229,7 @@ data "aws_iam_policy_document" "logs" {
 
 resource "aws_iam_policy" "logs" {
   name        = "${var.name}-ambrosia-logs"
-  description = "The S3 calls ambrosia's s3 log store makes, on its prefix only."
+  description = "The S3 calls ambrosia's s3 log store makes, on its prefix only, and the DynamoDB calls of its catalog, on its table only."
   policy      = data.aws_iam_policy_document.logs.json
   tags        = var.tags
 }

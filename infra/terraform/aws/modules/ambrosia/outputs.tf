@@ -7,8 +7,13 @@ output "log_url" {
 }
 
 output "catalog_url" {
-  description = "The catalog URL for ambrosia.toml. AWS has no catalog backend yet: each pod keeps an sqlite catalog on its own volume, filled at start from the deployment file's instance addresses (see infra/kubernetes/overlays/aws)."
-  value       = "sqlite:///var/lib/ambrosia/catalog.db"
+  description = "The catalog URL for ambrosia.toml (`catalog = ...`): the DynamoDB table every coordinator registers in and looks its peers up in."
+  value       = "dynamodb://${aws_dynamodb_table.catalog.name}?region=${data.aws_region.current.name}"
+}
+
+output "catalog_table" {
+  description = "The DynamoDB table of the catalog."
+  value       = aws_dynamodb_table.catalog.name
 }
 
 output "region" {

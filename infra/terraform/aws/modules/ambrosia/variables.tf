@@ -78,6 +78,12 @@ variable "node_instance_type" {
   default     = "m6i.large"
 }
 
+variable "node_disk_gb" {
+  description = "Root volume of each EKS node, GiB (the EKS default; ambrosia's data is on the pods' own volumes)."
+  type        = number
+  default     = 20
+}
+
 variable "node_count" {
   description = "Number of EKS nodes (one per immortal, plus spare room for a rescheduled pod)."
   type        = number
