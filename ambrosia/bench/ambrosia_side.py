@@ -375,12 +375,13 @@ def run_ping(
 
 
 def _run_process(name: str, app: str, persist: bool, tls_dir: Path | None) -> int:
+    from ambrosia import eventloop
     from ambrosia.certs import tls_settings_for
     from ambrosia.coordinator.runtime import Config
     from ambrosia.host import load_app, serve
 
     tls = tls_settings_for(tls_dir, name) if tls_dir is not None else None
-    return asyncio.run(
+    return eventloop.run(
         serve(
             name,
             load_app(app),
