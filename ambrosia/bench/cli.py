@@ -4,7 +4,8 @@ Subcommands:
 
 - ``throughput``: for each message size, the ambrosia immortals and then the gRPC
   baseline stream payloads for ``--duration`` seconds after ``--warmup``; calls/s and MB/s
-  per size per system, and the ratio (paper Figure 5).
+  per size per system, and the ratio (paper Figure 5). With ``--systems ...,disk`` also
+  the machine's floor for durable streaming (``ambrosia.bench.diskfloor``).
 - ``ping``: one outstanding call at a time; percentiles and mean (paper Table 1). Two
   more rows are the machine's floors, beside which the tails of the other two are read
   (``ambrosia.bench.floors``): ``tcp``, a bare TCP echo between two processes, and
@@ -47,7 +48,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ambrosia.bench import cost, floors, grpc_side, report
+from ambrosia.bench import cost, diskfloor, floors, grpc_side, report
 from ambrosia.bench.failover import add_arguments as add_failover_arguments
 from ambrosia.bench.failover import run_failover_bench
 from ambrosia.bench.progress import Progress
@@ -57,9 +58,12 @@ from ambrosia.errors import AmbrosiaError, ConfigError
 
 __all__ = ["main"]
 
-SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu")
-# The systems that stream payloads; tcp and cpu only measure the machine's floors.
-STREAMING_SYSTEMS = ("ambrosia", "grpc")
+SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu", "disk")
+PING_SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu")
+# The systems that stream payloads; tcp and cpu only measure the machine's ping floors,
+# disk its floor for durable streaming (``diskfloor``), measured only when asked for.
+STREAMING_SYSTEMS = ("ambrosia", "grpc", "disk")
+STREAMING_DEFAULT = ("ambrosia", "grpc")
 default_sizes = "16..64K"
 # 13 sizes x 2 systems x (3 s + 1 s warm-up) is about 104 s, leaving room for process
 # start-up inside the 3-minute budget of a default run.
@@ -101,6 +105,11 @@ def _systems_option(allowed: Sequence[str]) -> Callable[[str], list[str]]:
                 f"unknown systems {unknown}; choose from {', '.join(allowed)}"
             )
         floors_named = [name for name in systems if name not in allowed]
+        if floors_named == ["disk"]:
+            raise argparse.ArgumentTypeError(
+                f"disk: a streaming floor only (no round trip); "
+                f"this command takes {', '.join(allowed)}"
+            )
         if floors_named:
             raise argparse.ArgumentTypeError(
                 f"{', '.join(floors_named)}: ping floors only (nothing to stream); "
@@ -192,15 +201,16 @@ def _add_throughput(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser, *, ping: bool = False) -> None:
-    allowed = SYSTEMS if ping else STREAMING_SYSTEMS
+    allowed = PING_SYSTEMS if ping else STREAMING_SYSTEMS
     parser.add_argument(
         "--systems",
         type=_systems_option(allowed),
-        default=list(allowed),
+        default=list(PING_SYSTEMS if ping else STREAMING_DEFAULT),
         help="comma list of ambrosia, grpc, tcp, cpu (tcp: a bare TCP echo between two "
         "processes; cpu: a fixed unit of CPU work; the machine's floors; default all four)"
         if ping
-        else "comma list of ambrosia, grpc (default both; tcp and cpu are ping floors only)",
+        else "comma list of ambrosia, grpc, disk (disk: durable 8 MiB page writes alone, "
+        "the machine's floor; default ambrosia,grpc; tcp and cpu are ping floors only)",
     )
     parser.add_argument(
         "--tls",
@@ -343,6 +353,14 @@ def _measure_throughput(
                             persist=options.persist,
                             tls=options.tls,
                             workdir=workdir / label,
+                            on_progress=progress,
+                        )
+                    elif system == "disk":
+                        points = diskfloor.run_throughput(
+                            [size],
+                            duration_s=options.duration,
+                            warmup_s=options.warmup,
+                            directory=workdir / label,
                             on_progress=progress,
                         )
                     else:

@@ -345,3 +345,16 @@ def test_points_on_a_log_url_each_get_a_log_of_their_own(tmp_path: Path) -> None
     assert [row["size_bytes"] for row in document["throughput"]] == [16, 1024]
     points = sorted(path.name.rsplit("-", 1)[0] for path in shared.iterdir() if path.is_dir())
     assert points[-2:] == ["throughput-1024", "throughput-16"], points
+
+
+def test_disk_is_a_streaming_floor_measured_only_when_asked() -> None:
+    parser = cli._parser()
+    assert parser.parse_args(["throughput"]).systems == ["ambrosia", "grpc"]
+    assert parser.parse_args(["throughput", "--systems", "disk"]).systems == ["disk"]
+    assert "disk" in cli.STREAMING_SYSTEMS and "disk" not in cli.PING_SYSTEMS
+
+
+def test_disk_outside_streaming_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["ping", "--systems", "ambrosia,disk"])
+    assert "disk: a streaming floor only (no round trip)" in capsys.readouterr().err

@@ -58,7 +58,7 @@ def test_the_reference_config_makes_every_reference_folder(tmp_path: Path) -> No
         assert options.out.resolve() == ROOT / "results" / "reference" / step.name
         commands[step.name] = options
     assert commands["throughput"].sizes[0] == 16 and commands["throughput"].sizes[-1] == 65536
-    assert commands["throughput"].systems == ["ambrosia", "grpc"]
+    assert commands["throughput"].systems == ["ambrosia", "grpc", "disk"]
     assert commands["throughput"].persist is True
     assert commands["ping"].systems == ["ambrosia", "grpc", "tcp", "cpu"]
     # Cost prices this run's throughput, not a fresh measurement.
@@ -127,15 +127,18 @@ def test_the_reference_command_runs_end_to_end_with_tiny_durations(tmp_path: Pat
     throughput = orjson.loads((out / "throughput" / "results.json").read_bytes())
     assert throughput["config"]["experiment"]["step"] == "throughput"
     rows = {(row["system"], row["size_bytes"]): row for row in throughput["throughput"]}
-    assert set(rows) == {(s, n) for s in ("ambrosia", "grpc") for n in (16, 65536)}
+    assert set(rows) == {(s, n) for s in ("ambrosia", "grpc", "disk") for n in (16, 65536)}
     for (system, size), row in rows.items():
         assert row["messages_per_second"] > 0, (system, size)
+        if system == "disk":
+            continue  # measured in the benchmark's own process
         peaks = row["peak_rss_bytes"]
         assert set(peaks) == {"server", "client"}, (system, size)
         assert all(peak > 1 << 20 for peak in peaks.values()), (system, size, peaks)
     for role, peak in rows[("ambrosia", 65536)]["peak_rss_bytes"].items():
         assert peak < STREAMING_64K_RSS_BYTES_MAX, f"ambrosia {role} at 64 KiB: {peak} bytes"
-    assert "peak RSS MiB (server / client)" in (out / "throughput" / "results.md").read_text()
+    table = (out / "throughput" / "results.md").read_text()
+    assert "ambrosia peak RSS MiB (server / client)" in table and "ambrosia/disk" in table
     ping = orjson.loads((out / "ping" / "results.json").read_bytes())
     assert {row["system"] for row in ping["ping"]} == {"ambrosia", "grpc", "tcp", "cpu"}
     cost = orjson.loads((out / "cost" / "results.json").read_bytes())
