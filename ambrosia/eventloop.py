@@ -76,5 +76,5 @@ def run(main: Coroutine[Any, Any, _T], *, setting: str | None = None) -> _T:
 
 async def _logged(main: Coroutine[Any, Any, _T]) -> _T:
     loop = type(asyncio.get_running_loop())
-    logger.info("event loop: %s.%s", loop.__module__, loop.__qualname__)
+    logger.debug("event loop: %s.%s", loop.__module__, loop.__qualname__)
     return await main
