@@ -48,6 +48,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ambrosia import eventloop
 from ambrosia.bench import cost, diskfloor, floors, grpc_side, report
 from ambrosia.bench.failover import add_arguments as add_failover_arguments
 from ambrosia.bench.failover import run_failover_bench
@@ -514,6 +515,8 @@ def _execute(options: argparse.Namespace) -> int:
     measuring = options.command != "cost" or options.results is None
     if measuring and "ambrosia" in options.systems:
         _ambrosia_side()  # fail before any measurement, not after the gRPC half
+        # The loop the ambrosia processes will pick, by the same rule and environment.
+        results.config["event_loop"] = eventloop.chosen_loop()
         for log_url in options.logs or []:
             _check_log(log_url)
     out_dir_existed = out_dir.exists()

@@ -19,7 +19,7 @@ The results file (JSON, ``schema_version`` 1) holds::
       "complete": true,                 # false when interrupted: rows are what finished
       "machine": {"platform", "machine", "processor", "cpu_count", "memory_bytes"},
       "python": {"version", "implementation"},
-      "packages": {"ambrosia", "grpcio", "protobuf", "matplotlib"},   # null if missing
+      "packages": {"ambrosia", "grpcio", "protobuf", "matplotlib", "uvloop"},  # null: missing
       "git_commit": "40 hex digits" | null,
       "config": {...},                  # the options the run was made with
       "throughput": [{"system", "size_bytes", "messages", "seconds",
@@ -278,7 +278,7 @@ def environment() -> dict[str, Any]:
         },
         "packages": {
             name: _package_version(name)
-            for name in ("ambrosia", "grpcio", "protobuf", "matplotlib")
+            for name in ("ambrosia", "grpcio", "protobuf", "matplotlib", "uvloop")
         },
         "git_commit": _git_commit(),
     }
@@ -529,7 +529,12 @@ def markdown(results: Results) -> str:
         lines += [
             f"Machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs, "
             f"Python {(env.get('python') or {}).get('version')}, "
-            f"commit {env.get('git_commit') or 'unknown'}.",
+            f"commit {env.get('git_commit') or 'unknown'}"
+            + (
+                f", ambrosia on the {results.config['event_loop']} event loop."
+                if results.config.get("event_loop")
+                else "."
+            ),
             "",
         ]
     if results.throughput:

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ambrosia import eventloop
 from ambrosia.bench import cli
 from ambrosia.bench.headline import BEGIN_MARKER, headline
 from ambrosia.errors import ConfigError
@@ -126,6 +127,8 @@ def test_the_reference_command_runs_end_to_end_with_tiny_durations(tmp_path: Pat
     assert {path.name for path in out.iterdir()} == {"throughput", "ping", "cost"}
     throughput = orjson.loads((out / "throughput" / "results.json").read_bytes())
     assert throughput["config"]["experiment"]["step"] == "throughput"
+    assert throughput["config"]["event_loop"] == eventloop.chosen_loop()
+    assert "uvloop" in throughput["packages"]
     rows = {(row["system"], row["size_bytes"]): row for row in throughput["throughput"]}
     assert set(rows) == {(s, n) for s in ("ambrosia", "grpc", "disk") for n in (16, 65536)}
     for (system, size), row in rows.items():
@@ -139,6 +142,7 @@ def test_the_reference_command_runs_end_to_end_with_tiny_durations(tmp_path: Pat
         assert peak < STREAMING_64K_RSS_BYTES_MAX, f"ambrosia {role} at 64 KiB: {peak} bytes"
     table = (out / "throughput" / "results.md").read_text()
     assert "ambrosia peak RSS MiB (server / client)" in table and "ambrosia/disk" in table
+    assert f"ambrosia on the {eventloop.chosen_loop()} event loop." in table
     ping = orjson.loads((out / "ping" / "results.json").read_bytes())
     assert {row["system"] for row in ping["ping"]} == {"ambrosia", "grpc", "tcp", "cpu"}
     cost = orjson.loads((out / "cost" / "results.json").read_bytes())
