@@ -21,7 +21,6 @@ docs/high-availability.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -109,6 +108,7 @@ def _assignments(texts: Sequence[str], flag: str) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ambrosia import eventloop
     from ambrosia.host import BindingEndpoints, load_app, serve
 
     deployment = _deployment(args)
@@ -148,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         plaintext_beyond_loopback=bool(args.plaintext_beyond_loopback),
     )
     app = load_app(args.app) if args.app else None
-    return asyncio.run(
+    return eventloop.run(
         serve(
             args.name,
             app,

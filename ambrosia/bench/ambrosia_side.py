@@ -41,6 +41,7 @@ from ambrosia.bench.report import (
     PingResult,
     ThroughputPoint,
     latency_summary,
+    peak_rss_of,
     throughput_point,
 )
 from ambrosia.bench.sizes import format_size
@@ -218,16 +219,12 @@ class _Pair:
 
     def peak_memory(self) -> dict[str, int]:
         """Peak resident set size (VmHWM) of each running process, in bytes."""
-        peaks = {}
-        for name, process in zip(("server", "client"), self.processes, strict=False):
-            try:
-                status = Path(f"/proc/{process.pid}/status").read_text()
-            except OSError:
-                continue
-            for line in status.splitlines():
-                if line.startswith("VmHWM:"):
-                    peaks[name] = int(line.split()[1]) * 1024
-        return peaks
+        return peak_rss_of(
+            {
+                name: process.pid
+                for name, process in zip(("server", "client"), self.processes, strict=False)
+            }
+        )
 
     def diagnosis(self) -> str:
         """Exit codes and the end of both processes' standard error, for a failed point."""
@@ -309,7 +306,7 @@ def _measure_size(
         PEAK_MEMORY_BYTES[size] = peaks
         (pair.workdir / "peak-memory.json").write_text(json.dumps(peaks))
         return throughput_point(
-            "ambrosia", size, end["calls"] - start["calls"], end["t"] - start["t"]
+            "ambrosia", size, end["calls"] - start["calls"], end["t"] - start["t"], peaks
         )
     except (EOFError, TimeoutError) as error:
         raise RuntimeError(f"{size}-byte point failed: {error}\n{pair.diagnosis()}") from None
@@ -393,12 +390,13 @@ def run_ping(
 
 
 def _run_process(name: str, app: str, persist: bool, tls_dir: Path | None) -> int:
+    from ambrosia import eventloop
     from ambrosia.certs import tls_settings_for
     from ambrosia.coordinator.runtime import Config
     from ambrosia.host import load_app, serve
 
     tls = tls_settings_for(tls_dir, name) if tls_dir is not None else None
-    return asyncio.run(
+    return eventloop.run(
         serve(
             name,
             load_app(app),

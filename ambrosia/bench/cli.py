@@ -4,7 +4,8 @@ Subcommands:
 
 - ``throughput``: for each message size, the ambrosia immortals and then the gRPC
   baseline stream payloads for ``--duration`` seconds after ``--warmup``; calls/s and MB/s
-  per size per system, and the ratio (paper Figure 5).
+  per size per system, and the ratio (paper Figure 5). With ``--systems ...,disk`` also
+  the machine's floor for durable streaming (``ambrosia.bench.diskfloor``).
 - ``ping``: one outstanding call at a time; percentiles and mean (paper Table 1). Two
   more rows are the machine's floors, beside which the tails of the other two are read
   (``ambrosia.bench.floors``): ``tcp``, a bare TCP echo between two processes, and
@@ -35,17 +36,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import importlib
 import shutil
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ambrosia.bench import cost, floors, grpc_side, report
+from ambrosia import eventloop
+from ambrosia.bench import cost, diskfloor, floors, grpc_side, report
 from ambrosia.bench.failover import add_arguments as add_failover_arguments
 from ambrosia.bench.failover import run_failover_bench
 from ambrosia.bench.progress import Progress
@@ -55,12 +59,14 @@ from ambrosia.errors import AmbrosiaError, ConfigError
 
 __all__ = ["main"]
 
-SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu", "ambrosia-separate")
-# The systems that stream payloads; tcp and cpu only measure the machine's floors.
-# ambrosia-separate: the application as a binding process beside ``ambrosia coordinator``
+SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu", "disk", "ambrosia-separate")
+PING_SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu")
+# The systems that stream payloads; tcp and cpu only measure the machine's ping floors,
+# disk its floor for durable streaming (``diskfloor``), measured only when asked for;
+# ambrosia-separate the application as a binding process beside ``ambrosia coordinator``
 # (``ambrosia run --separate``), throughput only, not in the default set.
-STREAMING_SYSTEMS = ("ambrosia", "grpc")
-THROUGHPUT_SYSTEMS = (*STREAMING_SYSTEMS, "ambrosia-separate")
+STREAMING_SYSTEMS = ("ambrosia", "grpc", "disk", "ambrosia-separate")
+STREAMING_DEFAULT = ("ambrosia", "grpc")
 default_sizes = "16..64K"
 # 13 sizes x 2 systems x (3 s + 1 s warm-up) is about 104 s, leaving room for process
 # start-up inside the 3-minute budget of a default run.
@@ -102,6 +108,16 @@ def _systems_option(allowed: Sequence[str]) -> Callable[[str], list[str]]:
                 f"unknown systems {unknown}; choose from {', '.join(allowed)}"
             )
         floors_named = [name for name in systems if name not in allowed]
+        if floors_named == ["disk"]:
+            raise argparse.ArgumentTypeError(
+                f"disk: a streaming floor only (no round trip); "
+                f"this command takes {', '.join(allowed)}"
+            )
+        if "ambrosia-separate" in floors_named:
+            raise argparse.ArgumentTypeError(
+                f"ambrosia-separate: measured by throughput only; "
+                f"this command takes {', '.join(allowed)}"
+            )
         if floors_named:
             raise argparse.ArgumentTypeError(
                 f"{', '.join(floors_named)}: ping floors only (nothing to stream); "
@@ -193,17 +209,18 @@ def _add_throughput(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser, *, ping: bool = False) -> None:
-    allowed = SYSTEMS[:4] if ping else THROUGHPUT_SYSTEMS
+    allowed = PING_SYSTEMS if ping else STREAMING_SYSTEMS
     parser.add_argument(
         "--systems",
         type=_systems_option(allowed),
-        default=list(SYSTEMS[:4] if ping else STREAMING_SYSTEMS),
+        default=list(PING_SYSTEMS if ping else STREAMING_DEFAULT),
         help="comma list of ambrosia, grpc, tcp, cpu (tcp: a bare TCP echo between two "
         "processes; cpu: a fixed unit of CPU work; the machine's floors; default all four)"
         if ping
-        else "comma list of ambrosia, grpc, ambrosia-separate (the application as a binding "
-        "process beside `ambrosia coordinator`) (default ambrosia,grpc; tcp and cpu are ping "
-        "floors only)",
+        else "comma list of ambrosia, grpc, disk (disk: durable 8 MiB page writes alone, "
+        "the machine's floor), ambrosia-separate (the application as a binding process "
+        "beside `ambrosia coordinator`); default ambrosia,grpc; tcp and cpu are ping "
+        "floors only",
     )
     parser.add_argument(
         "--tls",
@@ -331,7 +348,16 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run an experiment config (TOML)")
     run.add_argument("config", type=Path, help="the experiment, e.g. bench_configs/*.toml")
     run.add_argument(
-        "--out", type=Path, help="output directory (default results/<timestamp>-<command>)"
+        "--out",
+        type=Path,
+        help="output directory (default results/<timestamp>-<command>; for a config with "
+        "steps, the config's out folder, each step in a subfolder of its name)",
+    )
+    run.add_argument(
+        "--headline",
+        type=Path,
+        help="for a config with steps: the README whose headline block is rewritten from "
+        "the new results (default: the config's headline file, unless --out is given)",
     )
     return parser
 
@@ -347,11 +373,7 @@ def _label(system: str, log: str | None, logs: Sequence[str | None]) -> str:
 
 
 def _relabel(point: ThroughputPoint, system: str) -> ThroughputPoint:
-    return (
-        report.throughput_point(system, point.size_bytes, point.messages, point.seconds)
-        if point.seconds > 0
-        else point
-    )
+    return dataclasses.replace(point, system=system)
 
 
 def _measure_throughput(
@@ -380,6 +402,14 @@ def _measure_throughput(
                             workdir=workdir / label,
                             on_progress=progress,
                             separate=system == "ambrosia-separate",
+                        )
+                    elif system == "disk":
+                        points = diskfloor.run_throughput(
+                            [size],
+                            duration_s=options.duration,
+                            warmup_s=options.warmup,
+                            directory=workdir / label,
+                            on_progress=progress,
                         )
                     else:
                         points = grpc_side.run_throughput(
@@ -564,6 +594,8 @@ def _execute(options: argparse.Namespace) -> int:
     measuring = options.command != "cost" or options.results is None
     if measuring and {"ambrosia", "ambrosia-separate"} & set(options.systems):
         _ambrosia_side()  # fail before any measurement, not after the gRPC half
+        # The loop the ambrosia processes will pick, by the same rule and environment.
+        results.config["event_loop"] = eventloop.chosen_loop()
         for log_url in options.logs or []:
             _check_log(log_url)
     out_dir_existed = out_dir.exists()
@@ -623,16 +655,20 @@ _CONFIG_KEYS = {
 
 def config_arguments(path: Path) -> list[str]:
     """The command line an experiment config stands for (paths relative to the file)."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"cannot read experiment config {path}: {error}") from error
+    document = _read_toml(path)
+    if "steps" in document:
+        raise ConfigError(f"{path} has steps: run it with ambrosia-bench run")
+    return _command_arguments(document, path, str(path))
+
+
+def _command_arguments(document: dict[str, Any], path: Path, where: str) -> list[str]:
+    """The command line of one experiment (a config file, or one step of one)."""
     unknown = document.keys() - _CONFIG_KEYS
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     command = document.get("command")
     if command not in {"throughput", "ping", "cost"}:
-        raise ConfigError(f"{path}: command must be throughput, ping or cost, not {command!r}")
+        raise ConfigError(f"{where}: command must be throughput, ping or cost, not {command!r}")
     arguments = [command]
 
     def relative(value: str) -> str:
@@ -670,12 +706,129 @@ def config_arguments(path: Path) -> list[str]:
     return arguments
 
 
+# -- configs with steps (the reference run) ------------------------------------------------
+
+_SUITE_KEYS = {"description", "out", "headline", "steps"}
+_STEP_KEYS = _CONFIG_KEYS | {"name", "results_from"}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One command of a config with steps: its folder name and its command line."""
+
+    name: str
+    arguments: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Suite:
+    """A config with ``[[steps]]``: commands run in order, each into ``out/<name>``."""
+
+    path: Path
+    out: Path | None
+    headline: Path | None
+    steps: list[Step]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"cannot read experiment config {path}: {error}") from error
+
+
+def is_suite(path: Path) -> bool:
+    """Whether the config at ``path`` has ``[[steps]]`` rather than one command."""
+    return "steps" in _read_toml(path)
+
+
+def load_suite(path: Path, out: Path | None = None) -> Suite:
+    """The steps of a config with ``[[steps]]``, each step's output under ``out/<name>``.
+
+    ``out`` (default: the config's ``out``, relative to the file) is the root folder; a
+    step's ``results_from = "NAME"`` reads the results file that step NAME writes there.
+    """
+    document = _read_toml(path)
+    unknown = document.keys() - _SUITE_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+    steps = document.get("steps")
+    if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) for s in steps):
+        raise ConfigError(f"{path}: steps must be a non-empty array of tables ([[steps]])")
+    root = out if out is not None else _relative(path, document.get("out"))
+    headline = _relative(path, document.get("headline"))
+    names: list[str] = []
+    parsed: list[Step] = []
+    for number, table in enumerate(steps, start=1):
+        where = f"{path}: step {number}"
+        unknown = table.keys() - _STEP_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        name = table.get("name")
+        if not isinstance(name, str) or not name or "/" in name or name in names:
+            raise ConfigError(f"{where}: name must be a new folder name, not {name!r}")
+        step = {key: value for key, value in table.items() if key not in {"name", "results_from"}}
+        arguments = _command_arguments(step, path, where)
+        source = table.get("results_from")
+        if source is not None:
+            if source not in names:
+                raise ConfigError(f"{where}: results_from names no earlier step: {source!r}")
+            if step.get("command") != "cost" or "results" in step:
+                raise ConfigError(f"{where}: results_from is for a cost step without results")
+            if root is not None:
+                arguments += ["--results", str(root / source / "results.json")]
+        if root is not None:
+            arguments += ["--out", str(root / name)]
+        names.append(name)
+        parsed.append(Step(name, arguments))
+    return Suite(path, root, headline, parsed)
+
+
+def _relative(path: Path, value: object) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: a folder or file must be a string, not {value!r}")
+    return path.parent / value
+
+
+def _run_suite(parser: argparse.ArgumentParser, options: argparse.Namespace) -> int:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    suite = load_suite(options.config, options.out)
+    if suite.out is None:
+        suite = load_suite(options.config, Path("results") / f"{stamp}-{options.config.stem}")
+    # The config's own headline file only when its results go to its own folder: a run
+    # into another folder must not rewrite a README that quotes the committed results.
+    headline_file = options.headline or (suite.headline if options.out is None else None)
+    for step in suite.steps:
+        print(f"== step {step.name}: ambrosia-bench {' '.join(step.arguments)}", flush=True)
+        step_options = parser.parse_args(step.arguments)
+        step_options.experiment = {
+            "config": str(options.config),
+            "step": step.name,
+            "arguments": step.arguments,
+        }
+        status = _execute(step_options)
+        if status:
+            return status
+    if headline_file is not None:
+        from ambrosia.bench.headline import headline, replace_block
+
+        assert suite.out is not None
+        table = headline(suite.out)
+        headline_file.write_text(replace_block(headline_file.read_text(), table))
+        print(f"Rewrote the headline table of {headline_file}:\n{table}", end="")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     options = parser.parse_args(argv)
     try:
         if options.command == "deployment-cost":
             return _deployment_cost(options)
+        if options.command == "run" and is_suite(options.config):
+            return _run_suite(parser, options)
         if options.command == "run":
             arguments = config_arguments(options.config)
             if options.out is not None:

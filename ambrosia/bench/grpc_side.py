@@ -58,6 +58,7 @@ from ambrosia.bench.report import (
     PingResult,
     ThroughputPoint,
     latency_summary,
+    peak_rss_of,
     throughput_point,
 )
 from ambrosia.bench.sizes import format_size, size_bytes_max
@@ -422,9 +423,16 @@ def run_throughput(
                 elif event["event"] == "point":
                     if event["messages"] <= 0 or event["seconds"] <= 0:
                         raise RuntimeError(f"gRPC server received nothing at {event}")
+                    # Read while both processes still live: the client exits after its
+                    # last point. With several sizes per run the peaks are cumulative.
+                    peaks = peak_rss_of({"server": server.pid, "client": client.process.pid})
                     points.append(
                         throughput_point(
-                            "grpc", event["size_bytes"], event["messages"], event["seconds"]
+                            "grpc",
+                            event["size_bytes"],
+                            event["messages"],
+                            event["seconds"],
+                            peaks,
                         )
                     )
                     on_progress(

@@ -19,11 +19,12 @@ The results file (JSON, ``schema_version`` 1) holds::
       "complete": true,                 # false when interrupted: rows are what finished
       "machine": {"platform", "machine", "processor", "cpu_count", "memory_bytes"},
       "python": {"version", "implementation"},
-      "packages": {"ambrosia", "grpcio", "protobuf", "matplotlib"},   # null if missing
+      "packages": {"ambrosia", "grpcio", "protobuf", "matplotlib", "uvloop"},  # null: missing
       "git_commit": "40 hex digits" | null,
       "config": {...},                  # the options the run was made with
       "throughput": [{"system", "size_bytes", "messages", "seconds",
-                      "messages_per_second", "megabytes_per_second"}],
+                      "messages_per_second", "megabytes_per_second",
+                      "peak_rss_bytes": {"server": int, "client": int} | null}],
       "ping": [{"system", "count", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "mean_ms"}],
       "cost": [{"design", "size_bytes", "usd_per_month_per_mb_per_s"}]
     }
@@ -62,8 +63,10 @@ __all__ = [
     "latency_summary",
     "load_results",
     "markdown",
+    "peak_rss_of",
     "plot_cost",
     "plot_throughput",
+    "process_peak_rss",
     "throughput_point",
     "write_json",
     "write_outputs",
@@ -94,6 +97,9 @@ class ThroughputPoint:
     seconds: float
     messages_per_second: float
     megabytes_per_second: float
+    # Peak resident set size (VmHWM) of each of the point's processes, by role; None
+    # when it was not measured (a results file written before it was recorded).
+    peak_rss_bytes: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,11 @@ class PartialRun(KeyboardInterrupt):
 
 
 def throughput_point(
-    system: str, size_bytes: int, messages: int, seconds: float
+    system: str,
+    size_bytes: int,
+    messages: int,
+    seconds: float,
+    peak_rss_bytes: Mapping[str, int] | None = None,
 ) -> ThroughputPoint:
     """Rates of ``messages`` payloads of ``size_bytes`` received in ``seconds``."""
     if seconds <= 0:
@@ -145,7 +155,41 @@ def throughput_point(
         seconds=seconds,
         messages_per_second=rate,
         megabytes_per_second=rate * size_bytes / megabyte_bytes,
+        peak_rss_bytes=dict(peak_rss_bytes) if peak_rss_bytes else None,
     )
+
+
+def process_peak_rss(pid: int) -> int | None:
+    """Peak resident set size (``VmHWM``) of live process ``pid``; None if unreadable."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def peak_rss_of(pids: Mapping[str, int | None]) -> dict[str, int]:
+    """``process_peak_rss`` of each role's process, the unreadable ones left out."""
+    peaks = {}
+    for role, pid in pids.items():
+        peak = process_peak_rss(pid) if pid is not None else None
+        if peak is not None:
+            peaks[role] = peak
+    return peaks
+
+
+def _peak_rss_row(row: Mapping[str, Any]) -> dict[str, int] | None:
+    peaks = row.get("peak_rss_bytes")
+    if peaks is None:
+        return None
+    if not isinstance(peaks, dict) or not all(
+        isinstance(role, str) and isinstance(value, int) for role, value in peaks.items()
+    ):
+        raise ValueError(f"peak_rss_bytes must map process roles to byte counts, not {peaks!r}")
+    return peaks
 
 
 def _nearest_rank(sorted_samples: Sequence[int], fraction: float) -> int:
@@ -234,7 +278,7 @@ def environment() -> dict[str, Any]:
         },
         "packages": {
             name: _package_version(name)
-            for name in ("ambrosia", "grpcio", "protobuf", "matplotlib")
+            for name in ("ambrosia", "grpcio", "protobuf", "matplotlib", "uvloop")
         },
         "git_commit": _git_commit(),
     }
@@ -289,6 +333,7 @@ def load_results(path: Path) -> Results:
                 int(row["size_bytes"]),
                 int(row["messages"]),
                 float(row["seconds"]),
+                _peak_rss_row(row),
             )
             if "messages" in row and "seconds" in row
             else ThroughputPoint(
@@ -298,6 +343,7 @@ def load_results(path: Path) -> Results:
                 seconds=0.0,
                 messages_per_second=float(row["messages_per_second"]),
                 megabytes_per_second=float(row["megabytes_per_second"]),
+                peak_rss_bytes=_peak_rss_row(row),
             )
             for row in _rows(document, "throughput", path)
         ]
@@ -336,16 +382,34 @@ def _number(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _peak_rss_cell(peaks: Mapping[str, int] | None) -> str:
+    if not peaks:
+        return "-"
+    return " / ".join(
+        f"{peaks[role] / _MiB:.0f}" if role in peaks else "-" for role in ("server", "client")
+    )
+
+
+_MiB = 1 << 20
+
+
 def _throughput_markdown(points: Sequence[ThroughputPoint]) -> list[str]:
     systems = list(dict.fromkeys(point.system for point in points))
     by_key = {(point.system, point.size_bytes): point for point in points}
     sizes = sorted({point.size_bytes for point in points})
     header = ["size"]
+    # Only systems run in processes of their own have a peak RSS to show.
+    memory = {point.system for point in points if point.peak_rss_bytes}
     for system in systems:
         header += [f"{system} msg/s", f"{system} MB/s"]
+        if system in memory:
+            header.append(f"{system} peak RSS MiB (server / client)")
     compare = "ambrosia" in systems and "grpc" in systems
     if compare:
         header += ["ambrosia/grpc", "paper"]
+    floor = "ambrosia" in systems and "disk" in systems
+    if floor:
+        header.append("ambrosia/disk")
     rows = []
     for size in sizes:
         row = [format_size(size)]
@@ -356,6 +420,8 @@ def _throughput_markdown(points: Sequence[ThroughputPoint]) -> list[str]:
                 if point
                 else ["-", "-"]
             )
+            if system in memory:
+                row.append(_peak_rss_cell(point.peak_rss_bytes if point else None))
         if compare:
             ours, theirs = by_key.get(("ambrosia", size)), by_key.get(("grpc", size))
             ratio = (
@@ -365,8 +431,26 @@ def _throughput_markdown(points: Sequence[ThroughputPoint]) -> list[str]:
             )
             paper = PAPER_THROUGHPUT_RATIO.get(size)
             row += [ratio, f"{paper}x" if paper else ""]
+        if floor:
+            ours, disk = by_key.get(("ambrosia", size)), by_key.get(("disk", size))
+            row.append(
+                f"{ours.megabytes_per_second / disk.megabytes_per_second:.2f}"
+                if ours and disk and disk.megabytes_per_second > 0
+                else "-"
+            )
         rows.append(row)
-    return ["## Throughput (paper Figure 5)", "", *_table(header, rows), ""]
+    notes = (
+        [
+            "disk (machine floor): durable writes of 8 MiB log pages (O_DSYNC) and nothing "
+            "else, the most any durable log can stream on this disk; its msg/s counts the "
+            "messages of that size those bytes would carry. ambrosia/disk is the fraction "
+            "of it ambrosia reached.",
+            "",
+        ]
+        if "disk" in systems
+        else []
+    )
+    return ["## Throughput (paper Figure 5)", "", *_table(header, rows), "", *notes]
 
 
 # The machine floors of ping (``floors``): the rows every other tail is read against.
@@ -445,7 +529,12 @@ def markdown(results: Results) -> str:
         lines += [
             f"Machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs, "
             f"Python {(env.get('python') or {}).get('version')}, "
-            f"commit {env.get('git_commit') or 'unknown'}.",
+            f"commit {env.get('git_commit') or 'unknown'}"
+            + (
+                f", ambrosia on the {results.config['event_loop']} event loop."
+                if results.config.get("event_loop")
+                else "."
+            ),
             "",
         ]
     if results.throughput:

@@ -42,7 +42,7 @@ import ssl
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from ambrosia.coordinator.outputs import OutputStream, Segment
 from ambrosia.coordinator.tls import client_handshake, instance_named_by
@@ -225,8 +225,9 @@ class IncomingLink(asyncio.BufferedProtocol):
         self.bytes_received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (a stream protocol gets no other), though not necessarily an
+        # instance of asyncio.Transport: uvloop's are not.
+        self.transport = cast(asyncio.Transport, transport)
         self.owner.incoming_opened(self)  # counts it; refuses one over the limit
         if self.closed:
             return

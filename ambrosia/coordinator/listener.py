@@ -155,11 +155,11 @@ class Listener:
             # A refused certificate or a handshake past its deadline: an audit trail wants
             # one line per refusal, but a flood of them must not fill the disk.
             self._refused(address, error)
-            connection.close()
+            _close(connection)
         except OSError as error:
             # The peer went away mid-handshake: asyncio has closed the transport.
             logger.debug("connection from %s not made: %s", _describe(address), error)
-            connection.close()
+            _close(connection)
 
     def _refused(self, address: object, error: BaseException) -> None:
         now = time.monotonic()
@@ -192,3 +192,9 @@ def _describe(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
     return str(address)
+
+
+def _close(connection: socket.socket) -> None:
+    """Close an accepted socket whose transport failed; uvloop may have closed its fd."""
+    with contextlib.suppress(OSError):
+        connection.close()

@@ -365,3 +365,16 @@ def test_deployment_cost_on_an_aws_sheet(capsys: pytest.CaptureFixture[str]) -> 
     )
     assert cli.main(["deployment-cost"]) == 0
     assert capsys.readouterr().out.startswith("price sheet: prices-vm.toml")
+
+
+def test_disk_is_a_streaming_floor_measured_only_when_asked() -> None:
+    parser = cli._parser()
+    assert parser.parse_args(["throughput"]).systems == ["ambrosia", "grpc"]
+    assert parser.parse_args(["throughput", "--systems", "disk"]).systems == ["disk"]
+    assert "disk" in cli.STREAMING_SYSTEMS and "disk" not in cli.PING_SYSTEMS
+
+
+def test_disk_outside_streaming_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["ping", "--systems", "ambrosia,disk"])
+    assert "disk: a streaming floor only (no round trip)" in capsys.readouterr().err

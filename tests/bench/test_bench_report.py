@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import orjson
@@ -156,3 +157,39 @@ def test_tcp_row_keeps_its_name_in_the_results_file(tmp_path: Path) -> None:
     report.write_json(path, Results(command="ping", config={}, ping=[floor]))
     assert orjson.loads(path.read_bytes())["ping"][0]["system"] == "tcp"
     assert report.load_results(path).ping == [floor]
+
+
+def test_peak_rss_is_kept_in_the_file_and_shown_per_process(tmp_path: Path) -> None:
+    mib = 1 << 20
+    results = Results(
+        command="throughput",
+        config={},
+        throughput=[
+            report.throughput_point(
+                "ambrosia", 65536, 100, 1.0, {"server": 90 * mib, "client": 70 * mib}
+            ),
+            report.throughput_point("grpc", 65536, 50, 1.0, {"server": 40 * mib}),
+        ],
+    )
+    report.write_json(tmp_path / "r.json", results)
+    loaded = report.load_results(tmp_path / "r.json")
+    assert loaded.throughput[0].peak_rss_bytes == {"server": 90 * mib, "client": 70 * mib}
+    table = report.markdown(loaded)
+    assert "ambrosia peak RSS MiB (server / client)" in table
+    assert "| 90 / 70 |" in table and "| 40 / - |" in table
+    # Files from before it was recorded load, and their tables have no such column.
+    old = orjson.loads((tmp_path / "r.json").read_bytes())
+    for row in old["throughput"]:
+        del row["peak_rss_bytes"]
+    (tmp_path / "old.json").write_bytes(orjson.dumps(old))
+    assert "peak RSS" not in report.markdown(report.load_results(tmp_path / "old.json"))
+    old["throughput"][0]["peak_rss_bytes"] = {"server": "a lot"}
+    (tmp_path / "bad.json").write_bytes(orjson.dumps(old))
+    with pytest.raises(ValueError, match="peak_rss_bytes must map"):
+        report.load_results(tmp_path / "bad.json")
+
+
+def test_process_peak_rss_reads_a_live_process() -> None:
+    peak = report.process_peak_rss(os.getpid())
+    assert peak is not None and peak > 1 << 20
+    assert report.peak_rss_of({"me": os.getpid(), "gone": None}).keys() == {"me"}
