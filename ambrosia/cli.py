@@ -80,7 +80,12 @@ def _register(args: argparse.Namespace) -> int:
             f"instances.{args.name}.address in the deployment file"
         )
     record = InstanceRecord(
-        name=args.name, address=address, log_url=log_url, app=args.app or instance.app
+        name=args.name,
+        address=address,
+        log_url=log_url,
+        app=args.app or instance.app,
+        receive_port=args.receive_port or 0,
+        send_port=args.send_port or 0,
     )
     _check_registration(record, import_app=not args.skip_import_check)
 
@@ -99,7 +104,10 @@ def _list(args: argparse.Namespace) -> int:
     records = run_with_catalog(_deployment(args).catalog_for(args.catalog), operation)
     print(f"{'NAME':<20} {'ADDRESS':<22} {'LOG':<40} APP")
     for record in records:
-        print(f"{record.name:<20} {record.address:<22} {record.log_url:<40} {record.app or '-'}")
+        line = f"{record.name:<20} {record.address:<22} {record.log_url:<40} {record.app or '-'}"
+        if record.receive_port or record.send_port:
+            line += f"  binding ports {record.receive_port or '-'}/{record.send_port or '-'}"
+        print(line)
     return 0
 
 
@@ -293,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     register.add_argument(
         "--app", help="module:Class of the immortal (imported now, to check it exists)"
+    )
+    register.add_argument(
+        "--receive-port",
+        type=int,
+        help="for `ambrosia coordinator NAME`: the loopback port its binding process sends "
+        "to (default: any free port, logged)",
+    )
+    register.add_argument(
+        "--send-port",
+        type=int,
+        help="for `ambrosia coordinator NAME`: the loopback port its binding process reads "
+        "log records from (default: any free port, logged)",
     )
     register.add_argument(
         "--skip-import-check",

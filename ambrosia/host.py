@@ -221,7 +221,7 @@ async def serve(
         )
         resolver = _CatalogResolver(catalog, chosen)
         if separate is not None:
-            ports = separate.open(name)
+            ports = separate.or_registered(record).open(name)
             cleanup.callback(ports.close)
 
             async def next_store() -> LogStore:
@@ -266,6 +266,15 @@ class BindingEndpoints:
     receive_fd: int | None = None
     send_fd: int | None = None
     host: str = "127.0.0.1"
+
+    def or_registered(self, record: InstanceRecord) -> BindingEndpoints:
+        """These ports, each one not given taken from the registration (``register
+        --receive-port/--send-port``)."""
+        return dataclasses.replace(
+            self,
+            receive_port=self.receive_port or record.receive_port,
+            send_port=self.send_port or record.send_port,
+        )
 
     def open(self, name: str) -> BindingPorts:
         if self.receive_fd is not None and self.send_fd is not None:

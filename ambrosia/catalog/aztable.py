@@ -92,6 +92,8 @@ def _entity(record: InstanceRecord) -> dict[str, Any]:
         "current_version": record.current_version,
         "upgrade_version": record.upgrade_version,
         "replicas": record.replicas,
+        "receive_port": record.receive_port,
+        "send_port": record.send_port,
         "created": record.created,
         "updated": record.updated,
     }
@@ -110,6 +112,9 @@ def _record(entity: Any) -> InstanceRecord:
             current_version=int(entity["current_version"]),
             upgrade_version=int(entity["upgrade_version"]),
             replicas=int(entity["replicas"]),
+            # Absent in entities written before binding ports were registered.
+            receive_port=int(entity.get("receive_port", 0)),
+            send_port=int(entity.get("send_port", 0)),
             created=str(entity["created"]),
             updated=str(entity["updated"]),
         )

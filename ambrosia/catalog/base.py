@@ -72,6 +72,8 @@ SETTINGS_FIELDS = (
     "current_version",
     "upgrade_version",
     "replicas",
+    "receive_port",
+    "send_port",
 )
 
 
@@ -155,6 +157,10 @@ class InstanceRecord:
     current_version: int = 0
     upgrade_version: int = 0
     replicas: int = 1
+    # Where ``ambrosia coordinator`` listens for its binding process (loopback); 0: a
+    # free port, chosen at start and logged.
+    receive_port: int = 0
+    send_port: int = 0
     created: str = ""
     updated: str = ""
 
@@ -166,6 +172,10 @@ class InstanceRecord:
         _validate_count("current_version", self.current_version, 0, None)
         _validate_count("upgrade_version", self.upgrade_version, 0, None)
         _validate_count("replicas", self.replicas, 1, replicas_max)
+        _validate_count("receive_port", self.receive_port, 0, 65535)
+        _validate_count("send_port", self.send_port, 0, 65535)
+        if self.receive_port and self.receive_port == self.send_port:
+            raise ConfigError(f"receive_port and send_port are both {self.send_port}")
         if not isinstance(self.created, str) or not isinstance(self.updated, str):
             raise ConfigError("created and updated must be ISO 8601 strings")
 

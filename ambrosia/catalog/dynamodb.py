@@ -140,6 +140,8 @@ def _item(record: InstanceRecord, revision: str) -> dict[str, Any]:
         "current_version": {"N": str(record.current_version)},
         "upgrade_version": {"N": str(record.upgrade_version)},
         "replicas": {"N": str(record.replicas)},
+        "receive_port": {"N": str(record.receive_port)},
+        "send_port": {"N": str(record.send_port)},
         "created": {"S": record.created},
         "updated": {"S": record.updated},
         "revision": {"S": revision},
@@ -161,6 +163,8 @@ def _record(item: dict[str, Any]) -> tuple[InstanceRecord, str]:
             current_version=int(item["current_version"]["N"]),
             upgrade_version=int(item["upgrade_version"]["N"]),
             replicas=int(item["replicas"]["N"]),
+            receive_port=int(item.get("receive_port", {"N": "0"})["N"]),
+            send_port=int(item.get("send_port", {"N": "0"})["N"]),
             created=str(item["created"]["S"]),
             updated=str(item["updated"]["S"]),
         )

@@ -46,7 +46,7 @@ from ambrosia.errors import (
 )
 from ambrosia.names import validate_instance_name
 
-schema_version = 1
+schema_version = 2
 busy_timeout_s_default = 10.0
 
 _SCHEMA = """
@@ -62,13 +62,23 @@ CREATE TABLE IF NOT EXISTS instances (
     upgrade_version INTEGER NOT NULL,
     replicas INTEGER NOT NULL,
     created TEXT NOT NULL,
-    updated TEXT NOT NULL
+    updated TEXT NOT NULL,
+    receive_port INTEGER NOT NULL DEFAULT 0,
+    send_port INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 """
 
 _COLUMNS = (
-    "name, address, log_url, app, current_version, upgrade_version, replicas, created, updated"
+    "name, address, log_url, app, current_version, upgrade_version, replicas, created, updated, "
+    "receive_port, send_port"
 )
+# Schema 1 -> 2: the binding ports (``ambrosia coordinator``), 0 where unset.
+_UPGRADES = {
+    1: (
+        "ALTER TABLE instances ADD COLUMN receive_port INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE instances ADD COLUMN send_port INTEGER NOT NULL DEFAULT 0",
+    ),
+}
 
 _Result = TypeVar("_Result")
 
@@ -90,6 +100,8 @@ def _record_from_row(row: tuple[Any, ...]) -> InstanceRecord:
             replicas=row[6],
             created=row[7],
             updated=row[8],
+            receive_port=row[9],
+            send_port=row[10],
         )
     except ConfigError as error:
         raise CatalogError(f"catalog row for {row[0]!r} is invalid: {error}") from error
@@ -106,6 +118,8 @@ def _row_from_record(record: InstanceRecord) -> tuple[Any, ...]:
         record.replicas,
         record.created,
         record.updated,
+        record.receive_port,
+        record.send_port,
     )
 
 
@@ -138,7 +152,14 @@ class _Database:
             rows = cursor.execute("SELECT version FROM schema_version").fetchall()
             if not rows:
                 cursor.execute("INSERT INTO schema_version (version) VALUES (?)", (schema_version,))
-            elif len(rows) != 1 or rows[0][0] != schema_version:
+                return
+            if len(rows) == 1 and rows[0][0] in _UPGRADES:
+                # A catalog of an older ambrosia: brought up to date in this transaction.
+                for statement in _UPGRADES[rows[0][0]]:
+                    cursor.execute(statement)
+                cursor.execute("UPDATE schema_version SET version = ?", (schema_version,))
+                rows = [(schema_version,)]
+            if len(rows) != 1 or rows[0][0] != schema_version:
                 found = ", ".join(str(row[0]) for row in rows)
                 raise ConfigError(
                     f"catalog schema version {found} is not the version this ambrosia "
@@ -159,7 +180,7 @@ class _Database:
                     created=record.created or now, updated=record.updated or now
                 )
                 cursor.execute(
-                    f"INSERT INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _row_from_record(stored),
                 )
                 return stored
@@ -172,7 +193,8 @@ class _Database:
             stored = record.with_timestamps(created=existing.created, updated=record.updated or now)
             cursor.execute(
                 "UPDATE instances SET address = ?, log_url = ?, app = ?, current_version = ?, "
-                "upgrade_version = ?, replicas = ?, created = ?, updated = ? WHERE name = ?",
+                "upgrade_version = ?, replicas = ?, created = ?, updated = ?, receive_port = ?, "
+                "send_port = ? WHERE name = ?",
                 (*_row_from_record(stored)[1:], stored.name),
             )
             return stored

@@ -124,7 +124,13 @@ class Deployment:
         return done.stdout
 
     def register(
-        self, name: str, app: str, *, log_url: str | None = None, address: str | None = None
+        self,
+        name: str,
+        app: str,
+        *,
+        log_url: str | None = None,
+        address: str | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.cli(
             "register",
@@ -135,6 +141,7 @@ class Deployment:
             log_url or self.log_url,
             "--app",
             app,
+            *args,
         )
         self.apps[name] = app
         if self.tls and not tls_settings_for(self.certs_dir, name).certificate_path.exists():

@@ -125,6 +125,8 @@ def test_table_layout_is_the_one_terraform_creates(moto: MotoServer) -> None:
             "current_version",
             "upgrade_version",
             "replicas",
+            "receive_port",
+            "send_port",
             "created",
             "updated",
             "revision",

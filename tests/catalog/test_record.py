@@ -88,3 +88,13 @@ def test_differences_name_the_fields_and_ignore_timestamps() -> None:
         "replicas: 1 != 3",
     ]
     assert first.differences(make()) == []
+
+
+def test_binding_ports_are_ports_and_two_different_ones() -> None:
+    assert (make().receive_port, make().send_port) == (0, 0)
+    assert make(receive_port=7100, send_port=7101).send_port == 7101
+    for bad in ({"receive_port": -1}, {"send_port": 65536}, {"receive_port": "7100"}):
+        with pytest.raises(ConfigError, match="port"):
+            make(**bad)
+    with pytest.raises(ConfigError, match="receive_port and send_port are both 7100"):
+        make(receive_port=7100, send_port=7100)

@@ -143,6 +143,45 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
         await open_file_catalog(path)
 
 
+async def test_a_schema_1_catalog_is_brought_up_to_date_with_its_records(tmp_path: Path) -> None:
+    """A catalog written before binding ports were registered: its rows read back with
+    ports 0, the file is at the current schema, and ports can then be registered."""
+    path = tmp_path / "catalog.db"
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.executescript(
+            """
+            CREATE TABLE schema_version (version INTEGER NOT NULL);
+            INSERT INTO schema_version VALUES (1);
+            CREATE TABLE instances (
+                name TEXT PRIMARY KEY NOT NULL, address TEXT NOT NULL, log_url TEXT NOT NULL,
+                app TEXT, current_version INTEGER NOT NULL, upgrade_version INTEGER NOT NULL,
+                replicas INTEGER NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL
+            ) WITHOUT ROWID;
+            INSERT INTO instances VALUES ('server', '127.0.0.1:7001',
+                'file:///var/lib/ambrosia', 'app:Server', 0, 0, 1,
+                '2024-01-01T00:00:01.000000+00:00', '2024-01-01T00:00:01.000000+00:00');
+            """
+        )
+    connection.close()
+    async with await open_file_catalog(path) as catalog:
+        old = await catalog.get("server")
+        assert (old.app, old.receive_port, old.send_port) == ("app:Server", 0, 0)
+        ported = record(app="app:Server", receive_port=41001, send_port=41002)
+        stored = await catalog.register(ported, replace=True)
+        assert (stored.receive_port, stored.send_port) == (41001, 41002)
+        assert stored.created == old.created
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("SELECT version FROM schema_version").fetchall() == [
+            (schema_version,)
+        ]
+    finally:
+        connection.close()
+    async with await open_file_catalog(path) as catalog:
+        assert (await catalog.get("server")).send_port == 41002
+
+
 async def test_a_file_that_is_not_a_database_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "catalog.db"
     path.write_bytes(b"this is not a database, just bytes " * 200)

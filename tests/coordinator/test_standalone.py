@@ -191,16 +191,20 @@ def wait_for_text(deployment: Deployment, label: str, text: str, count: int = 1)
     raise AssertionError(f"{label} never printed {text!r}; it printed:\n{deployment.output(label)}")
 
 
-@pytest.fixture
-def coordinator(tmp_path: Path) -> Iterator[tuple[Deployment, int, int]]:
+@pytest.fixture(params=["flags", "registered"])
+def coordinator(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Deployment, int, int]]:
+    """``ambrosia coordinator solo`` on two known ports: given as flags, or registered
+    (``ambrosia register --receive-port/--send-port``) and found in the catalog."""
     deployment = Deployment(tmp_path)
-    deployment.register("solo", "ambrosia.testing.workloads:ChainServer")
     receive_port, send_port = free_port(), free_port()
-    deployment.start(
-        "solo",
-        subcommand="coordinator",
-        args=("--receive-port", str(receive_port), "--send-port", str(send_port)),
+    ports = ("--receive-port", str(receive_port), "--send-port", str(send_port))
+    registered = request.param == "registered"
+    deployment.register(
+        "solo", "ambrosia.testing.workloads:ChainServer", args=ports if registered else ()
     )
+    deployment.start("solo", subcommand="coordinator", args=() if registered else ports)
     try:
         yield deployment, receive_port, send_port
     finally:
