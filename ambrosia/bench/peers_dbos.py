@@ -9,8 +9,10 @@ step's own transaction, so a recovered process neither repeats nor loses an incr
 
 Two databases:
 
-- ``dbos-sqlite``: one SQLite file for the system tables and the counter, with DBOS's
-  connection settings (SQLite's own defaults for the journal and ``synchronous``);
+- ``dbos-sqlite``: two SQLite files, DBOS's system database and the application's (the
+  counter), with DBOS's connection settings (SQLite's own defaults for the journal and
+  ``synchronous``). One file for both stalls concurrent workflows on its write lock for
+  DBOS's 30 s busy timeout;
 - ``dbos-postgres``: a PostgreSQL cluster made for the run with the machine's server
   programs (``initdb`` and ``pg_ctl`` from ``pg_config --bindir``, a
   ``/usr/lib/postgresql/<version>/bin`` folder, or ``AMBROSIA_PEERS_PG_BIN``), listening on
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import glob
 import importlib.util
 import os
@@ -42,7 +45,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import orjson
 
 from ambrosia.bench.children import child_process
 from ambrosia.bench.peers import (
@@ -53,7 +58,8 @@ from ambrosia.bench.peers import (
     client_timeout_s,
     drive,
     measurement_document,
-    parse_measurement,
+    read_json_line,
+    read_measurement,
     spec_arguments,
 )
 
@@ -78,14 +84,12 @@ def find_postgres_bin(environment: dict[str, str] | None = None) -> Path | None:
         candidates.append(env["AMBROSIA_PEERS_PG_BIN"])
     pg_config = shutil.which("pg_config")
     if pg_config:
-        try:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             candidates.append(
                 subprocess.run(
                     [pg_config, "--bindir"], capture_output=True, text=True, timeout=10
                 ).stdout.strip()
             )
-        except (OSError, subprocess.SubprocessError):
-            pass
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
     initdb = shutil.which("initdb")
     if initdb:
@@ -179,30 +183,29 @@ class _Postgres:
             pid_file = self.data / "postmaster.pid"
             if pid_file.exists():
                 pid = int(pid_file.read_text().split()[0])
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         self.started = False
 
 
 def _require_dbos() -> None:
     if importlib.util.find_spec("dbos") is None:
-        raise PeerUnavailable(
-            "the dbos package is not installed (pip install -e '.[peers]')"
-        )
+        raise PeerUnavailable("the dbos package is not installed (pip install -e '.[peers]')")
 
 
-def _run_client(url: str, spec: ModeSpec) -> tuple[str, Measurement]:
+def _run_client(url: str, app_url: str, spec: ModeSpec) -> tuple[str, Measurement]:
     with child_process(
         "ambrosia.bench.peers_dbos",
-        ["--url", url, "--key", spec.mode, *spec_arguments(spec)],
+        ["--url", url, "--app-url", app_url, "--key", spec.mode, *spec_arguments(spec)],
         label=f"dbos {spec.mode} client",
     ) as client:
-        durability = client.read_event(client_timeout_s(spec)).get("durability")
-        measurement = parse_measurement(client.read_line(client_timeout_s(spec)))
+        event = orjson.loads(read_json_line(client, client_timeout_s(spec)))
+        durability = event.get("durability") if isinstance(event, dict) else None
+        if not isinstance(durability, str):
+            raise RuntimeError(f"{client.name()} did not say its durability settings")
+        measurement = read_measurement(client, client_timeout_s(spec))
         client.wait_ok(30)
-    return str(durability), measurement
+    return durability, measurement
 
 
 def run(system: str, modes: Sequence[ModeSpec], workdir: Path) -> tuple[str, list[Measurement]]:
@@ -211,10 +214,11 @@ def run(system: str, modes: Sequence[ModeSpec], workdir: Path) -> tuple[str, lis
     try:
         if system == "dbos-postgres":
             postgres = _Postgres(workdir)
-            url = postgres.start()
+            url = app_url = postgres.start()
         else:
-            url = f"sqlite:///{workdir / 'dbos.sqlite'}"
-        results = [_run_client(url, spec) for spec in modes]
+            url = f"sqlite:///{workdir / 'dbos-system.sqlite'}"
+            app_url = f"sqlite:///{workdir / 'dbos-app.sqlite'}"
+        results = [_run_client(url, app_url, spec) for spec in modes]
     finally:
         if postgres is not None:
             postgres.stop()
@@ -232,18 +236,18 @@ def _durability(engine: Any, url: str) -> str:
             journal = connection.execute(sa.text("PRAGMA journal_mode")).scalar()
             synchronous = connection.execute(sa.text("PRAGMA synchronous")).scalar()
             names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+            sync = names.get(synchronous, synchronous)
             return (
-                f"DBOS workflow + transaction step, committed to a SQLite file "
-                f"(journal_mode={journal}, synchronous={names.get(synchronous, synchronous)})"
+                "DBOS workflow + transaction step, committed to SQLite files (system, "
+                f"application; journal_mode={journal}, synchronous={sync})"
             )
         settings = {
             name: connection.execute(sa.text(f"SHOW {name}")).scalar()
             for name in ("fsync", "synchronous_commit", "wal_sync_method")
         }
         version = connection.execute(sa.text("SHOW server_version")).scalar()
-        return (
-            f"DBOS workflow + transaction step, committed to PostgreSQL {version} "
-            + ", ".join(f"{name}={value}" for name, value in settings.items())
+        return f"DBOS workflow + transaction step, committed to PostgreSQL {version} " + ", ".join(
+            f"{name}={value}" for name, value in settings.items()
         )
 
 
@@ -252,6 +256,7 @@ def _client(options: argparse.Namespace) -> int:
     from dbos import DBOS, SQLAlchemyDatasource
 
     url: str = options.url
+    app_url: str = options.app_url
     pool = max(5, options.in_flight)
     DBOS(
         config={
@@ -261,7 +266,7 @@ def _client(options: argparse.Namespace) -> int:
             "log_level": "WARNING",
         }
     )
-    datasource = SQLAlchemyDatasource.create(url, engine_kwargs={"pool_size": pool})
+    datasource = SQLAlchemyDatasource.create(app_url, engine_kwargs={"pool_size": pool})
     with datasource.engine.begin() as connection:
         connection.execute(
             sa.text(
@@ -273,9 +278,11 @@ def _client(options: argparse.Namespace) -> int:
             sa.text("INSERT INTO peers_counter VALUES (:key, 0, 0) ON CONFLICT DO NOTHING"),
             {"key": options.key},
         )
-    isolation = "SERIALIZABLE" if url.startswith("sqlite") else "READ COMMITTED"
+    isolation: Literal["SERIALIZABLE", "READ COMMITTED"] = (
+        "SERIALIZABLE" if app_url.startswith("sqlite") else "READ COMMITTED"
+    )
 
-    @datasource.transaction(isolation_level=isolation)  # type: ignore[untyped-decorator]
+    @datasource.transaction(isolation_level=isolation)
     def bump(key: str, payload: bytes) -> int:
         row = (
             datasource.sql_session()
@@ -290,14 +297,14 @@ def _client(options: argparse.Namespace) -> int:
         )
         return int(row[0])
 
-    @DBOS.workflow()  # type: ignore[untyped-decorator]
+    @DBOS.workflow()
     def add(key: str, payload: bytes) -> int:
         return int(bump(key, payload))
 
     DBOS.launch()
     try:
         print(
-            measurement_document_line({"durability": _durability(datasource.engine, url)}),
+            orjson.dumps({"durability": _durability(datasource.engine, app_url)}).decode(),
             flush=True,
         )
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=options.in_flight)
@@ -325,15 +332,10 @@ def _client(options: argparse.Namespace) -> int:
     return 0
 
 
-def measurement_document_line(document: dict[str, Any]) -> str:
-    import orjson
-
-    return orjson.dumps(document).decode()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ambrosia.bench.peers_dbos")
-    parser.add_argument("--url", required=True, help="the database URL (sqlite or postgres)")
+    parser.add_argument("--url", required=True, help="the system database (sqlite or postgres)")
+    parser.add_argument("--app-url", required=True, help="the counter's database")
     parser.add_argument("--key", required=True, help="the counter's key")
     client_arguments(parser)
     return _client(parser.parse_args(argv))

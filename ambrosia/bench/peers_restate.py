@@ -49,7 +49,7 @@ from ambrosia.bench.peers import (
     client_timeout_s,
     drive,
     measurement_document,
-    parse_measurement,
+    read_measurement,
     spec_arguments,
 )
 
@@ -222,7 +222,9 @@ def run(system: str, modes: Sequence[ModeSpec], workdir: Path) -> tuple[str, lis
     try:
         durability = restate_durability(dump.stdout)
     except ValueError as error:
-        raise PeerUnavailable(f"{error} (restate-server --dump-config: {dump.stderr[-500:]})")
+        raise PeerUnavailable(
+            f"{error} (restate-server --dump-config: {dump.stderr[-500:]})"
+        ) from None
     server = _Process(
         [str(binary), "--base-dir", str(workdir / "restate"), "--no-logo"],
         workdir / "restate-server.log",
@@ -247,7 +249,11 @@ def run(system: str, modes: Sequence[ModeSpec], workdir: Path) -> tuple[str, lis
                 f"127.0.0.1:{service}",
             ],
             workdir / "restate-service.log",
-            {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))},
+            {
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [package_root, os.environ.get("PYTHONPATH")])
+                )
+            },
         )
 
         def register() -> bool:
@@ -275,7 +281,7 @@ def run(system: str, modes: Sequence[ModeSpec], workdir: Path) -> tuple[str, lis
                 ],
                 label=f"restate {spec.mode} client",
             ) as client:
-                measurements.append(parse_measurement(client.read_line(client_timeout_s(spec))))
+                measurements.append(read_measurement(client, client_timeout_s(spec)))
                 client.wait_ok(30)
         return durability, measurements
     finally:
@@ -297,7 +303,9 @@ async def _client(options: argparse.Namespace) -> Measurement:
 
         async def call(payload: bytes) -> int:
             async with session.post(
-                url, data=orjson.dumps(payload.decode()), headers={"content-type": "application/json"}
+                url,
+                data=orjson.dumps(payload.decode()),
+                headers={"content-type": "application/json"},
             ) as response:
                 body = await response.read()
                 if response.status != 200:

@@ -16,7 +16,7 @@ counter = restate.VirtualObject("Counter")
 @counter.handler()
 async def add(context: restate.ObjectContext, payload: str) -> int:
     """One more call: the state ``count`` one higher, returned."""
-    count = int(await context.get("count") or 0) + 1
+    count = (await context.get("count", type_hint=int) or 0) + 1
     context.set("count", count)
     return count
 
