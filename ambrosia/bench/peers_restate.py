@@ -9,8 +9,10 @@ Three processes, all started and stopped here:
   on 127.0.0.1;
 - the service: the Python SDK's (``restate-sdk``) virtual object ``Counter``
   (``ambrosia.bench.peers_restate_service``) with one exclusive handler ``add`` (reads the
-  state ``count``, sets it one higher, returns it), served over HTTP by hypercorn and
-  registered with the server's admin API;
+  state ``count``, sets it one higher, returns it), served by hypercorn and registered
+  with the server's admin API for HTTP/1.1 (request-response). Over HTTP/2, hypercorn's
+  streams broke now and then under load here ("stream closed because of a broken pipe"),
+  and each broken invocation held the counter's key for ~30 s of retries;
 - a client process per mode calling ``POST /Counter/<mode>/add`` on the server's HTTP
   ingress (aiohttp, one connection per call in flight). A call returns once the server
   has the handler's result, which its log holds first.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -132,7 +135,7 @@ def restate_durability(config: str) -> str:
     return (
         f"Restate server log: provider {provider} (replication {replication}), "
         f"[{store}] RocksDB WAL fsync {'off' if disabled == 'true' else 'on'} "
-        "(the server's defaults)"
+        "(the server's defaults); service called over HTTP/1.1"
     )
 
 
@@ -156,6 +159,8 @@ class _Process:
             raise PeerUnavailable(f"{what} exited with {self.process.returncode}: {tail}")
 
     def stop(self) -> None:
+        """SIGTERM, SIGKILL after a grace period; then its process group (the session
+        it leads: hypercorn's worker processes) is SIGKILLed too."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -163,6 +168,8 @@ class _Process:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._file.close()
 
 
@@ -239,14 +246,22 @@ def run(system: str, modes: Sequence[ModeSpec], workdir: Path) -> tuple[str, lis
             "the Restate server",
         )
         package_root = str(Path(__file__).resolve().parents[2])
+        # No limit on a connection's requests, streams or idle time: hypercorn's defaults
+        # close a connection after 1,000 requests, failing the invocations on it.
+        (workdir / "hypercorn.toml").write_text(
+            f'bind = "127.0.0.1:{service}"\n'
+            "h2_max_concurrent_streams = 2147483647\n"
+            "keep_alive_max_requests = 2147483647\n"
+            "keep_alive_timeout = 2147483647\n"
+        )
         service_process = _Process(
             [
                 sys.executable,
                 "-m",
                 "hypercorn",
+                "--config",
+                str(workdir / "hypercorn.toml"),
                 "ambrosia.bench.peers_restate_service:app",
-                "--bind",
-                f"127.0.0.1:{service}",
             ],
             workdir / "restate-service.log",
             {
@@ -260,7 +275,7 @@ def run(system: str, modes: Sequence[ModeSpec], workdir: Path) -> tuple[str, lis
             status, body = _http(
                 "POST",
                 f"http://127.0.0.1:{admin}/deployments",
-                {"uri": f"http://127.0.0.1:{service}"},
+                {"uri": f"http://127.0.0.1:{service}", "use_http_11": True},
             )
             if status >= 300:
                 raise OSError(f"registration answered {status}: {body[:300]!r}")
