@@ -69,6 +69,7 @@ __all__ = [
     "drive",
     "load_peer_results",
     "markdown",
+    "median_rows",
     "peer_row",
     "read_json_line",
     "read_measurement",
@@ -115,6 +116,7 @@ class PeerRow:
     p50_ms: float
     p99_ms: float
     durability: str
+    round: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,9 @@ class PeerSystem(Protocol):
     ) -> tuple[str, list[Measurement]]: ...
 
 
-def peer_row(system: str, spec: ModeSpec, measurement: Measurement, durability: str) -> PeerRow:
+def peer_row(
+    system: str, spec: ModeSpec, measurement: Measurement, durability: str, round_: int = 1
+) -> PeerRow:
     """The row of one mode; ``ValueError`` if the counter's last value is wrong."""
     if not measurement.samples_ns:
         raise ValueError(f"{system} {spec.mode}: no call finished")
@@ -162,6 +166,7 @@ def peer_row(system: str, spec: ModeSpec, measurement: Measurement, durability: 
         p50_ms=_nearest_rank(ordered, 0.50) * 1e-6,
         p99_ms=_nearest_rank(ordered, 0.99) * 1e-6,
         durability=durability,
+        round=round_,
     )
 
 
@@ -354,6 +359,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"calls that finished (default {default_max_seconds:g})",
     )
     parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=1,
+        help="run every system this many times, interleaved; tables and plot show each "
+        "system's median round (default 1)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="output directory (default results/<timestamp>-peers)"
     )
 
@@ -379,28 +391,37 @@ def run_peers_bench(options: argparse.Namespace) -> int:
     skipped: list[PeerSkipped] = []
     failed = False
     complete = True
+    # Rounds interleave the systems (each round runs every system once), so a shared
+    # machine's drift over minutes reaches every system alike.
+    given_up: set[str] = set()
     try:
-        for system in options.systems:
-            workdir = Path(tempfile.mkdtemp(prefix=f"ambrosia-peers-{system}-"))
-            try:
-                durability, measurements = _module(system).run(system, modes, workdir)
-                for spec, measurement in zip(modes, measurements, strict=True):
-                    row = peer_row(system, spec, measurement, durability)
-                    rows.append(row)
-                    print(
-                        f"{system} {spec.mode}: {row.calls_per_second:,.1f} calls/s, "
-                        f"p50 {row.p50_ms:.3f} ms, p99 {row.p99_ms:.3f} ms",
-                        file=sys.stderr,
-                    )
-            except PeerUnavailable as error:
-                skipped.append(PeerSkipped(system, str(error)))
-                print(f"{system}: skipped: {error}", file=sys.stderr)
-            except (RuntimeError, ValueError, OSError) as error:
-                failed = True
-                skipped.append(PeerSkipped(system, f"failed: {error}"))
-                print(f"{system}: failed: {error}", file=sys.stderr)
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
+        for round_ in range(1, options.rounds + 1):
+            for system in options.systems:
+                if system in given_up:
+                    continue
+                workdir = Path(tempfile.mkdtemp(prefix=f"ambrosia-peers-{system}-"))
+                try:
+                    durability, measurements = _module(system).run(system, modes, workdir)
+                    for spec, measurement in zip(modes, measurements, strict=True):
+                        row = peer_row(system, spec, measurement, durability, round_)
+                        rows.append(row)
+                        print(
+                            f"[round {round_}] {system} {spec.mode}: "
+                            f"{row.calls_per_second:,.1f} calls/s, "
+                            f"p50 {row.p50_ms:.3f} ms, p99 {row.p99_ms:.3f} ms",
+                            file=sys.stderr,
+                        )
+                except PeerUnavailable as error:
+                    given_up.add(system)
+                    skipped.append(PeerSkipped(system, str(error)))
+                    print(f"{system}: skipped: {error}", file=sys.stderr)
+                except (RuntimeError, ValueError, OSError) as error:
+                    failed = True
+                    given_up.add(system)
+                    skipped.append(PeerSkipped(system, f"failed: {error}"))
+                    print(f"{system}: failed: {error}", file=sys.stderr)
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
     except KeyboardInterrupt:
         complete = False
     document = _document(options, rows, skipped, complete)
@@ -438,6 +459,7 @@ def _document(
             "warmup": options.warmup,
             "in_flight": options.in_flight,
             "max_seconds": options.max_seconds,
+            "rounds": options.rounds,
             "payload_bytes": len(PAYLOAD),
         },
         "peers": [asdict(row) for row in rows],
@@ -477,13 +499,32 @@ def load_peer_results(path: Path) -> tuple[list[PeerRow], list[PeerSkipped], dic
 # -- Markdown and plot -------------------------------------------------------------------------
 
 
+def median_rows(rows: Sequence[PeerRow]) -> list[PeerRow]:
+    """Per system and mode, the round with the median calls/s (the lower middle one of an
+    even count: a measured row, never an average), in the order systems first appear."""
+    groups: dict[tuple[str, str], list[PeerRow]] = {}
+    for row in rows:
+        groups.setdefault((row.system, row.mode), []).append(row)
+    chosen = []
+    for group in groups.values():
+        ordered = sorted(group, key=lambda row: row.calls_per_second)
+        chosen.append(ordered[(len(ordered) - 1) // 2])
+    return chosen
+
+
+def _spread(rows: Sequence[PeerRow], system: str, mode: str) -> tuple[float, float, int]:
+    rates = [r.calls_per_second for r in rows if r.system == system and r.mode == mode]
+    return min(rates), max(rates), len(rates)
+
+
 def _best_peer(rows: Sequence[PeerRow], mode: str) -> PeerRow | None:
     peers = [row for row in rows if row.mode == mode and row.system != "ambrosia"]
     return max(peers, key=lambda row: row.calls_per_second, default=None)
 
 
 def ratios(rows: Sequence[PeerRow]) -> dict[str, tuple[PeerRow, PeerRow] | None]:
-    """Per mode, ambrosia's row and the best peer's row (by calls/s), when both exist."""
+    """Per mode, ambrosia's median row and the best peer's (by median calls/s)."""
+    rows = median_rows(rows)
     found: dict[str, tuple[PeerRow, PeerRow] | None] = {}
     for mode in (MODE_SEQUENTIAL, MODE_IN_FLIGHT):
         ours = next((r for r in rows if r.system == "ambrosia" and r.mode == mode), None)
@@ -498,15 +539,19 @@ def markdown(rows: Sequence[PeerRow], skipped: Sequence[PeerSkipped], in_flight:
         "",
         f"One stateful counter, increments carrying a {len(PAYLOAD)}-byte payload, each "
         "result returned to the client; `sequential`: one awaited call at a time; "
-        f"`in-flight`: {in_flight} calls outstanding.",
+        f"`in-flight`: {in_flight} calls outstanding. Each system's median round "
+        "(by calls/s); the last column is the range over all rounds.",
         "",
-        "| system | mode | in flight | calls | durable calls/s | p50 ms | p99 ms |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| system | mode | in flight | calls | durable calls/s | p50 ms | p99 ms | "
+        "calls/s over rounds |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for row in rows:
+    for row in median_rows(rows):
+        low, high, count = _spread(rows, row.system, row.mode)
         lines.append(
             f"| {row.system} | {row.mode} | {row.in_flight} | {row.calls} | "
-            f"{row.calls_per_second:,.1f} | {row.p50_ms:.3f} | {row.p99_ms:.3f} |"
+            f"{row.calls_per_second:,.1f} | {row.p50_ms:.3f} | {row.p99_ms:.3f} | "
+            f"{low:,.1f} - {high:,.1f} ({count}) |"
         )
     lines.append("")
     for mode, pair in ratios(rows).items():
@@ -527,18 +572,24 @@ def markdown(rows: Sequence[PeerRow], skipped: Sequence[PeerSkipped], in_flight:
 
 
 def plot(rows: Sequence[PeerRow], path: Path) -> None:
-    """Calls/s per system, both modes side by side, log scale."""
+    """Median calls/s per system, both modes side by side, log scale; the whiskers span
+    the rounds."""
     from ambrosia.bench.report import _pyplot
 
     pyplot = _pyplot()
     systems = list(dict.fromkeys(row.system for row in rows))
-    by_key = {(row.system, row.mode): row for row in rows}
+    by_key = {(row.system, row.mode): row for row in median_rows(rows)}
     figure, axes = pyplot.subplots(figsize=(8, 4.5))
     width = 0.38
     for offset, mode in ((-width / 2, MODE_SEQUENTIAL), (width / 2, MODE_IN_FLIGHT)):
         positions = [index + offset for index, s in enumerate(systems) if (s, mode) in by_key]
         values = [by_key[(s, mode)].calls_per_second for s in systems if (s, mode) in by_key]
-        bars = axes.bar(positions, values, width, label=mode)
+        spreads = [_spread(rows, s, mode) for s in systems if (s, mode) in by_key]
+        errors = [
+            [value - low for value, (low, _, _) in zip(values, spreads, strict=True)],
+            [high - value for value, (_, high, _) in zip(values, spreads, strict=True)],
+        ]
+        bars = axes.bar(positions, values, width, label=mode, yerr=errors, capsize=3)
         axes.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
     axes.set_xticks(range(len(systems)))
     axes.set_xticklabels(systems)
@@ -568,7 +619,7 @@ def summary(folder: Path) -> str:
         "| system | sequential calls/s | p50 / p99 ms | in-flight calls/s | p50 / p99 ms |",
         "|---|---:|---:|---:|---:|",
     ]
-    by_key = {(row.system, row.mode): row for row in rows}
+    by_key = {(row.system, row.mode): row for row in median_rows(rows)}
     for system in dict.fromkeys(row.system for row in rows):
         cells = [system]
         for mode in (MODE_SEQUENTIAL, MODE_IN_FLIGHT):
@@ -580,10 +631,11 @@ def summary(folder: Path) -> str:
             )
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    in_flight = document.get("config", {}).get("in_flight")
+    config = document.get("config", {})
     lines.append(
-        f"In flight: {in_flight} calls outstanding; {document.get('config', {}).get('calls')} "
-        "timed calls per system and mode at most."
+        f"In flight: {config.get('in_flight')} calls outstanding; {config.get('calls')} timed "
+        f"calls per system and mode at most; the median of {config.get('rounds', 1)} "
+        "interleaved rounds."
     )
     for mode, pair in ratios(rows).items():
         if pair is not None:

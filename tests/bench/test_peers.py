@@ -97,6 +97,24 @@ def test_markdown_states_the_ratio_to_the_best_peer_and_each_durability() -> Non
     assert "| ambrosia | in-flight | 1 | 10 | 20,000.0 | 1.000 | 2.000 |" in text
 
 
+def test_rounds_are_summarised_by_their_median_row_and_range() -> None:
+    def row(rate: float, round_: int, mode: str = "sequential") -> PeerRow:
+        return PeerRow("restate", mode, 1, 10, 10 / rate, rate, rate / 10, 2.0, "log", round_)
+
+    rows = [
+        row(30.0, 1),
+        row(10.0, 2),
+        row(20.0, 3),
+        row(5.0, 1, "in-flight"),
+        row(7.0, 2, "in-flight"),
+    ]
+    median = peers.median_rows(rows)
+    assert [(r.mode, r.round) for r in median] == [("sequential", 3), ("in-flight", 1)]
+    text = markdown(rows, [], 4)
+    assert "| restate | sequential | 1 | 10 | 20.0 | 2.000 | 2.000 | 10.0 - 30.0 (3) |" in text
+    assert "| restate | in-flight | 1 | 10 | 5.0 | 0.500 | 2.000 | 5.0 - 7.0 (2) |" in text
+
+
 def test_the_systems_option_names_what_is_allowed() -> None:
     parser = argparse.ArgumentParser()
     peers.add_arguments(parser)
@@ -252,6 +270,7 @@ def test_peers_measures_ambrosia_beside_dbos_on_sqlite(
         for mode in ("sequential", "in-flight")
     }
     for (_system, mode), row in rows.items():
+        assert row["round"] == 1
         assert row["calls"] == 12
         assert row["in_flight"] == (1 if mode == "sequential" else 4)
         assert row["calls_per_second"] == pytest.approx(row["calls"] / row["seconds"])
