@@ -13,6 +13,8 @@ Subcommands:
 - ``cost``: monthly USD per MB/s ingested versus message size for the serverless and VM
   designs (paper Figure 6), the VM designs priced from measured throughput: a results file
   (``--results``) or a fresh throughput run.
+- ``peers``: a durable counter on ambrosia and on Restate, DBOS (SQLite, PostgreSQL) and
+  Temporal, one call at a time and with K in flight (``ambrosia.bench.peers``).
 - ``run CONFIG``: an experiment described in a TOML file (see ``bench_configs/``). The
   file is turned into the same command-line options, so a config can do nothing a
   command line cannot.
