@@ -14,6 +14,8 @@ Subcommands:
 - ``cost``: monthly USD per MB/s ingested versus message size for the serverless and VM
   designs (paper Figure 6), the VM designs priced from measured throughput: a results file
   (``--results``) or a fresh throughput run.
+- ``peers``: a durable counter on ambrosia and on Restate, DBOS (SQLite, PostgreSQL) and
+  Temporal, one call at a time and with K in flight (``ambrosia.bench.peers``).
 - ``run CONFIG``: an experiment described in a TOML file (see ``bench_configs/``). The
   file is turned into the same command-line options, so a config can do nothing a
   command line cannot.
@@ -52,6 +54,8 @@ from ambrosia import eventloop
 from ambrosia.bench import cost, diskfloor, floors, grpc_side, report
 from ambrosia.bench.failover import add_arguments as add_failover_arguments
 from ambrosia.bench.failover import run_failover_bench
+from ambrosia.bench.peers import add_arguments as add_peers_arguments
+from ambrosia.bench.peers import run_peers_bench
 from ambrosia.bench.progress import Progress
 from ambrosia.bench.report import PingResult, Results, ThroughputPoint
 from ambrosia.bench.sizes import format_size, parse_sizes
@@ -249,6 +253,11 @@ def _parser() -> argparse.ArgumentParser:
         "failover", help="kill the primary N times under load; time to the first call served"
     )
     add_failover_arguments(failover)
+
+    peers = commands.add_parser(
+        "peers", help="a durable counter on ambrosia, Restate, DBOS and Temporal, side by side"
+    )
+    add_peers_arguments(peers)
 
     throughput = commands.add_parser("throughput", help="streaming throughput vs gRPC")
     _add_throughput(throughput)
@@ -838,6 +847,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             options.experiment = {"config": str(config_path), "arguments": arguments}
         if options.command == "failover":
             return run_failover_bench(options)
+        if options.command == "peers":
+            return run_peers_bench(options)
         return _execute(options)
     except ConfigError as error:
         print(f"ambrosia-bench: error: {error}", file=sys.stderr)
