@@ -659,7 +659,13 @@ _CONFIG_KEYS = {
     "results",
     "ingest_mb_per_s",
     "description",
+    # peers
+    "calls",
+    "in_flight",
+    "max_seconds",
+    "rounds",
 }
+_PEERS_KEYS = {"command", "systems", "calls", "warmup", "in_flight", "max_seconds", "rounds"}
 
 
 def config_arguments(path: Path) -> list[str]:
@@ -676,9 +682,21 @@ def _command_arguments(document: dict[str, Any], path: Path, where: str) -> list
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     command = document.get("command")
-    if command not in {"throughput", "ping", "cost"}:
-        raise ConfigError(f"{where}: command must be throughput, ping or cost, not {command!r}")
+    if command not in {"throughput", "ping", "cost", "peers"}:
+        raise ConfigError(
+            f"{where}: command must be throughput, ping, cost or peers, not {command!r}"
+        )
     arguments = [command]
+    if command == "peers":
+        unknown = document.keys() - _PEERS_KEYS - {"description", "name"}
+        if unknown:
+            raise ConfigError(f"{where}: not keys of a peers step: {sorted(unknown)}")
+        if "systems" in document:
+            arguments += ["--systems", ",".join(document["systems"])]
+        for key in ("calls", "warmup", "in_flight", "max_seconds", "rounds"):
+            if key in document:
+                arguments += [f"--{key.replace('_', '-')}", str(document[key])]
+        return arguments
 
     def relative(value: str) -> str:
         return str(path.parent / value)
@@ -817,15 +835,23 @@ def _run_suite(parser: argparse.ArgumentParser, options: argparse.Namespace) -> 
             "step": step.name,
             "arguments": step.arguments,
         }
-        status = _execute(step_options)
+        if step_options.command == "peers":
+            status = run_peers_bench(step_options)
+        else:
+            status = _execute(step_options)
         if status:
             return status
     if headline_file is not None:
         from ambrosia.bench.headline import headline, replace_block
+        from ambrosia.bench.peers import replace_summary, summary
 
         assert suite.out is not None
         table = headline(suite.out)
-        headline_file.write_text(replace_block(headline_file.read_text(), table))
+        text = replace_block(headline_file.read_text(), table)
+        peers = [step.name for step in suite.steps if step.arguments[0] == "peers"]
+        if peers:
+            text = replace_summary(text, summary(suite.out / peers[-1]))
+        headline_file.write_text(text)
         print(f"Rewrote the headline table of {headline_file}:\n{table}", end="")
     return 0
 

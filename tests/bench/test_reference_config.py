@@ -18,6 +18,7 @@ import pytest
 from ambrosia import eventloop
 from ambrosia.bench import cli
 from ambrosia.bench.headline import BEGIN_MARKER, headline
+from ambrosia.bench.peers import summary as peers_summary
 from ambrosia.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +52,9 @@ def test_the_reference_config_makes_every_reference_folder(tmp_path: Path) -> No
     assert suite.headline is not None
     assert suite.headline.resolve() == ROOT / "results" / "README.md"
     committed = {path.name for path in (ROOT / "results" / "reference").iterdir()}
-    assert {step.name for step in suite.steps} == committed == {"throughput", "ping", "cost"}
+    assert (
+        {step.name for step in suite.steps} == committed == {"throughput", "ping", "cost", "peers"}
+    )
     parser = cli._parser()
     commands = {}
     for step in suite.steps:
@@ -62,6 +65,7 @@ def test_the_reference_config_makes_every_reference_folder(tmp_path: Path) -> No
     assert commands["throughput"].systems == ["ambrosia", "grpc", "disk"]
     assert commands["throughput"].persist is True
     assert commands["ping"].systems == ["ambrosia", "grpc", "tcp", "cpu"]
+    assert commands["peers"].rounds == 3 and "temporal" in commands["peers"].systems
     # Cost prices this run's throughput, not a fresh measurement.
     assert commands["cost"].results.resolve() == (
         ROOT / "results" / "reference" / "throughput" / "results.json"
@@ -114,6 +118,10 @@ def test_the_reference_command_runs_end_to_end_with_tiny_durations(tmp_path: Pat
             step.update(sizes=[16, 65536], duration_s=0.3, warmup_s=0.1)
         elif step["command"] == "ping":
             step.update(count=40, warmup=5)
+        elif step["command"] == "peers":
+            step.update(
+                systems=["ambrosia", "dbos-sqlite"], calls=20, warmup=2, in_flight=4, rounds=1
+            )
     config = tmp_path / "reference.toml"
     config.write_text(_toml(document))
     readme = tmp_path / "README.md"
@@ -124,7 +132,7 @@ def test_the_reference_command_runs_end_to_end_with_tiny_durations(tmp_path: Pat
     assert cli.main(["run", str(config)]) == 0
 
     out = tmp_path / "reference"
-    assert {path.name for path in out.iterdir()} == {"throughput", "ping", "cost"}
+    assert {path.name for path in out.iterdir()} == {"throughput", "ping", "cost", "peers"}
     throughput = orjson.loads((out / "throughput" / "results.json").read_bytes())
     assert throughput["config"]["experiment"]["step"] == "throughput"
     assert throughput["config"]["event_loop"] == eventloop.chosen_loop()
@@ -149,11 +157,19 @@ def test_the_reference_command_runs_end_to_end_with_tiny_durations(tmp_path: Pat
     assert cost["config"]["results"] == str(out / "throughput" / "results.json")
     assert {row["size_bytes"] for row in cost["cost"]} == {16, 65536}
 
+    peers = orjson.loads((out / "peers" / "results.json").read_bytes())
+    assert {(row["system"], row["mode"]) for row in peers["peers"]} == {
+        (system, mode)
+        for system in ("ambrosia", "dbos-sqlite")
+        for mode in ("sequential", "in-flight")
+    }
+
     after = readme.read_text()
     assert after != before and BEGIN_MARKER in after
-    assert headline(out) in after
-    assert after.replace(headline(out), "") == before.replace(
-        headline(ROOT / "results" / "reference"), ""
+    assert headline(out) in after and peers_summary(out / "peers") in after
+    reference = ROOT / "results" / "reference"
+    assert after.replace(headline(out), "").replace(peers_summary(out / "peers"), "") == (
+        before.replace(headline(reference), "").replace(peers_summary(reference / "peers"), "")
     )
 
 
