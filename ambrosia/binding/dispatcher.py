@@ -40,8 +40,6 @@ from typing import Any, Protocol
 from ambrosia.binding import codec
 from ambrosia.binding import state as state_codec
 from ambrosia.binding.immortal import (
-    _SIZE_PREFIX,
-    _SIZE_TABLE_MAX,
     METHOD_ID_FIRST_START,
     Immortal,
     MethodInfo,
@@ -62,14 +60,13 @@ from ambrosia.wire.messages import (
     KIND_ASYNC,
     KIND_FORK,
     KIND_IMPULSE,
-    RESERVED_CALL,
     RESERVED_RESULT,
-    TYPE_RPC,
+    frame_prefix,
+    rpc_header,
 )
 from ambrosia.wire.varint import (
     Incomplete,
     decode_zigzag_long,
-    encode_zigzag_int,
     encode_zigzag_long,
 )
 
@@ -114,16 +111,6 @@ def in_process(app_factory: Callable[[], Immortal]) -> Callable[[BindingHost], D
         )
 
     return build
-
-
-def frame_prefix(size: int) -> bytes:
-    """The size varint of a message whose type+data take ``size`` bytes."""
-    return _SIZE_PREFIX[size] if size < _SIZE_TABLE_MAX else encode_zigzag_int(size)
-
-
-def rpc_header(method_id: int, kind: int, reserved: int = RESERVED_CALL) -> bytes:
-    """Type, reserved byte, method id and kind: the fixed head of an incoming RPC."""
-    return bytes((TYPE_RPC, reserved)) + encode_zigzag_int(method_id) + bytes((kind,))
 
 
 class PendingCall:

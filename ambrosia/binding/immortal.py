@@ -28,14 +28,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ambrosia.errors import BindingError
-from ambrosia.wire.varint import encode_zigzag_int
+from ambrosia.wire.messages import _SIZE_PREFIX, _SIZE_TABLE_MAX
 
 if TYPE_CHECKING:
     from ambrosia.binding.dispatcher import Dispatcher, PendingCall
-
-# Frame sizes below this come from a table: one lookup instead of a varint encode.
-_SIZE_TABLE_MAX = 1 << 14
-_SIZE_PREFIX: tuple[bytes, ...] = tuple(encode_zigzag_int(n) for n in range(_SIZE_TABLE_MAX))
 
 METHOD_ID_MAX = 8000
 METHOD_ID_FIRST_START = -1

@@ -43,6 +43,7 @@ from ambrosia.protocol.binding_link import (
     CheckpointLoaded,
     ControlReceived,
     PageReceived,
+    outgoing_from_incoming,
 )
 from ambrosia.wire.messages import (
     BecomingPrimary,
@@ -50,7 +51,7 @@ from ambrosia.wire.messages import (
     TakeBecomingPrimaryCheckpoint,
     TakeCheckpoint,
 )
-from ambrosia.wire.varint import decode_zigzag_int, encode_zigzag_int
+from ambrosia.wire.varint import decode_zigzag_int
 
 logger = logging.getLogger("ambrosia.binding.remote")
 
@@ -70,12 +71,10 @@ RECORD_BYTES_MAX = 64 * 1024 * 1024
 class _Writer:
     """Output to one destination, written as outgoing RPCs into the shared buffer."""
 
-    __slots__ = ("_middle", "_out", "_prefixes")
+    __slots__ = ("_name", "_out", "_prefixes")
 
     def __init__(self, destination: str, out: bytearray) -> None:
-        name = destination.encode()
-        # After the type byte: the name's length and the name.
-        self._middle = encode_zigzag_int(len(name)) + name
+        self._name = destination.encode()
         self._out = out
         # An incoming-form head (size, type, method, kind...) -> the outgoing-form bytes
         # before the body. Calls of one method with arguments of one size share a head,
@@ -91,15 +90,8 @@ class _Writer:
         out += body
 
     def _prefix(self, head: bytes) -> bytes:
-        size, start = decode_zigzag_int(head, 0)
-        prefix = b"".join(
-            (
-                encode_zigzag_int(size + len(self._middle)),
-                head[start : start + 1],
-                self._middle,
-                head[start + 1 :],
-            )
-        )
+        # A head is a message cut before its body: converted as the whole message would be.
+        prefix = outgoing_from_incoming(self._name, head)
         if len(head) <= _PREFIX_HEAD_BYTES_MAX:  # not a whole impulse, say
             if len(self._prefixes) >= _PREFIXES_MAX:
                 self._prefixes.clear()

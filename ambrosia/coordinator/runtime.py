@@ -62,8 +62,8 @@ from ambrosia.errors import (
 )
 from ambrosia.log.page import Page, decode_page, instance_id_for
 from ambrosia.names import validate_instance_name
-from ambrosia.wire.messages import PEER_PROTOCOL_VERSION, TYPE_RPC, Hello
-from ambrosia.wire.varint import decode_zigzag_long, encode_zigzag_int
+from ambrosia.wire.messages import PEER_PROTOCOL_VERSION, TYPE_RPC, Hello, frame_prefix
+from ambrosia.wire.varint import decode_zigzag_long
 
 logger = logging.getLogger("ambrosia.coordinator")
 
@@ -161,7 +161,7 @@ class _SelfCallAudit:
         logged = self.logged.get(seq)
         if logged is None or logged[:1] == b"\x00":
             return None
-        return frame_prefix_of(len(logged)) + logged
+        return frame_prefix(len(logged)) + logged
 
     def check(self, seq: int, head: bytes) -> None:
         logged = self.logged.get(seq)
@@ -186,11 +186,6 @@ def _call_head(data: bytes | memoryview, start: int, end: int) -> bytes:
         return bytes(data[start:end])
     _, kind_at = decode_zigzag_long(data, start + 2)
     return bytes(data[start : kind_at + 1])
-
-
-def frame_prefix_of(size: int) -> bytes:
-    """The size prefix of a message whose type and data take ``size`` bytes."""
-    return encode_zigzag_int(size)
 
 
 class _Watch:
