@@ -64,6 +64,7 @@ _TYPE_INITIAL_MESSAGE = 9
 _SEND_BUFFER_BYTES_MAX = 16 * 1024 * 1024
 _EVENTS_QUEUED_MAX = 64
 _PREFIXES_MAX = 4096
+_DIRECT_BODY_BYTES = 16 * 1024
 _PREFIX_HEAD_BYTES_MAX = 32
 RECORD_BYTES_MAX = 64 * 1024 * 1024
 
@@ -71,11 +72,14 @@ RECORD_BYTES_MAX = 64 * 1024 * 1024
 class _Writer:
     """Output to one destination, written as outgoing RPCs into the shared buffer."""
 
-    __slots__ = ("_name", "_out", "_prefixes")
+    __slots__ = ("_name", "_out", "_prefixes", "_write")
 
-    def __init__(self, destination: str, out: bytearray) -> None:
+    def __init__(
+        self, destination: str, out: bytearray, write: Callable[[bytes | bytearray], None]
+    ) -> None:
         self._name = destination.encode()
         self._out = out
+        self._write = write
         # An incoming-form head (size, type, method, kind...) -> the outgoing-form bytes
         # before the body. Calls of one method with arguments of one size share a head,
         # so a run of them costs one dictionary lookup each.
@@ -87,7 +91,14 @@ class _Writer:
             prefix = self._prefix(head)
         out = self._out
         out += prefix
-        out += body
+        if len(body) < _DIRECT_BODY_BYTES:
+            out += body
+        else:
+            # A large body goes to the socket as it is, after what came before it: copied
+            # into the shared buffer it would make that buffer grow again on every page.
+            self._write(out)
+            out.clear()
+            self._write(body)
 
     def _prefix(self, head: bytes) -> bytes:
         # A head is a message cut before its body: converted as the whole message would be.
@@ -103,7 +114,11 @@ class _Writer:
 
 
 class RemoteBinding:
-    """One application behind the binding protocol."""
+    """One application behind the binding protocol.
+
+    ``write`` sends its bytes or copies them before it returns (as an asyncio transport
+    does): the buffer it is given is reused.
+    """
 
     def __init__(
         self,
@@ -129,7 +144,7 @@ class RemoteBinding:
         key = "" if destination == self.instance else destination
         writer = self._writers.get(key)
         if writer is None:
-            writer = self._writers[key] = _Writer(key, self._out)
+            writer = self._writers[key] = _Writer(key, self._out, self._write)
         return writer
 
     def log_impulse(self, message: bytes) -> None:
