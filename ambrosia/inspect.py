@@ -57,8 +57,6 @@ from dataclasses import dataclass, field
 
 from ambrosia.backends import ChunkInfo, LogStore, Meta, open_store
 from ambrosia.backends.retry import call_with_retry
-from ambrosia.coordinator.checkpoint import CheckpointState, decode_checkpoint
-from ambrosia.coordinator.outputs import Segment
 from ambrosia.coordinator.recovery import LogReading, recover
 from ambrosia.errors import LogError, NotFoundError
 from ambrosia.log.page import (
@@ -68,6 +66,8 @@ from ambrosia.log.page import (
     instance_id_for,
     scan_chunk,
 )
+from ambrosia.protocol.checkpoint import CheckpointState, decode_checkpoint
+from ambrosia.protocol.outputs import Segment
 
 __all__ = ["describe_log"]
 

@@ -33,12 +33,12 @@ from ambrosia.binding import codec
 from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.binding.immortal import METHOD_ID_FIRST_START, Immortal, method_table
-from ambrosia.coordinator.checkpoint import CheckpointState
-from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.coordinator.recovery import recover
 from ambrosia.coordinator.runtime import IMPULSE_SOURCE
 from ambrosia.errors import AmbrosiaError, ConfigError, ProtocolError
 from ambrosia.log.page import PAGE_BYTES_MAX_DEFAULT, Page
+from ambrosia.protocol.checkpoint import CheckpointState
+from ambrosia.protocol.outputs import OutputStream
 from ambrosia.wire.messages import KIND_ASYNC, KIND_FORK, KIND_IMPULSE, RESERVED_RESULT
 from ambrosia.wire.varint import Incomplete, decode_zigzag_long
 

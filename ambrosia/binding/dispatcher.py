@@ -80,7 +80,7 @@ _COPY_GROUP_BELOW_MESSAGE_BYTES = 8192
 
 class OutputStream(Protocol):
     """Where the dispatcher writes the output to one destination (the coordinator's
-    ``ambrosia.coordinator.outputs.OutputStream``, or a binding process's writer)."""
+    ``ambrosia.protocol.outputs.OutputStream``, or a binding process's writer)."""
 
     def add(self, head: bytes, body: bytes) -> None: ...
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.log.page import Page
+from ambrosia.protocol.outputs import OutputStream
 
 # What a binding's checkpoint is, for the coordinator: a small dict of numbers (kept in
 # the checkpoint header) and opaque bytes.

@@ -44,7 +44,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from ambrosia.coordinator.outputs import OutputStream, Segment
 from ambrosia.coordinator.tls import client_handshake, instance_named_by
 from ambrosia.errors import (
     AmbrosiaError,
@@ -54,6 +53,7 @@ from ambrosia.errors import (
     ProtocolError,
 )
 from ambrosia.protocol.batch import check_batch
+from ambrosia.protocol.outputs import OutputStream, Segment
 from ambrosia.wire.messages import (
     PEER_PROTOCOL_VERSION,
     TYPE_DATA_BATCH,

@@ -70,9 +70,9 @@ from dataclasses import dataclass
 
 from ambrosia.backends.base import ChunkInfo, ChunkRange, LogStore, Meta
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
-from ambrosia.coordinator.checkpoint import CheckpointState, decode_checkpoint
 from ambrosia.errors import LogCorruptError, LogError, LogGapError, NotFoundError
 from ambrosia.log.page import ChunkScan, Page, check_sequence, instance_id_for, scan_chunk
+from ambrosia.protocol.checkpoint import CheckpointState, decode_checkpoint
 
 __all__ = [
     "ChunkAudit",

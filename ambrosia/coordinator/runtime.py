@@ -43,13 +43,11 @@ from typing import Any
 from ambrosia.backends.base import ChunkRange, Lease, LogStore
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
 from ambrosia.coordinator.binding_port import Binding, BindingHost, BindingState
-from ambrosia.coordinator.checkpoint import CheckpointState, OutputState, encode_checkpoint
 from ambrosia.coordinator.committer import Committer, DurablePage
 from ambrosia.coordinator.links import KEEPALIVE, IncomingLink, OutgoingLink
 from ambrosia.coordinator.listener import Listener
 from ambrosia.coordinator.metadata import MetadataKeeper
 from ambrosia.coordinator.metrics import CoordinatorMetrics, register_runtime
-from ambrosia.coordinator.outputs import OutputStream, Segment
 from ambrosia.coordinator.recovery import read_checkpoint, recover
 from ambrosia.coordinator.tls import TlsContexts, TlsSettings, load_contexts
 from ambrosia.errors import (
@@ -58,12 +56,14 @@ from ambrosia.errors import (
     InstanceNotFoundError,
     LogCorruptError,
     LostAcknowledgedError,
-    ReplayDivergenceError,
 )
 from ambrosia.log.page import Page, decode_page, instance_id_for
 from ambrosia.names import validate_instance_name
-from ambrosia.wire.messages import PEER_PROTOCOL_VERSION, TYPE_RPC, Hello, frame_prefix
-from ambrosia.wire.varint import decode_zigzag_long
+from ambrosia.protocol.checkpoint import CheckpointState, OutputState, encode_checkpoint
+from ambrosia.protocol.outputs import OutputStream, Segment
+from ambrosia.protocol.recovery_plan import kept_checkpoints, plan_recovery
+from ambrosia.protocol.selfcalls import SelfCallAudit
+from ambrosia.wire.messages import PEER_PROTOCOL_VERSION, Hello
 
 logger = logging.getLogger("ambrosia.coordinator")
 
@@ -128,64 +128,6 @@ class Config:
 
 
 Resolver = Callable[[str], Awaitable[tuple[str, int]]]
-
-
-class _SelfCallAudit:
-    """Checks replay against the log: a regenerated self-call must be the logged one.
-
-    Only the method and the kind are compared, not the arguments: the paper's idiom for
-    non-determinism (fork a self-call carrying ``time.time()``) regenerates different
-    arguments on replay on purpose, and the logged ones win. A different method at the
-    same position means the code no longer does what it did: replay has diverged.
-    """
-
-    def __init__(self, instance: str, pages: list[tuple[int, Page]]) -> None:
-        self.instance = instance
-        self.logged: dict[int, bytes] = {}
-        for _, page in pages:
-            for group in page.groups:
-                if group.source == instance:
-                    self._index(group.first_seq, group.messages)
-
-    def _index(self, first_seq: int, messages: bytes | memoryview) -> None:
-        position = 0
-        seq = first_seq
-        while position < len(messages):
-            size, start = decode_zigzag_long(messages, position)
-            self.logged[seq] = _call_head(messages, start, start + size)
-            position = start + size
-            seq += 1
-
-    def logged_message(self, seq: int) -> bytes | None:
-        """Self-call ``seq`` as logged, if it is not an RPC (an InitialMessage)."""
-        logged = self.logged.get(seq)
-        if logged is None or logged[:1] == b"\x00":
-            return None
-        return frame_prefix(len(logged)) + logged
-
-    def check(self, seq: int, head: bytes) -> None:
-        logged = self.logged.get(seq)
-        if logged is None:
-            return  # consumed before the checkpoint: nothing left to compare with
-        _, start = decode_zigzag_long(head, 0)
-        regenerated = _call_head(head, start, len(head))
-        if regenerated != logged:
-            raise ReplayDivergenceError(
-                f"{self.instance}: replay diverged at self-call {seq}: the log holds a call "
-                f"with head {logged.hex()}, replay produced {regenerated.hex()}"
-            )
-
-
-def _call_head(data: bytes | memoryview, start: int, end: int) -> bytes:
-    """Type, reserved byte, method id and kind of the RPC whose body starts at ``start``.
-
-    Any other message (an InitialMessage from a binding process: the first start) is
-    compared whole, type byte and data.
-    """
-    if data[start] != TYPE_RPC:
-        return bytes(data[start:end])
-    _, kind_at = decode_zigzag_long(data, start + 2)
-    return bytes(data[start : kind_at + 1])
 
 
 class _Watch:
@@ -323,33 +265,24 @@ class Runtime:
         else:
             checkpoint = reading.checkpoint
             await self._restore(checkpoint)
-        # Older kept checkpoints count for retention (the fallback needs the chunks from
-        # the oldest one's resume chunk on). Their resume chunk is N - 1 or N; assuming
-        # N - 1 keeps whatever they might need. Unusable ones and any newer than the one
-        # loaded (written by a life that died before pointing the metadata at it) are
-        # not kept: retention deletes them by number once newer checkpoints exist.
+        # Retention keeps the chunks the kept checkpoints need (``kept_checkpoints``).
         listed = await call_with_retry(store.list_checkpoints, policy)
-        unusable = {number for number, _ in reading.skipped}
-        self.checkpoints = sorted(
-            {(n, max(n - 1, 0)) for n in listed if n < checkpoint.number and n not in unusable}
-            | {(checkpoint.number, checkpoint.resume_chunk)}
-        )[-self.config.checkpoints_kept :]
+        unusable = [number for number, _ in reading.skipped]
+        self.checkpoints = kept_checkpoints(
+            checkpoint, listed, unusable, self.config.checkpoints_kept
+        )
         pages = reading.pages
-        accepted = dict(checkpoint.inputs)
-        trims: dict[str, int] = {}
-        for _, page in pages:
-            for group in page.groups:
-                accepted[group.source] = group.last_seq
-            for destination, seq in page.trims:
-                trims[destination] = max(trims.get(destination, 0), seq)
-        self.delivered = dict(checkpoint.inputs)
-        next_sequence = pages[-1][1].sequence + 1 if pages else checkpoint.resume_sequence
-        self.delivered_sequence = checkpoint.resume_sequence - 1
+        plan = plan_recovery(checkpoint, pages)
+        accepted = plan.marks.accepted
+        trims = plan.marks.trims
+        self.delivered = plan.delivered
+        next_sequence = plan.next_sequence
+        self.delivered_sequence = plan.delivered_sequence
         for destination, seq in trims.items():
             self._open_stream(destination).ack(seq)
         self_stream = self._open_stream(self.instance)
         self._replay_pages = pages
-        audit = _SelfCallAudit(self.instance, pages)
+        audit = SelfCallAudit(self.instance, pages)
         self_stream.on_drop = audit.check
         # Self-calls restored from the checkpoint that never reached the log go in first.
         self_stream.ack(accepted.get(self.instance, 0))
@@ -362,7 +295,7 @@ class Runtime:
             accepted=accepted,
         )
 
-    def _renumber_first_start(self, accepted: dict[str, int], audit: _SelfCallAudit) -> None:
+    def _renumber_first_start(self, accepted: dict[str, int], audit: SelfCallAudit) -> None:
         assert self.binding is not None
         self_stream = self.streams[self.instance]
         if (

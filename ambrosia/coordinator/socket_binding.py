@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ambrosia.coordinator.binding_port import BindingHost, BindingState
-from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.errors import AmbrosiaError, BindingProtocolError, ConfigError
 from ambrosia.log.page import Page
 from ambrosia.names import validate_instance_name
@@ -44,6 +43,7 @@ from ambrosia.protocol.binding_link import (
     PingReceived,
     RpcReceived,
 )
+from ambrosia.protocol.outputs import OutputStream
 from ambrosia.wire.messages import (
     KIND_IMPULSE,
     RESERVED_RESULT,

@@ -64,12 +64,11 @@ from typing import Any, Literal
 
 from ambrosia.backends.base import ChunkRange, LogStore, Meta
 from ambrosia.backends.retry import RetryPolicy, call_with_retry
-from ambrosia.coordinator.checkpoint import CheckpointState
 from ambrosia.coordinator.listener import Listener
 from ambrosia.coordinator.metadata import MetadataKeeper
 from ambrosia.coordinator.recovery import recover
 from ambrosia.coordinator.replicas import ReplicaNote, board_of, local_replica_id, prune_notes
-from ambrosia.coordinator.runtime import Runtime, _SelfCallAudit
+from ambrosia.coordinator.runtime import Runtime
 from ambrosia.errors import (
     AmbrosiaError,
     ConfigError,
@@ -80,6 +79,8 @@ from ambrosia.errors import (
     PreconditionFailedError,
 )
 from ambrosia.log.page import Page, scan_chunk
+from ambrosia.protocol.checkpoint import CheckpointState
+from ambrosia.protocol.selfcalls import SelfCallAudit
 
 __all__ = ["ROLES", "BehindRetentionError", "LogTail", "Role", "StandbyRuntime", "StandbySettings"]
 
@@ -272,7 +273,7 @@ class StandbyRuntime(Runtime):
         self.log_end_sequence = -1  # the newest page seen in the log
         self.log_end_seen_at = 0.0  # monotonic time the standby last caught up with it
         self.takeover_started_at = 0.0
-        self._self_audit: _SelfCallAudit | None = None
+        self._self_audit: SelfCallAudit | None = None
         self._board = board_of(self.store)
         self.replica_id = local_replica_id()
         self._noted = False
@@ -340,7 +341,7 @@ class StandbyRuntime(Runtime):
         self.delivered = dict(checkpoint.inputs)
         self.delivered_sequence = checkpoint.resume_sequence - 1
         self_stream = self._open_stream(self.instance)
-        self._self_audit = _SelfCallAudit(self.instance, [])
+        self._self_audit = SelfCallAudit(self.instance, [])
         self_stream.on_drop = self._self_audit.check
         self.binding.replaying = True
         if reading.audit is None or not reading.audit.scans:
@@ -384,7 +385,7 @@ class StandbyRuntime(Runtime):
         for _, page in pages:
             for group in page.groups:
                 if group.source == self.instance:
-                    audit._index(group.first_seq, group.messages)
+                    audit.index(group.first_seq, group.messages)
                     accepted_self = group.last_seq
             for destination, seq in page.trims:
                 self._open_stream(destination).ack(seq)

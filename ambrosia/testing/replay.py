@@ -14,10 +14,10 @@ from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.binding.immortal import Immortal
 from ambrosia.binding.remote import RemoteBinding
-from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.coordinator.recovery import recover
 from ambrosia.log.page import PAGE_BYTES_MAX_DEFAULT
 from ambrosia.protocol.binding_link import PageReceived
+from ambrosia.protocol.outputs import OutputStream
 
 
 async def replay(

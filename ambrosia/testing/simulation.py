@@ -95,10 +95,10 @@ from ambrosia.backends.file import FileLogStore
 from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher, in_process
 from ambrosia.binding.immortal import Immortal, rpc
-from ambrosia.coordinator.outputs import Segment
 from ambrosia.coordinator.recovery import read_checkpoint
 from ambrosia.coordinator.runtime import Config, Runtime
 from ambrosia.errors import AmbrosiaError, InstanceNotFoundError
+from ambrosia.protocol.outputs import Segment
 from ambrosia.testing.powerloss import (
     PowerLossDisk,
     PowerLossStore,

@@ -79,7 +79,7 @@ except in these control messages.
   including ``seq``.
 - 18 InputHeld: ``held: 1 byte`` (0 or 1), receiver -> sender: the receiver stopped (1)
   or resumed (0) reading this connection because its own output to the sender is over
-  its bound (see ``ambrosia.coordinator.outputs``): a paused peer, not a silent one.
+  its bound (see ``ambrosia.protocol.outputs``): a paused peer, not a silent one.
 
 For Commit and ReplayFrom both counts are non-negative and replayable never exceeds
 total (replayable counts a subset of all RPCs); a message that breaks this is refused at

@@ -27,13 +27,13 @@ from ambrosia.binding.immortal import (
     rpc,
 )
 from ambrosia.binding.immortal import impulse as impulse_method
-from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.errors import (
     BindingError,
     HandlerAwaitError,
     ImpulseDuringRecoveryError,
     RemoteCallError,
 )
+from ambrosia.protocol.outputs import OutputStream
 from ambrosia.wire.messages import (
     KIND_ASYNC,
     KIND_FORK,

@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ambrosia.coordinator.checkpoint import (
+from ambrosia.errors import LogCorruptError
+from ambrosia.protocol.checkpoint import (
     CheckpointState,
     OutputState,
     decode_checkpoint,
     encode_checkpoint,
 )
-from ambrosia.coordinator.outputs import Segment
-from ambrosia.errors import LogCorruptError
+from ambrosia.protocol.outputs import Segment
 
 names = st.text(min_size=1, max_size=12)
 seqs = st.integers(0, 2**62)

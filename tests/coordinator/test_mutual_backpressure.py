@@ -3,7 +3,7 @@
 Each holds the other's input while its results to the other are over the bound (case 5
 of issue 8: a peer that never reads its results must stall only itself). When both are
 over at the same time, each waits for the other to read: neither reads. The fix (see
-``ambrosia.coordinator.outputs``) lets a receiver tell the sender that it holds its input
+``ambrosia.protocol.outputs``) lets a receiver tell the sender that it holds its input
 for that reason, so a peer that is paused but alive is read from, within a hard bound.
 
 Real runtimes on loopback, awaited calls both ways with results far over the bound,

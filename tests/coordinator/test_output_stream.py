@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ambrosia.coordinator.outputs import OutputStream, Segment, skip_messages
+from ambrosia.protocol.outputs import OutputStream, Segment, skip_messages
 from ambrosia.wire.varint import decode_zigzag_long, encode_zigzag_int
 
 

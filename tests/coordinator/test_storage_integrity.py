@@ -36,11 +36,11 @@ from coordinator_peers import ASYNC_EVERY, Peers, Recorder, Sender
 from ambrosia.backends import open_store
 from ambrosia.backends.base import LogStore
 from ambrosia.binding.dispatcher import Dispatcher, in_process
-from ambrosia.coordinator.checkpoint import decode_checkpoint, encode_checkpoint
 from ambrosia.coordinator.recovery import recover
 from ambrosia.coordinator.runtime import Config, Runtime
 from ambrosia.errors import LogCorruptError, LogError, LogGapError
 from ambrosia.inspect import describe_log
+from ambrosia.protocol.checkpoint import decode_checkpoint, encode_checkpoint
 from ambrosia.testing.emulators import Azurite, MotoServer
 from ambrosia.testing.workloads import expected_chain
 

@@ -31,7 +31,7 @@ from ambrosia import Immortal, rpc
 from ambrosia.binding import codec
 from ambrosia.binding.dispatcher import Dispatcher, frame_prefix, rpc_header
 from ambrosia.binding.immortal import method_table
-from ambrosia.coordinator.outputs import OutputStream
+from ambrosia.protocol.outputs import OutputStream
 from ambrosia.testing.harness import Deployment
 from ambrosia.watchdog import EXIT_FORCED_BASE, HandlerWatchdog, running_handler
 from ambrosia.wire.messages import KIND_FORK

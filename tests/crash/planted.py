@@ -22,10 +22,10 @@ if __package__ in (None, ""):
 from ambrosia.backends import file
 from ambrosia.coordinator import links
 from ambrosia.coordinator.binding_port import BindingState
-from ambrosia.coordinator.checkpoint import CheckpointState, OutputState
 from ambrosia.coordinator.committer import Committer
-from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.coordinator.runtime import Runtime
+from ambrosia.protocol.checkpoint import CheckpointState, OutputState
+from ambrosia.protocol.outputs import OutputStream
 
 
 @contextlib.contextmanager

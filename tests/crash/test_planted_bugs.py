@@ -81,8 +81,8 @@ def test_the_patches_are_gone_after_their_block(disk: PowerLossDisk) -> None:
     from ambrosia.backends import file
     from ambrosia.coordinator import links
     from ambrosia.coordinator.committer import Committer
-    from ambrosia.coordinator.outputs import OutputStream
     from ambrosia.coordinator.runtime import Runtime
+    from ambrosia.protocol.outputs import OutputStream
 
     owners = (Committer, links.IncomingLink, links.OutgoingLink, OutputStream, Runtime)
     before = [dict(vars(owner)) for owner in owners], dict(vars(file.os))

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from ambrosia.binding.dispatcher import Dispatcher
-from ambrosia.coordinator.outputs import OutputStream
 from ambrosia.errors import ImpulseDuringRecoveryError
 from ambrosia.inspect import describe_log
+from ambrosia.protocol.outputs import OutputStream
 from ambrosia.testing.harness import Deployment
 from ambrosia.testing.replay import replay
 from examples.recorder.app import Recorder

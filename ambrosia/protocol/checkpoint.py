@@ -32,8 +32,8 @@ from typing import Any
 import orjson
 import xxhash
 
-from ambrosia.coordinator.outputs import Segment
 from ambrosia.errors import LogCorruptError
+from ambrosia.protocol.outputs import Segment
 
 MAGIC = b"AMBC"
 FORMAT_VERSION = 1
