@@ -952,9 +952,9 @@ class Runtime:
                 await self._deliver(page)
                 self.replayed_pages += 1
             self._replay_pages = []
+            await binding.end_replay()  # a binding process's last output may come now
             self._replay_page = -1
             self._stop_recording_places()
-            await binding.end_replay()
             binding.replaying = False
             self.streams[self.instance].on_drop = None
             binding.is_primary = True
@@ -998,24 +998,33 @@ class Runtime:
     def _record_places(self, stream: OutputStream) -> None:
         """Note where replay regenerates ``stream``'s kept messages (``_ReplayPlaces``).
 
-        The stream's ``add`` is wrapped for the replay only, and unwrapped after it: the
-        running path pays nothing.
+        The stream's ``add`` and ``add_run`` are wrapped for the replay only, and
+        unwrapped after it: the running path pays nothing.
         """
         assert self._replay_places is not None
         places = self._replay_places.setdefault(stream.destination, _ReplayPlaces())
         add = OutputStream.add.__get__(stream)
 
+        add_run = OutputStream.add_run.__get__(stream)
+
         def recording_add(head: bytes, body: bytes) -> None:
             add(head, body)
             places.note(stream.next_seq, (self._replay_page, _call_on_stack()))
 
+        def recording_add_run(data: bytes, count: int) -> None:
+            first = stream.next_seq + 1
+            add_run(data, count)
+            places.note(first, (self._replay_page, _call_on_stack()))
+
         stream.__dict__["add"] = recording_add
+        stream.__dict__["add_run"] = recording_add_run
 
     def _stop_recording_places(self) -> None:
         """Replay is over: the streams' own ``add`` again (the places stay, for a resume
         point that arrives later)."""
         for stream in self.streams.values():
             stream.__dict__.pop("add", None)
+            stream.__dict__.pop("add_run", None)
 
     def _output_checked(
         self, stream: OutputStream, seq: int, theirs: int, ours: int, during_add: bool
@@ -1062,7 +1071,13 @@ class Runtime:
             return "at a place replay did not record"
         page, call = place
         if call is None:
-            return f"replaying log page {page}" if page >= 0 else "at a place replay did not record"
+            # A binding process runs the handlers: its output comes back when it does,
+            # so the page the coordinator last sent is only a bound.
+            return (
+                f"during replay by the binding process, at or before log page {page}"
+                if page >= 0
+                else "at a place replay did not record"
+            )
         app = getattr(self.binding, "app", None)
         if app is None:
             return f"handling {call.describe()}"

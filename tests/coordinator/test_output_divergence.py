@@ -45,8 +45,10 @@ def results(deployment: Deployment) -> int:
     return 0 if status is None else int(status["results"])
 
 
-def run_then_kill_the_server(deployment: Deployment, env: dict[str, str]) -> None:
-    deployment.start("dice", env=env)
+def run_then_kill_the_server(
+    deployment: Deployment, env: dict[str, str], args: tuple[str, ...] = ()
+) -> None:
+    deployment.start("dice", env=env, args=args)
     deployment.start("roller")
     deployment.wait_for(
         lambda: results(deployment) >= KILL_AFTER_RESULTS, WAIT_S, "the first results"
@@ -69,6 +71,22 @@ def test_a_random_result_is_caught_at_the_first_recovery(deployment: Deployment)
     assert re.search(r"handling call \d+ from roller, log page \d+, during replay", error), error
     assert "Dice.roll" in error, error
     assert re.search(r"ERROR ambrosia\.host: dice stopped: dice: replay diverged", output)
+
+
+def test_a_random_result_from_a_binding_process_is_caught(deployment: Deployment) -> None:
+    """``--separate``: the handlers run in a binding process; the coordinator checks the
+    output it gets from there the same way (which call made it is known only there)."""
+    run_then_kill_the_server(deployment, {}, ("--separate",))
+    process = deployment.start("dice", args=("--separate",))
+    deadline = time.monotonic() + WAIT_S
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    output = deployment.output("dice")
+    assert process.poll() not in (None, 0), output[-3000:]
+    found = re.search(r"dice: replay diverged from what roller received[^\n]*", output)
+    assert found is not None, output[-3000:]
+    where = r"regenerated during replay by the binding process, at or before log page \d+"
+    assert re.search(where, found.group(0)), found.group(0)
 
 
 def test_a_deterministic_server_recovers_and_is_checked(deployment: Deployment) -> None:
