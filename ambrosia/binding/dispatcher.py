@@ -641,6 +641,13 @@ class Dispatcher:
     def blocked_on(self, stream: Any) -> bool:
         return stream in self.blocked
 
+    def running_call(self) -> RunningCall | None:
+        return call_on_stack()
+
+    def describe_call(self, call: object) -> str:
+        assert isinstance(call, RunningCall)
+        return f"{call.describe()}: {method_called(self.app, call)}"
+
     def close(self) -> None:
         self.stop_tasks()
 

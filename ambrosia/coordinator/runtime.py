@@ -231,13 +231,6 @@ class _ReplayPlaces:
         return self.places[index] if index >= 0 else None
 
 
-def _call_on_stack() -> Any:
-    """The call an in-process dispatcher is running, when one is on the stack."""
-    from ambrosia.binding.dispatcher import call_on_stack  # the coordinator's only use
-
-    return call_on_stack()
-
-
 class _Watch:
     """What the deadlines remember of one peer connection (see ``Runtime._sweep_loop``)."""
 
@@ -1004,17 +997,20 @@ class Runtime:
         assert self._replay_places is not None
         places = self._replay_places.setdefault(stream.destination, _ReplayPlaces())
         add = OutputStream.add.__get__(stream)
+        binding = self.binding
+        assert binding is not None
+        running_call = binding.running_call
 
         add_run = OutputStream.add_run.__get__(stream)
 
         def recording_add(head: bytes, body: bytes) -> None:
             add(head, body)
-            places.note(stream.next_seq, (self._replay_page, _call_on_stack()))
+            places.note(stream.next_seq, (self._replay_page, running_call()))
 
         def recording_add_run(data: bytes, count: int) -> None:
             first = stream.next_seq + 1
             add_run(data, count)
-            places.note(first, (self._replay_page, _call_on_stack()))
+            places.note(first, (self._replay_page, running_call()))
 
         stream.__dict__["add"] = recording_add
         stream.__dict__["add_run"] = recording_add_run
@@ -1046,7 +1042,8 @@ class Runtime:
                 )
             return
         if during_add:
-            place: tuple[int, Any] | None = (self._replay_page, _call_on_stack())
+            assert self.binding is not None
+            place: tuple[int, Any] | None = (self._replay_page, self.binding.running_call())
         else:
             places = (self._replay_places or {}).get(stream.destination)
             place = places.find(seq) if places is not None else None
@@ -1078,12 +1075,8 @@ class Runtime:
                 if page >= 0
                 else "at a place replay did not record"
             )
-        app = getattr(self.binding, "app", None)
-        if app is None:
-            return f"handling {call.describe()}"
-        from ambrosia.binding.dispatcher import method_called
-
-        return f"handling {call.describe()}: {method_called(app, call)}"
+        assert self.binding is not None
+        return f"handling {self.binding.describe_call(call)}"
 
     async def _read_back(self, durable: DurablePage) -> Page:
         """A page that was spilled from the delivery queue: read it from the log."""
