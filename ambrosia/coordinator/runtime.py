@@ -309,6 +309,7 @@ class Runtime:
         # messages came from (``_ReplayPlaces``).
         self._replay_page = -1
         self._replay_places: dict[str, _ReplayPlaces] | None = None
+        self._recording_places = False
         self.delivered_sequence = -1
         self.server: Listener | None = None
         self.bound_port = 0
@@ -618,7 +619,7 @@ class Runtime:
         self.streams[destination] = stream
         if destination != self.instance:
             stream.on_checked = self._output_checked
-            if self._replay_places is not None:
+            if self._recording_places:
                 self._record_places(stream)
         if self.committer is not None:
             self._start_link(stream)
@@ -937,6 +938,7 @@ class Runtime:
         try:
             binding.replaying = True
             self._replay_places = {}
+            self._recording_places = True
             for stream in list(self.streams.values()):
                 if stream.destination != self.instance:
                     self._record_places(stream)
@@ -1018,6 +1020,7 @@ class Runtime:
     def _stop_recording_places(self) -> None:
         """Replay is over: the streams' own ``add`` again (the places stay, for a resume
         point that arrives later)."""
+        self._recording_places = False
         for stream in self.streams.values():
             stream.__dict__.pop("add", None)
             stream.__dict__.pop("add_run", None)
@@ -1033,7 +1036,7 @@ class Runtime:
         had regenerated it.
         """
         if theirs == ours:
-            if seq > 0 and (during_add or self._replay_places is not None):
+            if seq > 0:
                 logger.info(
                     "%s: output to %s through message %d matches what it holds",
                     self.instance,
