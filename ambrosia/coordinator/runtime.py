@@ -38,6 +38,7 @@ import resource
 import socket
 import time
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -305,6 +306,9 @@ class Runtime:
         # a sender's resume point carries, to check its replay (``OutputStream``).
         self.delivered_digest: dict[str, int | None] = {}
         self.accepted_digest: dict[str, int | None] = {}
+        # (last seq, digest through it) of each batch accepted but not yet delivered, so
+        # that delivery takes the digest from here instead of reading the bytes again.
+        self._accepted_marks: dict[str, deque[tuple[int, int]]] = {}
         # While replaying: the page being replayed, and where each stream's regenerated
         # messages came from (``_ReplayPlaces``).
         self._replay_page = -1
@@ -401,7 +405,9 @@ class Runtime:
             for group in page.groups:
                 digest = accepted_digest.get(group.source, 0)
                 if digest is not None:
-                    accepted_digest[group.source] = zlib.crc32(group.messages, digest)
+                    digest = zlib.crc32(group.messages, digest)
+                    accepted_digest[group.source] = digest
+                    self._mark_accepted(group.source, group.last_seq, digest)
         next_sequence = pages[-1][1].sequence + 1 if pages else checkpoint.resume_sequence
         self.delivered_sequence = checkpoint.resume_sequence - 1
         for destination, seq in trims.items():
@@ -815,8 +821,16 @@ class Runtime:
         digests = self.accepted_digest
         digest = digests.get(source, 0)
         if digest is not None:
-            digests[source] = zlib.crc32(payload, digest)
+            digest = zlib.crc32(payload, digest)
+            digests[source] = digest
+            self._mark_accepted(source, first_seq + count - 1, digest)
         return True
+
+    def _mark_accepted(self, source: str, last_seq: int, digest: int) -> None:
+        marks = self._accepted_marks.get(source)
+        if marks is None:
+            marks = self._accepted_marks[source] = deque()
+        marks.append((last_seq, digest))
 
     def wait_for_room(self, callback: Callable[[], None]) -> None:
         assert self.committer is not None
@@ -1112,11 +1126,23 @@ class Runtime:
         await binding.deliver(page)
         delivered = self.delivered
         digests = self.delivered_digest
+        all_marks = self._accepted_marks
         for group in page.groups:
             source = group.source
-            delivered[source] = group.last_seq
+            last_seq = group.last_seq
+            delivered[source] = last_seq
             digest = digests.get(source, 0)
-            if digest is not None:
+            if digest is None:
+                continue
+            # Known from acceptance (the same bytes); otherwise (a standby, self-calls,
+            # impulses) read again.
+            marks = all_marks.get(source)
+            mark = None
+            while marks and marks[0][0] <= last_seq:
+                mark = marks.popleft()
+            if mark is not None and mark[0] == last_seq:
+                digests[source] = mark[1]
+            else:
                 digests[source] = zlib.crc32(group.messages, digest)
         self.delivered_sequence = page.sequence
         if self._dirty:
