@@ -197,6 +197,10 @@ class ReplayDivergenceError(BindingError):
     """Replay produced different output than the original run."""
 
 
+class OutputDivergenceError(ReplayDivergenceError):
+    """Replay regenerated other calls or results to a peer than the ones the peer holds."""
+
+
 class HandlerAwaitError(BindingError):
     """A handler awaited something other than an ambrosia call."""
 

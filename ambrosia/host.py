@@ -43,7 +43,7 @@ from ambrosia.coordinator.socket_binding import BindingPorts, SocketBinding
 from ambrosia.coordinator.standby import Role, StandbyRuntime, StandbySettings
 from ambrosia.coordinator.tls import Transport
 from ambrosia.deployment import DeploymentFile, load_deployment, resolve_run
-from ambrosia.errors import ConfigError, FenceError
+from ambrosia.errors import ConfigError, FenceError, ReplayDivergenceError
 from ambrosia.operations import serving
 from ambrosia.watchdog import HandlerWatchdog, SignalStop
 
@@ -373,7 +373,10 @@ async def _lives(
         )
         signalled = asyncio.Event()
         code = await _run(runtime, name, listen, stop=stop, signalled=signalled)
-        if not lost or signalled.is_set() or asked_between_lives:
+        # A replay that diverged from the log or the peers diverges again in every
+        # recovery: the binding was lost because of it, so no next one is waited for.
+        diverged = isinstance(runtime.failure, ReplayDivergenceError)
+        if not lost or signalled.is_set() or asked_between_lives or diverged:
             return code
         logger.warning("%s: recovering from its log for the next binding", name)
         store = await next_store()

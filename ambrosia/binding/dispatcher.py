@@ -61,6 +61,7 @@ from ambrosia.wire.messages import (
     KIND_FORK,
     KIND_IMPULSE,
     RESERVED_RESULT,
+    TYPE_RPC,
     frame_prefix,
     rpc_header,
 )
@@ -628,6 +629,13 @@ class Dispatcher:
     def blocked_on(self, stream: Any) -> bool:
         return stream in self.blocked
 
+    def running_call(self) -> RunningCall | None:
+        return call_on_stack()
+
+    def describe_call(self, call: object) -> str:
+        assert isinstance(call, RunningCall)
+        return f"{call.describe()}: {method_called(self.app, call)}"
+
     def close(self) -> None:
         self.stop_tasks()
 
@@ -724,3 +732,36 @@ def _message_index(group: bytes | memoryview, position: int) -> int | None:
     except (Incomplete, IndexError, ValueError):
         return None
     return index if cursor == position else None
+
+
+def call_on_stack() -> RunningCall | None:
+    """The logged call this thread's dispatcher is running, if it is on the stack.
+
+    For recovery's checks (``Runtime``), from inside whatever a handler called: walks up
+    to the ``dispatch`` frame, so it costs nothing unless asked.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _DISPATCH_CODE:
+            return running_call(frame)
+        frame = frame.f_back
+    return None
+
+
+def method_called(app: object, call: RunningCall) -> str:
+    """What ``call`` runs: ``Class.method``, or a result resuming an awaiting handler."""
+    data = call.group
+    try:
+        _, start = decode_zigzag_long(data, call.position)
+        if data[start] != TYPE_RPC:
+            return "a message that is not a call"
+        if data[start + 1] == RESERVED_RESULT:
+            return "a result, resuming the handler that awaited it"
+        method_id, _ = decode_zigzag_long(data, start + 2)
+    except (Incomplete, IndexError, ValueError):
+        return "a call that does not parse"
+    cls = type(app)
+    for info in method_table(cls).values():
+        if info.method_id == method_id:
+            return f"{cls.__qualname__}.{info.name}"
+    return f"method id {method_id} of {cls.__qualname__}"

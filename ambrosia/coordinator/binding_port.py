@@ -113,4 +113,14 @@ class Binding(Protocol):
 
     def stream_unblocked(self, stream: OutputStream) -> None: ...
 
+    def running_call(self) -> object | None:
+        """The call a handler of this process is running now (called from inside its
+        output, in replay), as a value ``describe_call`` can name later; None when the
+        handlers run elsewhere (a binding process) or none runs."""
+        ...
+
+    def describe_call(self, call: object) -> str:
+        """``call`` from ``running_call``: its number, source, page and method."""
+        ...
+
     def close(self) -> None: ...

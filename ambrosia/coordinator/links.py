@@ -309,14 +309,15 @@ class IncomingLink(asyncio.BufferedProtocol):
             return
         raise ProtocolError(f"unexpected {type(message).__name__} from {self.source or 'peer'}")
 
-    def admit(self, source: str, accepted: int) -> None:
-        """The Hello passed: resume after ``accepted``, the last call logged from it."""
+    def admit(self, source: str, accepted: int, digest: int | None = None) -> None:
+        """The Hello passed: resume after ``accepted``, the last call logged from it;
+        ``digest``: the CRC-32 of the calls 1..accepted (None: not known)."""
         if self.closed:
             return
         self.source = source
         self.admitting = False
         self.expected_seq = accepted + 1
-        self.send(ReplayFrom(accepted, accepted))
+        self.send(ReplayFrom(accepted, accepted, digest))
         self._resume_reading()
 
     def hold(self, held: bool) -> None:
@@ -569,7 +570,7 @@ class OutgoingConnection:
     def _control(self, message: object) -> None:
         stream = self.link.stream
         if isinstance(message, ReplayFrom) and not self.ready:
-            stream.rewind(message.total)
+            stream.rewind(message.total, message.digest)
             self.ready = True
             self.link.resumed(message.total)
             self.link.flush()

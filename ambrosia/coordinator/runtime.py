@@ -28,6 +28,7 @@ checkpoint is taken at a quiescent page boundary whenever the current chunk pass
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import gc
@@ -36,6 +37,8 @@ import os
 import resource
 import socket
 import time
+import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +59,7 @@ from ambrosia.errors import (
     InstanceNotFoundError,
     LogCorruptError,
     LostAcknowledgedError,
+    OutputDivergenceError,
 )
 from ambrosia.log.page import Page, decode_page, instance_id_for
 from ambrosia.names import validate_instance_name
@@ -130,6 +134,41 @@ class Config:
 Resolver = Callable[[str], Awaitable[tuple[str, int]]]
 
 
+class _ReplayPlaces:
+    """Where replay regenerated one output stream's messages: (first seq, place) runs.
+
+    Recorded only while replaying, per regenerated message (never while running), so
+    that a difference found later, when the receiver names its resume point, still
+    names the page and call that produced the message. A place is (log page, the call
+    being run or None); a run is noted when the place changes. At most ``RUNS_MAX``
+    runs: beyond, places are unknown.
+    """
+
+    RUNS_MAX = 100_000
+    __slots__ = ("first_seqs", "full_at", "places")
+
+    def __init__(self) -> None:
+        self.first_seqs: list[int] = []
+        self.places: list[tuple[int, Any]] = []
+        self.full_at: int | None = None
+
+    def note(self, seq: int, place: tuple[int, Any]) -> None:
+        places = self.places
+        if (places and places[-1] == place) or self.full_at is not None:
+            return
+        if len(places) >= self.RUNS_MAX:
+            self.full_at = seq
+            return
+        self.first_seqs.append(seq)
+        places.append(place)
+
+    def find(self, seq: int) -> tuple[int, Any] | None:
+        if self.full_at is not None and seq >= self.full_at:
+            return None
+        index = bisect.bisect_right(self.first_seqs, seq) - 1
+        return self.places[index] if index >= 0 else None
+
+
 class _Watch:
     """What the deadlines remember of one peer connection (see ``Runtime._sweep_loop``)."""
 
@@ -199,6 +238,19 @@ class Runtime:
         self.links: dict[str, OutgoingLink] = {}
         self.incoming: dict[str, IncomingLink] = {}
         self.delivered: dict[str, int] = {}
+        # CRC-32 of the framed messages 1..delivered[source] (None: unknown, the checkpoint
+        # predates digests), and of everything accepted into the log from each source: what
+        # a sender's resume point carries, to check its replay (``OutputStream``).
+        self.delivered_digest: dict[str, int | None] = {}
+        self.accepted_digest: dict[str, int | None] = {}
+        # (last seq, digest through it) of each batch accepted but not yet delivered, so
+        # that delivery takes the digest from here instead of reading the bytes again.
+        self._accepted_marks: dict[str, deque[tuple[int, int]]] = {}
+        # While replaying: the page being replayed, and where each stream's regenerated
+        # messages came from (``_ReplayPlaces``).
+        self._replay_page = -1
+        self._replay_places: dict[str, _ReplayPlaces] | None = None
+        self._recording_places = False
         self.delivered_sequence = -1
         self.server: Listener | None = None
         self.bound_port = 0
@@ -276,6 +328,14 @@ class Runtime:
         accepted = plan.marks.accepted
         trims = plan.marks.trims
         self.delivered = plan.delivered
+        accepted_digest = dict(self.delivered_digest)
+        for _, page in pages:
+            for group in page.groups:
+                digest = accepted_digest.get(group.source, 0)
+                if digest is not None:
+                    digest = zlib.crc32(group.messages, digest)
+                    accepted_digest[group.source] = digest
+                    self._mark_accepted(group.source, group.last_seq, digest)
         next_sequence = plan.next_sequence
         self.delivered_sequence = plan.delivered_sequence
         for destination, seq in trims.items():
@@ -293,6 +353,7 @@ class Runtime:
             chunks=ChunkRange(first_chunk, reading.next_chunk),
             next_sequence=next_sequence,
             accepted=accepted,
+            accepted_digest=accepted_digest,
         )
 
     def _renumber_first_start(self, accepted: dict[str, int], audit: SelfCallAudit) -> None:
@@ -319,6 +380,7 @@ class Runtime:
         chunks: ChunkRange,
         next_sequence: int,
         accepted: dict[str, int],
+        accepted_digest: dict[str, int | None] | None = None,
         server: Listener | None = None,
     ) -> None:
         """Start this life's chunk, the committer, the listener and the links.
@@ -327,12 +389,17 @@ class Runtime:
         created). ``server``: a listener already bound (``bind_listener``), or None to
         bind ``listen_address`` here. Also the second half of a standby's promotion
         (``ambrosia.coordinator.standby``), which has replayed the log already.
+        ``accepted_digest``: the digests of ``accepted`` (None: those of what was
+        delivered, when everything accepted was delivered).
         """
         store = self.store
         policy = self.config.retry_policy
         assert self.lease is not None and self.metadata is not None
         assert self.binding is not None
         self_stream = self.streams[self.instance]
+        self.accepted_digest = (
+            dict(self.delivered_digest) if accepted_digest is None else accepted_digest
+        )
         # A new chunk for this life, right after the last one the log ever created (a torn
         # tail in the old last chunk stays behind; cloud stores cannot truncate), recorded
         # in the metadata before anything is written into it.
@@ -444,7 +511,12 @@ class Runtime:
         await self.binding.load_checkpoint(checkpoint.binding, checkpoint.app)
         for destination, output in checkpoint.outputs.items():
             stream = self._open_stream(destination)
-            stream.restore(output.next_seq, output.acked_through, output.segments)
+            front = output.segments[0].first_seq - 1 if output.segments else output.next_seq
+            digest = output.digest if output.digest_through == front else None
+            stream.restore(output.next_seq, output.acked_through, output.segments, digest)
+        self.delivered_digest = {
+            source: checkpoint.input_digests.get(source) for source in checkpoint.inputs
+        }
 
     # -- output streams ------------------------------------------------------------------
 
@@ -479,6 +551,10 @@ class Runtime:
             on_unblocked=self._stream_unblocked,
         )
         self.streams[destination] = stream
+        if destination != self.instance:
+            stream.on_checked = self._output_checked
+            if self._recording_places:
+                self._record_places(stream)
         if self.committer is not None:
             self._start_link(stream)
         return stream
@@ -495,7 +571,7 @@ class Runtime:
             resolve=self._resolve,
             on_ack=self._on_ack,
             tls=self.tls.client if self.tls is not None else None,
-            on_resume=self._check_resume,
+            on_resume=self._resumed,
             on_peer_held=self._peer_held,
         )
         self.links[stream.destination] = link
@@ -629,7 +705,7 @@ class Runtime:
         if previous is not None and previous is not link:
             previous.close()
         self.incoming[sender] = link
-        link.admit(sender, accepted)
+        link.admit(sender, accepted, self.accepted_digest.get(sender, 0))
         stream = self.streams.get(sender)
         if stream is not None and stream.blocked and not self.binding.blocked_on(stream):
             link.hold(self._hold_wanted(stream))
@@ -640,6 +716,14 @@ class Runtime:
             self.failure = LostAcknowledgedError(f"{self.instance}: {what}")
             logger.critical("%s: stopping: %s", self.instance, self.failure)
         self.stopped.set()
+
+    def _resumed(self, stream: OutputStream, total: int) -> None:
+        """A peer named its resume point (the output was checked against it then)."""
+        binding = self.binding
+        if self._replay_places and binding is not None and not binding.replaying:
+            # After replay: where replay regenerated this stream's output is not needed.
+            self._replay_places.pop(stream.destination, None)
+        self._check_resume(stream, total)
 
     def _check_resume(self, stream: OutputStream, total: int) -> None:
         """A receiver's resume point beyond anything produced: our log lost those pages.
@@ -660,7 +744,21 @@ class Runtime:
         self, source: str, first_seq: int, count: int, replayable: int, payload: bytes | memoryview
     ) -> bool:
         assert self.committer is not None
-        return self.committer.try_add(source, first_seq, count, replayable, payload)
+        if not self.committer.try_add(source, first_seq, count, replayable, payload):
+            return False
+        digests = self.accepted_digest
+        digest = digests.get(source, 0)
+        if digest is not None:
+            digest = zlib.crc32(payload, digest)
+            digests[source] = digest
+            self._mark_accepted(source, first_seq + count - 1, digest)
+        return True
+
+    def _mark_accepted(self, source: str, last_seq: int, digest: int) -> None:
+        marks = self._accepted_marks.get(source)
+        if marks is None:
+            marks = self._accepted_marks[source] = deque()
+        marks.append((last_seq, digest))
 
     def wait_for_room(self, callback: Callable[[], None]) -> None:
         assert self.committer is not None
@@ -781,11 +879,19 @@ class Runtime:
         assert binding is not None and committer is not None
         try:
             binding.replaying = True
+            self._replay_places = {}
+            self._recording_places = True
+            for stream in list(self.streams.values()):
+                if stream.destination != self.instance:
+                    self._record_places(stream)
             for _, page in self._replay_pages:
+                self._replay_page = page.sequence
                 await self._deliver(page)
                 self.replayed_pages += 1
             self._replay_pages = []
-            await binding.end_replay()
+            await binding.end_replay()  # a binding process's last output may come now
+            self._replay_page = -1
+            self._stop_recording_places()
             binding.replaying = False
             self.streams[self.instance].on_drop = None
             binding.is_primary = True
@@ -819,9 +925,103 @@ class Runtime:
         except asyncio.CancelledError:
             raise
         except BaseException as error:
+            if self.failure is not error:
+                self.failure = self.failure or error
+                logger.critical("%s: stopping: %s", self.instance, error)
+            self.stopped.set()
+
+    # -- replay checked against the peers ------------------------------------------------
+
+    def _record_places(self, stream: OutputStream) -> None:
+        """Note where replay regenerates ``stream``'s kept messages (``_ReplayPlaces``).
+
+        The stream's ``add`` and ``add_run`` are wrapped for the replay only, and
+        unwrapped after it: the running path pays nothing.
+        """
+        assert self._replay_places is not None
+        places = self._replay_places.setdefault(stream.destination, _ReplayPlaces())
+        add = OutputStream.add.__get__(stream)
+        binding = self.binding
+        assert binding is not None
+        running_call = binding.running_call
+
+        add_run = OutputStream.add_run.__get__(stream)
+
+        def recording_add(head: bytes, body: bytes) -> None:
+            add(head, body)
+            places.note(stream.next_seq, (self._replay_page, running_call()))
+
+        def recording_add_run(data: bytes, count: int) -> None:
+            first = stream.next_seq + 1
+            add_run(data, count)
+            places.note(first, (self._replay_page, running_call()))
+
+        stream.__dict__["add"] = recording_add
+        stream.__dict__["add_run"] = recording_add_run
+
+    def _stop_recording_places(self) -> None:
+        """Replay is over: the streams' own ``add`` again (the places stay, for a resume
+        point that arrives later)."""
+        self._recording_places = False
+        for stream in self.streams.values():
+            stream.__dict__.pop("add", None)
+            stream.__dict__.pop("add_run", None)
+
+    def _output_checked(
+        self, stream: OutputStream, seq: int, theirs: int, ours: int, during_add: bool
+    ) -> None:
+        """Messages 1..``seq`` to a peer compared with what it holds (``OutputStream``).
+
+        A difference: replay regenerated other messages than the peer holds: stop.
+        ``during_add``: found as the message ``seq`` was regenerated (its handler is
+        running); otherwise found when the receiver named its resume point, after replay
+        had regenerated it.
+        """
+        if theirs == ours:
+            if seq > 0:
+                logger.info(
+                    "%s: output to %s through message %d matches what it holds",
+                    self.instance,
+                    stream.destination,
+                    seq,
+                )
+            return
+        if during_add:
+            assert self.binding is not None
+            place: tuple[int, Any] | None = (self._replay_page, self.binding.running_call())
+        else:
+            places = (self._replay_places or {}).get(stream.destination)
+            place = places.find(seq) if places is not None else None
+        where = self._describe_place(place)
+        error = OutputDivergenceError(
+            f"{self.instance}: replay diverged from what {stream.destination} received: "
+            f"the calls and results to {stream.destination} up to message {seq} are not "
+            f"the ones it logged (CRC-32 {ours:08x}, it holds {theirs:08x}); message {seq} "
+            f"was regenerated {where}. A handler's output depends on something the log "
+            "does not hold (time, randomness, the environment): make it deterministic, or "
+            "pass the value in a self-call (fork to self with it as an argument)"
+        )
+        if self.failure is None:
             self.failure = error
             logger.critical("%s: stopping: %s", self.instance, error)
-            self.stopped.set()
+        self.stopped.set()
+        if during_add:
+            raise error
+
+    def _describe_place(self, place: tuple[int, Any] | None) -> str:
+        if place is None:
+            return "at a place replay did not record"
+        page, call = place
+        if call is None:
+            # A binding process runs the handlers: its output comes back when it does,
+            # so the page the coordinator last sent is only a bound.
+            return (
+                f"during replay by the binding process, at or before log page {page}"
+                if page >= 0
+                else "at a place replay did not record"
+            )
+        assert self.binding is not None
+        return f"handling {self.binding.describe_call(call)}"
 
     async def _read_back(self, durable: DurablePage) -> Page:
         """A page that was spilled from the delivery queue: read it from the log."""
@@ -853,8 +1053,25 @@ class Runtime:
         assert binding is not None
         await binding.deliver(page)
         delivered = self.delivered
+        digests = self.delivered_digest
+        all_marks = self._accepted_marks
         for group in page.groups:
-            delivered[group.source] = group.last_seq
+            source = group.source
+            last_seq = group.last_seq
+            delivered[source] = last_seq
+            digest = digests.get(source, 0)
+            if digest is None:
+                continue
+            # Known from acceptance (the same bytes); otherwise (a standby, self-calls,
+            # impulses) read again.
+            marks = all_marks.get(source)
+            mark = None
+            while marks and marks[0][0] <= last_seq:
+                mark = marks.popleft()
+            if mark is not None and mark[0] == last_seq:
+                digests[source] = mark[1]
+            else:
+                digests[source] = zlib.crc32(group.messages, digest)
         self.delivered_sequence = page.sequence
         if self._dirty:
             self._flush()  # send this page's output now rather than one loop turn later
@@ -892,7 +1109,9 @@ class Runtime:
         outputs = {}
         for destination, stream in self.streams.items():
             next_seq, acked, segments = stream.snapshot()
-            outputs[destination] = OutputState(next_seq, acked, segments)
+            outputs[destination] = OutputState(
+                next_seq, acked, segments, stream.digest, stream.digest_through
+            )
         return CheckpointState(
             instance=self.instance,
             number=number,
@@ -900,6 +1119,11 @@ class Runtime:
             resume_sequence=resume_sequence,
             resume_chunk=resume_chunk,
             inputs=dict(self.delivered),
+            input_digests={
+                source: digest
+                for source, digest in self.delivered_digest.items()
+                if digest is not None
+            },
             outputs=outputs,
             binding=dict(binding[0]),
             app=binding[1],

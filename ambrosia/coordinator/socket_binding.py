@@ -310,6 +310,12 @@ class SocketBinding:
         self._initial_answer = None
         return self._state(data)
 
+    def running_call(self) -> object | None:
+        return None  # the handlers run in the binding process
+
+    def describe_call(self, call: object) -> str:
+        return str(call)
+
     async def end_replay(self) -> None:
         """Tell the binding it is primary; its answer comes after every output it
         regenerated in replay, so the runtime's resume checks see all of them."""

@@ -18,7 +18,12 @@ Byte layout (little-endian)::
 Header fields: instance, number, epoch, resume_sequence, resume_chunk, inputs
 ({source: last delivered seq}), outputs ({destination: [next_seq, acked_through,
 [[first_seq, count, byte length], ...]]}), binding (small dict from the dispatcher),
-app_bytes. The checksum covers the whole record: a checkpoint is written whole and
+app_bytes; optional (absent in checkpoints written before replay was checked against
+peers, and then unknown): input_digests ({source: CRC-32 of the framed messages 1..its
+inputs mark}), output_digests ({destination: [CRC-32 of the framed messages 1..through,
+through]}, ``through`` being the message before the first listed segment).
+
+The checksum covers the whole record: a checkpoint is written whole and
 read whole, so any damage means it cannot be used (recovery then says so; it never
 guesses).
 """
@@ -46,6 +51,9 @@ class OutputState:
     next_seq: int
     acked_through: int
     segments: list[Segment]
+    # CRC-32 of messages 1..digest_through (``OutputStream.digest``); None: unknown.
+    digest: int | None = None
+    digest_through: int = 0
 
 
 @dataclass(slots=True)
@@ -56,6 +64,8 @@ class CheckpointState:
     resume_sequence: int
     resume_chunk: int
     inputs: dict[str, int] = field(default_factory=dict)
+    # CRC-32 of the messages 1..inputs[source] from each source; missing: unknown.
+    input_digests: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, OutputState] = field(default_factory=dict)
     binding: dict[str, Any] = field(default_factory=dict)
     app: bytes = b""
@@ -63,6 +73,7 @@ class CheckpointState:
 
 def encode_checkpoint(state: CheckpointState) -> bytes:
     outputs: dict[str, Any] = {}
+    output_digests: dict[str, list[int]] = {}
     blobs: list[bytes | bytearray] = []
     for destination, output in state.outputs.items():
         listed = []
@@ -70,6 +81,8 @@ def encode_checkpoint(state: CheckpointState) -> bytes:
             listed.append([segment.first_seq, segment.count, len(segment.data)])
             blobs.append(segment.data)
         outputs[destination] = [output.next_seq, output.acked_through, listed]
+        if output.digest is not None:
+            output_digests[destination] = [output.digest, output.digest_through]
     header = orjson.dumps(
         {
             "instance": state.instance,
@@ -81,6 +94,8 @@ def encode_checkpoint(state: CheckpointState) -> bytes:
             "outputs": outputs,
             "binding": state.binding,
             "app_bytes": len(state.app),
+            "input_digests": state.input_digests,
+            "output_digests": output_digests,
         }
     )
     parts = [_HEAD.pack(MAGIC, FORMAT_VERSION, len(header)), header, *blobs, state.app]
@@ -105,12 +120,16 @@ def decode_checkpoint(data: bytes, where: str) -> CheckpointState:
         raise LogCorruptError(where, cursor, f"checkpoint header: {error}") from error
     cursor += header_length
     outputs: dict[str, OutputState] = {}
+    output_digests = header.get("output_digests", {})
     for destination, (next_seq, acked, listed) in header["outputs"].items():
         segments = []
         for first_seq, count, length in listed:
             segments.append(Segment(first_seq, count, bytes(view[cursor : cursor + length])))
             cursor += length
-        outputs[destination] = OutputState(next_seq, acked, segments)
+        output = OutputState(next_seq, acked, segments)
+        if destination in output_digests:
+            output.digest, output.digest_through = (int(v) for v in output_digests[destination])
+        outputs[destination] = output
     app_end = cursor + header["app_bytes"]
     if app_end != len(data) - _TAIL.size:
         raise LogCorruptError(where, cursor, "checkpoint lengths do not add up")
@@ -121,6 +140,7 @@ def decode_checkpoint(data: bytes, where: str) -> CheckpointState:
         resume_sequence=header["resume_sequence"],
         resume_chunk=header["resume_chunk"],
         inputs={str(k): int(v) for k, v in header["inputs"].items()},
+        input_digests={str(k): int(v) for k, v in header.get("input_digests", {}).items()},
         outputs=outputs,
         binding=dict(header["binding"]),
         app=bytes(view[cursor:app_end]),

@@ -15,6 +15,18 @@ is dropped, the rest is sent again from the first message after it. Messages at 
 receiver already has (known from logged trim points or from the receiver), and dropping it
 is the sender-side deduplication of the protocol. The receiver never deduplicates.
 
+Replay is checked against what the receiver got. The stream keeps ``digest``, the CRC-32
+of its framed messages 1..``digest_through`` back to back, where ``digest_through`` is the
+last message that left the buffer (acknowledged, or dropped as already consumed). CRC-32
+chains (``crc32(b, crc32(a)) == crc32(a + b)``), so it is updated once per freed segment
+and never per message while running; only during replay, where regenerated messages are
+dropped one by one, is it updated per message. The receiver keeps the same digest of what
+it accepted and sends it with its resume point (``rewind``); when ``digest_through``
+reaches that point the two are compared, and a difference (replay regenerated other calls
+or results than the ones the receiver holds) is reported to ``on_checked``. A stream
+restored from a checkpoint written before digests existed has ``digest`` None: nothing to
+compare until it is rebuilt (never, for that stream's life).
+
 The stream is bounded by ``buffer_bytes_max``: when it holds more, it tells its owner
 (``on_blocked``) once, and again on its next ``add`` if the owner asks (``report_again``),
 until acknowledgements bring it back under the bound (``on_unblocked``). The owner (the
@@ -57,6 +69,7 @@ sending more calls into a full stream); keep the hard bound large against that.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +139,15 @@ class OutputStream:
         # Called with (seq, head) for each regenerated message dropped as already
         # consumed; recovery uses it to check replay against the log.
         self.on_drop: Callable[[int, bytes], None] | None = None
+        # CRC-32 of messages 1..digest_through (the ones no longer buffered); None: unknown.
+        self.digest: int | None = 0
+        self.digest_through = 0
+        # (seq, the receiver's digest through seq): compared when digest_through gets there.
+        self._expected: tuple[int, int] | None = None
+        # Called with (stream, seq, receiver's digest, ours, during_add) at each check
+        # (a mismatch when the two differ); ``during_add``: made while a regenerated
+        # message was being added (replay).
+        self.on_checked: Callable[[OutputStream, int, int, int, bool], None] | None = None
         self._update_check_at()
 
     @property
@@ -156,6 +178,12 @@ class OutputStream:
         seq = self.next_seq + 1
         self.next_seq = seq
         if seq <= self.drop_through:
+            # Replay only: a regenerated message the receiver already has.
+            if self.digest is not None:
+                self.digest = zlib.crc32(body, zlib.crc32(head, self.digest))
+            self.digest_through = seq
+            if self._expected is not None and self._expected[0] == seq:
+                self._compare(during_add=True)
             if self.on_drop is not None:
                 self.on_drop(seq, head)
             return
@@ -254,8 +282,13 @@ class OutputStream:
             self._trim_open(through)
         self._check_unblocked()
 
-    def rewind(self, resume_after: int) -> None:
-        """A new connection: the receiver has everything up to ``resume_after``."""
+    def rewind(self, resume_after: int, digest: int | None = None) -> None:
+        """A new connection: the receiver has everything up to ``resume_after``.
+
+        ``digest``: the receiver's CRC-32 of messages 1..``resume_after``, compared with
+        ours once this stream's own digest gets there (at once if it has produced them).
+        """
+        self._expected = None
         self.inflight.extend(self.unsent)
         self.unsent = self.inflight
         self.inflight = deque()
@@ -275,12 +308,32 @@ class OutputStream:
                 self.acked_through,
             )
             resume_after = self.acked_through
+            digest = None  # its digest covers other messages than ours: nothing to compare
         self.acked_through = resume_after
         self.drop_through = max(self.drop_through, resume_after)
         self._drop_front(self.unsent, resume_after)
         if self.open and resume_after >= self.open_first_seq:
             self._trim_open(resume_after)
+        if digest is not None and resume_after >= self.digest_through:
+            self._expected = (resume_after, digest)
+            if resume_after == self.digest_through:
+                self._compare(during_add=False)
         self._check_unblocked()
+
+    def _compare(self, *, during_add: bool) -> None:
+        expected = self._expected
+        assert expected is not None
+        self._expected = None
+        seq, theirs = expected
+        ours = self.digest
+        if ours is not None and self.on_checked is not None:
+            self.on_checked(self, seq, theirs, ours, during_add)
+
+    def _freed(self, data: bytes | bytearray | memoryview, last_seq: int) -> None:
+        """Messages through ``last_seq`` (``data``, in order) left the buffer."""
+        if self.digest is not None:
+            self.digest = zlib.crc32(data, self.digest)
+        self.digest_through = last_seq
 
     def _drop_front(self, segments: deque[Segment], through: int) -> None:
         while segments and segments[0].first_seq <= through:
@@ -288,9 +341,11 @@ class OutputStream:
             if segment.last_seq <= through:
                 segments.popleft()
                 self.sealed_bytes -= len(segment.data)
+                self._freed(segment.data, segment.last_seq)
                 continue
             drop = through - segment.first_seq + 1
             cut = skip_messages(segment.data, drop)
+            self._freed(memoryview(segment.data)[:cut], through)
             segments[0] = Segment(through + 1, segment.count - drop, segment.data[cut:])
             self.sealed_bytes -= cut
             break
@@ -298,6 +353,8 @@ class OutputStream:
     def _trim_open(self, through: int) -> None:
         drop = min(through - self.open_first_seq + 1, self.open_count)
         cut = skip_messages(self.open, drop)
+        with memoryview(self.open) as view:
+            self._freed(view[:cut], self.open_first_seq + drop - 1)
         del self.open[:cut]
         self.open_first_seq += drop
 
@@ -317,7 +374,17 @@ class OutputStream:
             segments.append(Segment(self.open_first_seq, self.open_count, bytes(self.open)))
         return self.next_seq, self.acked_through, segments
 
-    def restore(self, next_seq: int, acked_through: int, segments: list[Segment]) -> None:
+    def restore(
+        self,
+        next_seq: int,
+        acked_through: int,
+        segments: list[Segment],
+        digest: int | None = None,
+    ) -> None:
+        """State from a checkpoint; ``digest``: of the messages before the first segment
+        (before ``next_seq + 1`` without segments), None when the checkpoint has none."""
+        self.digest = digest
+        self.digest_through = segments[0].first_seq - 1 if segments else next_seq
         self.next_seq = next_seq
         self.acked_through = acked_through
         self.drop_through = max(self.drop_through, acked_through)

@@ -73,8 +73,12 @@ except in these control messages.
   immutable, otherwise one copy out of the mutable buffer.
 - 3 Commit: ``seq: ZigZagLong``, ``replayable_seq: ZigZagLong``: every RPC up to and
   including these numbers is durably logged by the receiver (0 = nothing yet).
-- 4 ReplayFrom: ``total: ZigZagLong``, ``replayable: ZigZagLong``: the receiver's resume
-  point; the sender resends from the RPC *after* these numbers.
+- 4 ReplayFrom: ``total: ZigZagLong``, ``replayable: ZigZagLong``, optionally ``digest:
+  ZigZagLong``: the receiver's resume point; the sender resends from the RPC *after* these
+  numbers. ``digest`` (0 <= digest < 2**32), when present, is the CRC-32 of every framed
+  message the receiver accepted from this sender, 1 through ``total``, back to back: the
+  sender compares it with what it produced (``ambrosia.protocol.outputs``), so that a
+  replay which regenerates different output is caught. Absent: the receiver does not know.
 - 14 TrimTo: ``seq: ZigZagLong``: the sender may drop its buffered output up to and
   including ``seq``.
 - 18 InputHeld: ``held: 1 byte`` (0 or 1), receiver -> sender: the receiver stopped (1)
@@ -158,7 +162,9 @@ __all__ = [
     "rpc_header",
 ]
 
-PEER_PROTOCOL_VERSION: Final = 3  # 2: Hello carries ``acked``; 3: InputHeld
+DIGEST_MAX: Final = 0xFFFFFFFF  # a CRC-32 (ReplayFrom)
+PEER_PROTOCOL_VERSION: Final = 4  # 2: Hello carries ``acked``; 3: InputHeld;
+# 4: ReplayFrom carries the digest of what the receiver accepted
 
 
 class MessageType(enum.IntEnum):
@@ -293,10 +299,14 @@ class Commit:
 
 @dataclass(frozen=True, slots=True)
 class ReplayFrom:
-    """The receiver's resume point: send from the RPC after these numbers."""
+    """The receiver's resume point: send from the RPC after these numbers.
+
+    ``digest``: CRC-32 of the framed messages 1..total it accepted; None: not known.
+    """
 
     total: int
     replayable: int
+    digest: int | None = None
     message_type: ClassVar[MessageType] = MessageType.REPLAY_FROM
 
 
@@ -503,8 +513,20 @@ def _decode_commit(body: memoryview, direction: Direction) -> Message:
 
 
 def _decode_replay_from(body: memoryview, direction: Direction) -> Message:
-    total, replayable, _ = _decode_counts(body, 1)
-    return ReplayFrom(total, replayable)
+    total, position = decode_zigzag_long(body, 1)
+    replayable, position = decode_zigzag_long(body, position)
+    if not 0 <= replayable <= total:
+        raise ProtocolError(
+            f"sequence numbers ({total}, replayable {replayable}) must satisfy "
+            "0 <= replayable <= total"
+        )
+    if position == len(body):
+        return ReplayFrom(total, replayable)
+    digest, position = decode_zigzag_long(body, position)
+    _expect_end(body, position)
+    if not 0 <= digest <= DIGEST_MAX:
+        raise ProtocolError(f"ReplayFrom digest {digest} is not a CRC-32")
+    return ReplayFrom(total, replayable, digest)
 
 
 def _decode_trim_to(body: memoryview, direction: Direction) -> Message:
@@ -810,7 +832,22 @@ def _write_commit(out: bytearray, message: Message) -> None:
 
 def _write_replay_from(out: bytearray, message: Message) -> None:
     assert isinstance(message, ReplayFrom)
-    _write_counts(out, MessageType.REPLAY_FROM, message.total, message.replayable)
+    if message.digest is None:
+        _write_counts(out, MessageType.REPLAY_FROM, message.total, message.replayable)
+        return
+    if not 0 <= message.replayable <= message.total:
+        raise ValueError(
+            f"({message.total}, {message.replayable}) must satisfy 0 <= replayable <= total"
+        )
+    if not 0 <= message.digest <= DIGEST_MAX:
+        raise ValueError(f"digest {message.digest} is not a CRC-32")
+    _write_fields(
+        out,
+        MessageType.REPLAY_FROM,
+        encode_zigzag_long(message.total),
+        encode_zigzag_long(message.replayable),
+        encode_zigzag_long(message.digest),
+    )
 
 
 def _write_trim_to(out: bytearray, message: Message) -> None:

@@ -196,9 +196,10 @@ def test_bad_connections_are_closed_and_the_good_peer_is_served(
                     assert len(new) == 1, f"{case}: expected one logged reason, got {new}"
                     assert phrase in new[0], f"{case}: {new[0]!r}"
                     if data.startswith(INTRUDER):
-                        # The handshake itself succeeded before the bad batch.
+                        # The handshake itself succeeded before the bad batch (nothing
+                        # accepted yet: resume from 0, the CRC-32 of no bytes).
                         assert decode_message(answer, Direction.COORDINATOR_TO_COORDINATOR) == (
-                            ReplayFrom(0, 0)
+                            ReplayFrom(0, 0, 0)
                         )
                     # Random bytes on a fresh connection: a first frame that is complete
                     # (or a size prefix no frame may have) is refused with one reason; a

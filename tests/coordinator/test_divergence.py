@@ -95,3 +95,21 @@ def test_replay_of_the_same_code_recovers_the_same_state() -> None:
         await second.stop()
 
     asyncio.run(main())
+
+
+def test_streams_record_replay_places_only_during_replay() -> None:
+    """Where replay made each message is noted by wrapping the streams' ``add`` during
+    replay; once primary, no stream (old or opened later) may keep paying for it."""
+
+    async def main() -> None:
+        url = "memory://divergence-places"
+        first = await _run(url, until_steps=5)
+        await first.stop()
+        second = await _run(url, until_steps=5)
+        await asyncio.wait_for(second.primary.wait(), LIVENESS_S)
+        later = second.open_stream("a-peer-met-later")
+        for stream in [*second.streams.values(), later]:
+            assert "add" not in vars(stream) and "add_run" not in vars(stream), stream.destination
+        await second.stop()
+
+    asyncio.run(main())

@@ -84,8 +84,10 @@ def _resume_off_by(delta: int) -> Callable[[], contextlib.AbstractContextManager
         connection, at 0, is right), and expects the batch that follows from there."""
         admit = links.IncomingLink.admit
 
-        def off(self: links.IncomingLink, source: str, accepted: int) -> None:
-            admit(self, source, accepted + delta if accepted > 0 else accepted)
+        def off(
+            self: links.IncomingLink, source: str, accepted: int, digest: int | None = None
+        ) -> None:
+            admit(self, source, accepted + delta if accepted > 0 else accepted, digest)
 
         with _replaced(links.IncomingLink, "admit", off):
             yield
@@ -103,7 +105,7 @@ def resend_without_dedupe() -> Iterator[None]:
     seen acknowledged, and regenerated output the receiver already logged goes out again."""
     rewind = OutputStream.rewind
 
-    def ignoring(self: OutputStream, resume_after: int) -> None:
+    def ignoring(self: OutputStream, resume_after: int, digest: int | None = None) -> None:
         rewind(self, self.acked_through)
 
     with _replaced(OutputStream, "rewind", ignoring):

@@ -132,7 +132,11 @@ def message_strategies(
         }
     return {
         MessageType.COMMIT: count_pairs().map(lambda pair: Commit(*pair)),
-        MessageType.REPLAY_FROM: count_pairs().map(lambda pair: ReplayFrom(*pair)),
+        MessageType.REPLAY_FROM: st.builds(
+            lambda pair, digest: ReplayFrom(*pair, digest),
+            count_pairs(),
+            st.none() | st.integers(0, 0xFFFFFFFF),
+        ),
         MessageType.TRIM_TO: st.builds(TrimTo, st.integers(0, INT64_MAX)),
         MessageType.HELLO: st.builds(Hello, int32s, names, names, int64s),
         MessageType.DATA_BATCH: data_batches(),
