@@ -210,6 +210,7 @@ async def serve(
         chosen = dataclasses.replace(settings.transport, tls=run_config.tls)
         own_version = record.current_version
         if upgrade is not None:
+            own_version = upgrade.version
             if upgrade.version <= record.current_version:
                 raise ConfigError(
                     f"{name} runs version {record.current_version}: an upgrade goes to a "
@@ -261,14 +262,6 @@ async def serve(
             "standby": standby or StandbySettings.for_log(settings.log_url, standby_poll_s),
             "on_listening": functools.partial(_publish_address, catalog, record),
         }
-        if upgrade is not None:
-            assert isinstance(app_factory, type)
-            runtime: StandbyRuntime = build_upgrade_runtime(
-                catalog, name, upgrade, app_factory, **arguments
-            )
-            async with serving(runtime, deployment.operations):
-                return await _run(runtime, name, listen)
-        runtime = StandbyRuntime(binding=in_process(app_factory), role=role, **arguments)
         stop = asyncio.Event()
         watch = VersionWatch(
             catalog,
@@ -278,6 +271,14 @@ async def serve(
             is_primary=lambda: runtime.current_role == "primary",
             stop=stop.set,
         )
+        runtime: StandbyRuntime
+        if upgrade is not None:
+            assert isinstance(app_factory, type)
+            runtime = build_upgrade_runtime(
+                catalog, name, upgrade, app_factory, watch=watch, **arguments
+            )
+        else:
+            runtime = StandbyRuntime(binding=in_process(app_factory), role=role, **arguments)
         watching = asyncio.get_running_loop().create_task(watch.run())
         try:
             async with serving(runtime, deployment.operations):

@@ -382,11 +382,15 @@ def build_upgrade_runtime(
     name: str,
     plan: UpgradePlan,
     old_class: type[Immortal],
+    *,
+    watch: VersionWatch | None = None,
     **runtime_arguments: Any,
 ) -> UpgradeRuntime:
     """The upgrader of ``name`` (``ambrosia upgrade``), its catalog updates wired in.
 
     ``runtime_arguments``: those of ``StandbyRuntime`` but the role and the binding.
+    ``watch``: this process's ``VersionWatch``, made with the new version as its own (its
+    own request is no request to itself), set back to the old one if the upgrade aborts.
     """
     from ambrosia.binding.dispatcher import in_process
     from ambrosia.host import load_app
@@ -405,6 +409,8 @@ def build_upgrade_runtime(
 
     async def on_aborted(reason: str) -> None:
         record = await catalog.get(name)
+        if watch is not None:
+            watch.own_version = record.current_version  # this process runs the old code
         await update(upgrade_version=record.current_version)
 
     return UpgradeRuntime(
