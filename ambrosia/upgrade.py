@@ -409,9 +409,11 @@ def build_upgrade_runtime(
 
     async def on_aborted(reason: str) -> None:
         record = await catalog.get(name)
-        if watch is not None:
-            watch.own_version = record.current_version  # this process runs the old code
         await update(upgrade_version=record.current_version)
+        if watch is not None:
+            # This process runs the old code: set after the request is withdrawn, so the
+            # watch never takes the request for one addressed to this process.
+            watch.own_version = record.current_version
 
     return UpgradeRuntime(
         binding=in_process(old_class),

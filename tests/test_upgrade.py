@@ -215,3 +215,43 @@ def test_upgrade_test_and_failed_migration_leave_the_primary_serving(tmp_path: P
         assert not deployment.log_findings(), deployment.log_findings()
     finally:
         deployment.stop_all()
+
+
+def test_takeover_of_an_instance_that_calls_itself(tmp_path: Path) -> None:
+    """The client drives the load with self-calls (each call forks the next one): after
+    the hand-over the new primary must log the self-calls it makes, or the load stops.
+    (A standby that regenerated a self-call before it read the logged copy used to keep
+    its self-stream marked dirty for good, and logged no self-call after taking over.)
+
+    The client awaits a third of its calls, so the hand-over often finds a handler
+    awaiting one: the upgrade is then aborted and the upgrader serves the old code.
+    Either way it took over, and the load must go on to the end."""
+    total = 3000
+    deployment = chain_deployment(tmp_path, total)
+    client_app = "ambrosia.testing.workloads:ChainClient"
+    outcomes = ("upgraded to version 1", "aborted: at the hand-over")
+    try:
+        deployment.start("server", args=("--version", "1"))
+        deployment.start("client", label="c1")
+        deployment.wait_for(lambda: server_count(deployment) > 300, LIVENESS_S, "load")
+        deployment.start(
+            "client", label="c2", subcommand="upgrade", args=("--app", client_app, "--version", "1")
+        )
+        deployment.wait_for(
+            lambda: any(text in deployment.output("c2") for text in outcomes),
+            LIVENESS_S,
+            "the takeover",
+            ignore=("c1",),
+        )
+        assert "handed over to version 1" in deployment.output("c1"), deployment.output("c1")
+        at = server_count(deployment)
+        assert at < total, "the load ended before the upgrade: nothing was tested"
+        finish(deployment, total, ignore=("c1",))
+        upgraded = outcomes[0] in deployment.output("c2")
+        assert record(deployment, "client").current_version == (1 if upgraded else 0)
+        print(f"\nclient: {'upgraded' if upgraded else 'upgrade aborted, old code serving'}")
+        assert deployment.terminate("c2") == 0, deployment.output("c2")
+        assert deployment.terminate("server") == 0, deployment.output("server")
+        assert not deployment.log_findings(), deployment.log_findings()
+    finally:
+        deployment.stop_all()
