@@ -21,6 +21,7 @@ docs/high-availability.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -86,6 +87,8 @@ def _register(args: argparse.Namespace) -> int:
         app=args.app or instance.app,
         receive_port=args.receive_port or 0,
         send_port=args.send_port or 0,
+        current_version=args.version,
+        upgrade_version=args.version,
     )
     _check_registration(record, import_app=not args.skip_import_check)
 
@@ -139,6 +142,17 @@ def _run(args: argparse.Namespace) -> int:
         )
     elif args.separate:
         return _run_separate(args, deployment)
+    upgrade = None
+    if args.command == "upgrade":
+        if not args.app or args.version is None:
+            raise ConfigError("ambrosia upgrade NAME needs --app new_module:Class and --version V")
+        if args.test:
+            return _upgrade_test(args)
+        from ambrosia.upgrade import UpgradePlan
+
+        upgrade = UpgradePlan(args.app, args.version)
+    elif args.test:
+        raise ConfigError("--test belongs to ambrosia upgrade")
     fields = _assignments(args.coordinator_options, "--coordinator-option")
     for name in ("checkpoint_log_bytes", "checkpoints_kept", "lease_wait_s"):
         value = getattr(args, name)
@@ -155,7 +169,7 @@ def _run(args: argparse.Namespace) -> int:
         plaintext=bool(args.plaintext),
         plaintext_beyond_loopback=bool(args.plaintext_beyond_loopback),
     )
-    app = load_app(args.app) if args.app else None
+    app = load_app(args.app) if args.app and upgrade is None else None
     return eventloop.run(
         serve(
             args.name,
@@ -170,8 +184,34 @@ def _run(args: argparse.Namespace) -> int:
             role=args.role,
             standby_poll_s=args.standby_poll_s,
             separate=separate,
+            version=args.version,
+            upgrade=upgrade,
+            version_check_s=args.version_check_s,
         )
     )
+
+
+def _upgrade_test(args: argparse.Namespace) -> int:
+    """``ambrosia upgrade NAME --app new:Class --version V --test``: migrate and replay."""
+    from ambrosia.host import load_app
+    from ambrosia.timetravel import _where
+    from ambrosia.upgrade import upgrade_test
+
+    log_url, new_class, peers = _where(args)
+    old_spec = _deployment(args).instance(args.name).app
+
+    async def registered(catalog: Catalog) -> str | None:
+        return (await catalog.get(args.name)).app
+
+    old_spec = old_spec or run_with_catalog(_deployment(args).catalog_for(args.catalog), registered)
+    if old_spec is None:
+        raise ConfigError(f"{args.name} has no registered app to upgrade from")
+    report = asyncio.run(
+        upgrade_test(log_url, args.name, load_app(old_spec), new_class, peer_logs=peers)
+    )
+    print(f"upgrade test of {args.name} to version {args.version} ({args.app}):")
+    print(report.describe())
+    return 0 if report.ok else 1
 
 
 def _run_separate(args: argparse.Namespace, deployment: DeploymentFile) -> int:
@@ -315,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
         "log records from (default: any free port, logged)",
     )
     register.add_argument(
+        "--version",
+        type=int,
+        default=0,
+        help="the version of its code (the catalog's current_version; default 0); "
+        "`ambrosia upgrade` moves it on",
+    )
+    register.add_argument(
         "--skip-import-check",
         action="store_true",
         help="do not import --app here (the code is not on this machine)",
@@ -329,10 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        aliases=["coordinator"],
+        aliases=["coordinator", "upgrade"],
         parents=[common],
         help="run (or recover) an immortal instance; `coordinator`: its coordinator alone, "
-        "for a binding process (docs/bindings.md)",
+        "for a binding process (docs/bindings.md); `upgrade NAME --app new:Class --version "
+        "V`: take over from the running primary with new code (docs/operations.md)",
     )
     run.add_argument("name")
     separate = run.add_argument_group(
@@ -429,6 +477,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --plaintext: allow non-loopback addresses too (anyone who can reach the "
         "port can then act as any instance)",
+    )
+    versions = run.add_argument_group(
+        "versions and live upgrade", "see docs/operations.md, Upgrading"
+    )
+    versions.add_argument(
+        "--version",
+        type=int,
+        help="run: the version of this code; refused unless it is the catalog's current "
+        "version. upgrade: the new version (above the current one)",
+    )
+    versions.add_argument(
+        "--test",
+        action="store_true",
+        help="upgrade: the upgrade test only: migrate the latest checkpoint and replay the "
+        "log after it with the new code, report the first divergence (exit 1), take nothing over",
+    )
+    versions.add_argument(
+        "--version-check-s",
+        type=float,
+        default=1.0,
+        help="how often a running process reads its catalog record for an upgrade's "
+        "hand-over request (default 1)",
     )
     run.set_defaults(handler=_run)
 

@@ -45,6 +45,7 @@ from ambrosia.coordinator.tls import Transport
 from ambrosia.deployment import DeploymentFile, load_deployment, resolve_run
 from ambrosia.errors import ConfigError, FenceError, ReplayDivergenceError
 from ambrosia.operations import serving
+from ambrosia.upgrade import UpgradePlan, VersionWatch, build_upgrade_runtime, check_version
 from ambrosia.watchdog import HandlerWatchdog, SignalStop
 
 logger = logging.getLogger("ambrosia.host")
@@ -154,6 +155,9 @@ async def serve(
     standby: StandbySettings | None = None,
     standby_poll_s: float | None = None,
     separate: BindingEndpoints | None = None,
+    version: int | None = None,
+    upgrade: UpgradePlan | None = None,
+    version_check_s: float = 1.0,
 ) -> int:
     """Run immortal ``name`` until stopped; returns a process exit code.
 
@@ -178,6 +182,13 @@ async def serve(
     ``separate``: run the coordinator alone (``ambrosia coordinator``), for a binding
     process that connects to these loopback ports (``ambrosia.coordinator.socket_binding``).
     It starts as primary (``role`` does not apply: no standbys in this mode yet).
+
+    ``version``: the version of the code this process runs (``--version``); refused
+    unless it is the catalog's ``current_version`` (None: run as that version). The
+    process checks its catalog record every ``version_check_s`` and stops when an
+    upgrade asks it, as primary, to hand over, or when another version became current
+    (``ambrosia.upgrade``). ``upgrade``: run as the upgrader to a new version instead
+    (``ambrosia upgrade``): ``app_factory`` and ``role`` do not apply.
     """
     deployment = deployment if deployment is not None else load_deployment()
     catalog = await open_catalog(deployment.catalog_for(catalog_url) or default_catalog_url())
@@ -197,6 +208,19 @@ async def serve(
         )
         run_config = config if config is not None else settings.config
         chosen = dataclasses.replace(settings.transport, tls=run_config.tls)
+        own_version = record.current_version
+        if upgrade is not None:
+            own_version = upgrade.version
+            if upgrade.version <= record.current_version:
+                raise ConfigError(
+                    f"{name} runs version {record.current_version}: an upgrade goes to a "
+                    f"higher version than that, not {upgrade.version}"
+                )
+            if settings.app is None:
+                raise ConfigError(f"{name} has no registered app to upgrade from")
+            app_factory = load_app(settings.app)
+        elif separate is None:
+            own_version = check_version(record, version)
         if separate is not None:
             pass  # the application is in the binding process
         elif app_factory is None:
@@ -229,19 +253,45 @@ async def serve(
 
             return await _run_separate(name, ports, store, next_store, listen, resolver, run_config)
         assert app_factory is not None
-        runtime = StandbyRuntime(
-            instance=name,
-            binding=in_process(app_factory),
-            store=store,
-            listen=listen,
-            resolve=resolver,
-            config=run_config,
-            role=role,
-            standby=standby or StandbySettings.for_log(settings.log_url, standby_poll_s),
-            on_listening=functools.partial(_publish_address, catalog, record),
+        arguments: dict[str, Any] = {
+            "instance": name,
+            "store": store,
+            "listen": listen,
+            "resolve": resolver,
+            "config": run_config,
+            "standby": standby or StandbySettings.for_log(settings.log_url, standby_poll_s),
+            "on_listening": functools.partial(_publish_address, catalog, record),
+        }
+        stop = asyncio.Event()
+        watch = VersionWatch(
+            catalog,
+            record,
+            own_version,
+            interval_s=version_check_s,
+            is_primary=lambda: runtime.current_role == "primary",
+            stop=stop.set,
         )
-        async with serving(runtime, deployment.operations):
-            return await _run(runtime, name, listen)
+        runtime: StandbyRuntime
+        if upgrade is not None:
+            assert isinstance(app_factory, type)
+            runtime = build_upgrade_runtime(
+                catalog, name, upgrade, app_factory, watch=watch, **arguments
+            )
+        else:
+            runtime = StandbyRuntime(binding=in_process(app_factory), role=role, **arguments)
+        watching = asyncio.get_running_loop().create_task(watch.run())
+        try:
+            async with serving(runtime, deployment.operations):
+                code = await _run(runtime, name, listen, stop=stop)
+        finally:
+            watching.cancel()
+            with contextlib.suppress(BaseException):
+                await watching
+        message = watch.exit_message()
+        if message is None:
+            return code
+        logger.warning("%s", message)
+        return code if watch.handed_over_to is not None else 1
     raise AssertionError("unreachable")  # AsyncExitStack does not swallow exceptions
 
 

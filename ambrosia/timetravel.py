@@ -247,6 +247,12 @@ class Replay:
         self._pending: tuple[str, bytes] | None = None
         self.ran = 0
 
+    def migrate(self, new_class: type[Immortal]) -> None:
+        """Go on with ``new_class.upgrade_from(app)``: a live upgrade's state migration."""
+        self.dispatcher.replace_app(new_class.upgrade_from(self.app))
+        self.app_class = new_class
+        self._describer = _Describer(self.dispatcher, new_class)
+
     def _open_stream(self, destination: str) -> OutputStream:
         stream = self.recorder.streams.get(destination)
         if stream is None:
@@ -500,16 +506,21 @@ async def replay_test(
     checkpoint: int | None = None,
     peer_logs: Mapping[str, str] | None = None,
     store_options: Mapping[str, Any] | None = None,
+    migrate_from: type[Immortal] | None = None,
 ) -> ReplayTestReport:
     """Replay ``instance``'s log with ``app_class`` and find the first divergence.
 
     ``peer_logs`` maps a peer to its log URL when it is not ``log_url``. A peer whose log
-    cannot be read is listed in ``report.unchecked`` with why.
+    cannot be read is listed in ``report.unchecked`` with why. ``migrate_from``: the
+    upgrade test (``ambrosia upgrade --test``): the checkpoint is loaded with this (old)
+    class and migrated with ``app_class.upgrade_from`` before the replay.
     """
     options = store_options or {}
     replay = await open_replay(
-        log_url, instance, app_class, checkpoint=checkpoint, store_options=options
+        log_url, instance, migrate_from or app_class, checkpoint=checkpoint, store_options=options
     )
+    if migrate_from is not None:
+        replay.migrate(app_class)
     report = ReplayTestReport(instance)
     recorded: dict[str, dict[int, bytes] | None] = {}
 

@@ -146,6 +146,26 @@ class Immortal:
     async def on_become_primary(self) -> None:
         """Runs after recovery, when this process starts serving as the primary."""
 
+    @classmethod
+    def upgrade_from(cls: type[T], old: Immortal) -> T:
+        """The state migration of a live upgrade (``ambrosia upgrade``, docs/operations.md).
+
+        Called on the NEW class with the old version's object, as recovered from the log
+        with the old code at the moment of the hand-over (quiescent: no handler awaiting
+        a call). Returns the new version's object; ``old`` is discarded afterwards. The
+        default makes ``cls()`` and carries every attribute of ``old`` over unchanged, which
+        fits a new version that keeps the old one's attributes; override it to rename,
+        convert or add state (call ``super().upgrade_from(old)`` first to start from the
+        copy). It runs once at the hand-over and once beforehand on a copy, as a trial:
+        it must not call other immortals or read the clock or the environment. An
+        exception aborts the upgrade and the old version keeps serving.
+        """
+        new = cls()
+        for attribute, value in vars(old).items():
+            if attribute != "_ambrosia_dispatcher":
+                setattr(new, attribute, value)
+        return new
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         method_table(cls)

@@ -430,7 +430,9 @@ class Runtime:
             retry_policy=self.config.retry_policy,
             metrics=self.metrics,
         )
-        if self_stream.has_unsent:
+        # ``dirty`` without anything unsent: a standby regenerated a self-call before it
+        # read the logged copy, with no committer to hand it to; the flush clears it.
+        if self_stream.has_unsent or self_stream.dirty:
             self._on_dirty(self_stream)
         loop = asyncio.get_running_loop()
         server.start()

@@ -582,6 +582,7 @@ class StandbyRuntime(Runtime):
         listed = await call_with_retry(self.store.list_chunks, policy)
         last = max([meta.chunks.last, *(info.number for info in listed)])
         accepted = dict(self.delivered)
+        await self._before_serving()
         # Becoming primary asks for a checkpoint, taken in the background like any other:
         # every takeover starts a chunk, and without one the chunks of a string of quick
         # failovers are never retired (on s3 each one costs requests at every takeover).
@@ -597,6 +598,10 @@ class StandbyRuntime(Runtime):
             f"took over at epoch {self.lease.epoch} after page {self.delivered_sequence}, "
             f"listening on {self.listen_address[0]}:{self.bound_port}, in {took_ms:.0f} ms",
         )
+
+    async def _before_serving(self) -> None:
+        """The log is read to its end under the lease and nothing is served yet: the
+        moment a live upgrade (``ambrosia.upgrade``) swaps the application."""
 
     async def bind_listener(self, host: str, port: int) -> Listener:
         """The registered address; while an earlier life holds it, a free port.

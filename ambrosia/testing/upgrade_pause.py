@@ -1,0 +1,182 @@
+"""The pause a live upgrade costs under load: ``python -m ambrosia.testing.upgrade_pause``.
+
+Runs the chain workload (``ambrosia.testing.workloads``: a client calling a server one
+call after another, a third of them awaited) with real processes on the file backend,
+and upgrades the server ``--upgrades`` times while the load runs (version 1 to 2, 2 to
+3, ..., the code alternating between ``ChainServer`` and ``ChainServerNext``). For each
+upgrade it reports:
+
+- hand-over: from the old primary's "hand over" line (it stops taking input) to the
+  upgrader's "role primary" line (it serves), both from the processes' logs;
+- stall: the longest time the server's call count did not move around the upgrade, as
+  seen in its status file (written every 50 ms: the resolution of this figure).
+
+At the end every call is checked to have arrived once and in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import itertools
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ambrosia.testing.harness import Deployment
+from ambrosia.testing.workloads import (
+    STATUS_INTERVAL_S,
+    ChainServer,
+    _write_status,
+    expected_chain,
+)
+
+CLASSES = (
+    "ambrosia.testing.workloads:ChainServer",
+    "ambrosia.testing.upgrade_pause:ChainServerNext",
+)
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+LIVENESS_S = 120.0
+
+
+class ChainServerNext(ChainServer):
+    """The chain server, another version: its status names it (the default migration)."""
+
+    async def _status_loop(self) -> None:
+        path = Path(os.environ["AMBROSIA_STATUS_DIR"]) / f"{self.name}.json"
+        while True:
+            _write_status(
+                path,
+                {
+                    "count": self.count,
+                    "chain": self.chain,
+                    "out_of_order": self.out_of_order[:10],
+                    "bad_results": self.bad_results[:10],
+                    "class": "next",
+                },
+            )
+            await asyncio.sleep(STATUS_INTERVAL_S)
+
+
+def _stamp(output: str, marker: str) -> float:
+    for line in output.splitlines():
+        found = _STAMP.match(line)
+        if found and marker in line:
+            moment = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f")
+            return moment.timestamp()
+    raise AssertionError(f"no line with {marker!r} in:\n{output[-3000:]}")
+
+
+def _count(deployment: Deployment) -> int:
+    status = deployment.status("server")
+    return int(status["count"]) if status else 0
+
+
+def measure(directory: Path, upgrades: int, calls: int) -> list[tuple[float, float]]:
+    """(hand-over s, stall s) of each upgrade; fails when a call was lost or repeated."""
+    deployment = Deployment(
+        directory,
+        env={"AMBROSIA_CHAIN_TOTAL": str(calls)},
+        run_args=("--checkpoint-log-bytes", "65536", "--version-check-s", "0.1"),
+        strict_exits=True,
+    )
+    deployment.register("server", CLASSES[0], args=("--version", "1"))
+    deployment.register("client", "ambrosia.testing.workloads:ChainClient")
+    results: list[tuple[float, float]] = []
+    labels = ["v1"]
+    try:
+        deployment.start("server", label="v1", args=("--version", "1"))
+        deployment.wait_for(lambda: "role primary" in deployment.output("v1"), 60, "primary")
+        deployment.start("client")
+        for number in range(1, upgrades + 1):
+            at = _count(deployment)
+            deployment.wait_for(
+                lambda at=at: _count(deployment) > at + 300,  # type: ignore[misc]
+                60,
+                "load",
+                ignore=tuple(labels[:-1]),
+            )
+            old, new = labels[-1], f"v{number + 1}"
+            labels.append(new)
+            deployment.start(
+                "server",
+                label=new,
+                subcommand="upgrade",
+                args=("--app", CLASSES[number % 2], "--version", str(number + 1)),
+            )
+            changes: list[float] = []
+            last = -1
+            deadline = time.monotonic() + LIVENESS_S
+            while "upgraded to version" not in deployment.output(new) or (
+                deployment.processes[old].poll() is None
+            ):
+                deployment.check_exits(ignore=tuple(labels[:-1]))
+                count = _count(deployment)
+                if count != last:
+                    changes.append(time.monotonic())
+                    last = count
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"upgrade to version {number + 1} did not finish")
+                time.sleep(0.002)
+            settle = time.monotonic() + 0.3
+            while time.monotonic() < settle:
+                count = _count(deployment)
+                if count != last:
+                    changes.append(time.monotonic())
+                    last = count
+                time.sleep(0.002)
+            stall = max((b - a for a, b in itertools.pairwise(changes)), default=0.0)
+            handover = _stamp(deployment.output(new), "role primary (took over") - _stamp(
+                deployment.output(old), "asks this primary"
+            )
+            if deployment.processes[old].returncode != 0:
+                raise AssertionError(f"{old} exited with {deployment.processes[old].returncode}")
+            results.append((handover, stall))
+            print(
+                f"upgrade to version {number + 1}: hand-over {handover * 1000:.0f} ms, "
+                f"longest stall of the load {stall * 1000:.0f} ms",
+                flush=True,
+            )
+
+        def done() -> bool:
+            client = deployment.status("client")
+            return bool(client and client["done"]) and _count(deployment) >= calls
+
+        deployment.wait_for(done, LIVENESS_S * 4, "every call", ignore=tuple(labels[:-1]))
+        server = deployment.status("server")
+        assert server is not None
+        if server["chain"] != expected_chain(range(1, calls + 1)) or server["out_of_order"]:
+            raise AssertionError(f"calls lost, repeated or out of order: {server}")
+        return results
+    finally:
+        deployment.stop_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upgrades", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--dir", type=Path, help="where the logs go (default: a temporary one)")
+    args = parser.parse_args(argv)
+    if args.dir is not None:
+        results = measure(args.dir, args.upgrades, args.calls)
+    else:
+        with tempfile.TemporaryDirectory() as directory:
+            results = measure(Path(directory), args.upgrades, args.calls)
+    handovers = [h * 1000 for h, _ in results]
+    stalls = [s * 1000 for _, s in results]
+    print(
+        f"{len(results)} upgrades, every one of {args.calls} calls once and in order; "
+        f"hand-over ms median {statistics.median(handovers):.0f} max {max(handovers):.0f}; "
+        f"longest stall ms median {statistics.median(stalls):.0f} max {max(stalls):.0f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""A version 2 of the chain workload's server, for the live upgrade tests.
+
+``ChainServerV2`` keeps every attribute of ``ChainServer`` (the default migration copies
+them), records where it took over (``upgraded_at``: the calls the old code had handled)
+and counts the calls the new code handled; its status file says so.
+``ChainServerBadMigration`` is a version whose migration raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from ambrosia.binding.immortal import Immortal
+from ambrosia.testing.workloads import STATUS_INTERVAL_S, ChainServer, _write_status
+
+
+class ChainServerV2(ChainServer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.upgraded_at = -1
+        self.handled_by_v2 = 0
+
+    @classmethod
+    def upgrade_from(cls, old: Immortal) -> ChainServerV2:
+        new = super().upgrade_from(old)
+        assert isinstance(old, ChainServer)
+        new.upgraded_at = old.count
+        new.handled_by_v2 = 0
+        return new
+
+    def _record(self, n: int) -> int:
+        self.handled_by_v2 += 1
+        return super()._record(n)
+
+    async def _status_loop(self) -> None:
+        path = Path(os.environ["AMBROSIA_STATUS_DIR"]) / f"{self.name}.json"
+        while True:
+            _write_status(
+                path,
+                {
+                    "count": self.count,
+                    "chain": self.chain,
+                    "out_of_order": self.out_of_order[:10],
+                    "bad_results": self.bad_results[:10],
+                    "version": 2,
+                    "upgraded_at": self.upgraded_at,
+                    "handled_by_v2": self.handled_by_v2,
+                },
+            )
+            await asyncio.sleep(STATUS_INTERVAL_S)
+
+
+class ChainServerBadMigration(ChainServer):
+    @classmethod
+    def upgrade_from(cls, old: Immortal) -> ChainServerBadMigration:
+        raise ValueError("this migration does not know the old state")
+
+
+class ChainServerV3Diverging(ChainServerV2):
+    """A version whose results differ from what version 1 returned (the upgrade test
+    reports it)."""
+
+    def _record(self, n: int) -> int:
+        return super()._record(n) + 1
