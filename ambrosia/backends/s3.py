@@ -398,7 +398,8 @@ class S3LogStore:
             if remaining_s <= 0:
                 raise LeaseHeldError(
                     f"{where}: another writer holds it until it stops renewing "
-                    f"(expiry in {record.expires_at_s - now_s:.1f} s)"
+                    f"(expiry in {record.expires_at_s - now_s:.1f} s)",
+                    free_in_s=record.expires_at_s - now_s,
                 )
             if not said_so:  # a wait can be long: say why at once
                 logger.warning(
@@ -489,10 +490,26 @@ class S3LogStore:
 
     # -- chunks --------------------------------------------------------------------------
 
+    async def _list_names(self, prefix: str, where: str) -> list[str]:
+        """The keys and ``.../`` folders right under ``prefix`` (a delimited listing: one
+        request per thousand names, however many objects each folder holds)."""
+
+        async def listing() -> list[str]:
+            found: list[str] = []
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix, Delimiter="/"):
+                found.extend(str(item["Prefix"]) for item in page.get("CommonPrefixes", []))
+                found.extend(str(item["Key"]) for item in page.get("Contents", []))
+            return sorted(found)
+
+        return await self._call(where, listing)
+
     async def _chunk_numbers(self) -> set[int]:
-        keys = await self._list_keys(self._base + "chunk-", self._where("chunk listing"))
+        # Only the chunks' folders: the takeover asks for this, and a chunk holds one
+        # object per append (thousands), which a full listing would page through.
+        keys = await self._list_names(self._base + "chunk-", self._where("chunk listing"))
         numbers = set()
-        for key, _, _ in keys:
+        for key in keys:
             name = key[len(self._base) :].split("/", 1)[0]
             suffix = name[len("chunk-") :]
             if suffix.isdigit():
