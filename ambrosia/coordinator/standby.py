@@ -35,8 +35,9 @@ once more, then moves on. Per backend that means:
   a listing is a directory scan;
 - azblob: a ranged download of the append blob from the offset (``download_blob(offset)``),
   an empty answer when it did not grow; a listing is a blob listing with lengths;
-- s3: a listing of the chunk's page objects (one object per append, named by offset),
-  then ranged GETs of those after the offset.
+- s3: a GET of the page object named by the offset (one object per append, named by
+  its offset), then of the next, until one is missing or is a fence
+  (``S3Store.read_chunk_tail``).
 
 A page caught half written (a reader racing an append) looks like a torn tail: the
 standby stops before it and reads it again next time. A chunk deleted by retention
