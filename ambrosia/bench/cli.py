@@ -16,6 +16,9 @@ Subcommands:
   (``--results``) or a fresh throughput run.
 - ``peers``: a durable counter on ambrosia and on Restate, DBOS (SQLite, PostgreSQL) and
   Temporal, one call at a time and with K in flight (``ambrosia.bench.peers``).
+- ``standby-cost``: the storage requests one hot standby sends per second to s3 (moto)
+  and azblob (Azurite), idle and under load, counted through a proxy and priced with
+  the price sheets (``ambrosia.bench.standbycost``).
 - ``run CONFIG``: an experiment described in a TOML file (see ``bench_configs/``). The
   file is turned into the same command-line options, so a config can do nothing a
   command line cannot.
