@@ -148,10 +148,13 @@ class CountingProxy:
                         response.headers.add(key, value)
                 length = upstream.headers.get("Content-Length")
                 response.content_length = int(length) if length is not None else len(data)
-                await response.prepare(request)
-                if request.method != "HEAD" and data:
-                    await response.write(data)
-                await response.write_eof()
+                try:
+                    await response.prepare(request)
+                    if request.method != "HEAD" and data:
+                        await response.write(data)
+                    await response.write_eof()
+                except ConnectionResetError:
+                    pass  # the client gave up on it (a timeout, its exit): counted, sent
                 return response
 
         server = web.Server(forward)
