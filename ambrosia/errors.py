@@ -141,7 +141,15 @@ class OffsetMismatchError(FenceError):
 
 
 class LeaseHeldError(StorageError):
-    """Another live writer holds the lease of this instance."""
+    """Another live writer holds the lease of this instance.
+
+    ``free_in_s``: when the store knows it (s3: the lock's expiry time), the seconds
+    until the lease runs out unless its holder renews it first; None otherwise.
+    """
+
+    def __init__(self, message: str, *, free_in_s: float | None = None) -> None:
+        super().__init__(message)
+        self.free_in_s = free_in_s
 
 
 class PreconditionFailedError(StorageError):

@@ -213,6 +213,10 @@ class AzureBlobLogStore:
         self._lease_poll_interval_s = lease_poll_interval_s
         self._request_timeout_s = request_timeout_s
         self._acquisition = AcquisitionToken()
+        # Whether the lock blob is known to exist: then an acquisition attempt is the
+        # lease request alone (a standby tries every fraction of a second, each a
+        # billed request; creating the blob again would be a second, at write prices).
+        self._lock_exists = False
         self._closers = closers
         self._holder: Lease | None = None
         self._chunk_max = -1
@@ -287,9 +291,9 @@ class AzureBlobLogStore:
 
     # -- lease ---------------------------------------------------------------------------
 
-    async def acquire_lease(self, *, wait_s: float = 0.0) -> Lease:
-        lock = self._blob("lock")
-        where = self._where("writer lease")
+    async def _create_lock(self, lock: BlobClient, where: str) -> None:
+        if self._lock_exists:
+            return
         # PreconditionFailedError: the lock blob exists, as it does after the first writer.
         with contextlib.suppress(PreconditionFailedError):
             await self._call(
@@ -298,6 +302,12 @@ class AzureBlobLogStore:
                     b"", overwrite=True, match_condition=MatchConditions.IfMissing
                 ),
             )
+        self._lock_exists = True
+
+    async def acquire_lease(self, *, wait_s: float = 0.0) -> Lease:
+        lock = self._blob("lock")
+        where = self._where("writer lease")
+        await self._create_lock(lock, where)
         # Azure grants an acquisition that proposes the lease id already holding the
         # lease, so a retry after a lost reply takes the lease it already has.
         token = self._acquisition.propose(lambda: str(uuid.uuid4()))
@@ -310,6 +320,11 @@ class AzureBlobLogStore:
                     where, lambda: lease_client.acquire(lease_duration=self._lease_duration_s)
                 )
                 break
+            except NotFoundError:
+                # The lock blob went away since it was seen (a deleted log): create it again.
+                self._lock_exists = False
+                await self._create_lock(lock, where)
+                continue
             except LeaseHeldError:
                 remaining_s = deadline_s - time.monotonic()
                 if remaining_s <= 0:

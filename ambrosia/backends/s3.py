@@ -55,7 +55,6 @@ its own token in the lock (``AcquisitionToken``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -113,6 +112,8 @@ read_concurrency_max = 16
 fence_attempts_max = 64
 _FENCE_MAGIC = b"ambrosia-fence:"
 _FENCE_BYTES = len(_FENCE_MAGIC) + 32  # the token is a 32-digit hex UUID
+# Objects one tail read GETs at most (one request each), before returning what it has.
+_TAIL_OBJECTS_MAX = 256
 _FENCE_METADATA_KEY = "ambrosia-fence"
 _BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _RETRIABLE_CODES = frozenset(
@@ -398,7 +399,8 @@ class S3LogStore:
             if remaining_s <= 0:
                 raise LeaseHeldError(
                     f"{where}: another writer holds it until it stops renewing "
-                    f"(expiry in {record.expires_at_s - now_s:.1f} s)"
+                    f"(expiry in {record.expires_at_s - now_s:.1f} s)",
+                    free_in_s=record.expires_at_s - now_s,
                 )
             if not said_so:  # a wait can be long: say why at once
                 logger.warning(
@@ -489,10 +491,26 @@ class S3LogStore:
 
     # -- chunks --------------------------------------------------------------------------
 
+    async def _list_names(self, prefix: str, where: str) -> list[str]:
+        """The keys and ``.../`` folders right under ``prefix`` (a delimited listing: one
+        request per thousand names, however many objects each folder holds)."""
+
+        async def listing() -> list[str]:
+            found: list[str] = []
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix, Delimiter="/"):
+                found.extend(str(item["Prefix"]) for item in page.get("CommonPrefixes", []))
+                found.extend(str(item["Key"]) for item in page.get("Contents", []))
+            return sorted(found)
+
+        return await self._call(where, listing)
+
     async def _chunk_numbers(self) -> set[int]:
-        keys = await self._list_keys(self._base + "chunk-", self._where("chunk listing"))
+        # Only the chunks' folders: the takeover asks for this, and a chunk holds one
+        # object per append (thousands), which a full listing would page through.
+        keys = await self._list_names(self._base + "chunk-", self._where("chunk listing"))
         numbers = set()
-        for key, _, _ in keys:
+        for key in keys:
             name = key[len(self._base) :].split("/", 1)[0]
             suffix = name[len("chunk-") :]
             if suffix.isdigit():
@@ -640,40 +658,34 @@ class S3LogStore:
         return b"".join(parts)
 
     async def read_chunk_tail(self, chunk: int, offset: int) -> bytes:
-        """What chunk ``chunk`` holds from ``offset`` on, listing only the objects after it.
+        """What chunk ``chunk`` holds from ``offset`` on, read by GETs of the next objects.
 
-        A standby's tail read (``ambrosia.coordinator.standby``): ``read_chunk`` lists the
-        whole chunk (one object per append) on every call; this lists from ``offset``
-        (``StartAfter``), so an idle read is one short LIST whatever the chunk's size.
-        NotFoundError when the chunk has no object at all and ``offset`` is 0.
+        A standby's tail read (``ambrosia.coordinator.standby``). Page objects are named
+        by their offset and each starts where the one before ends, so the next one's
+        name is known: this GETs ``<chunk>/<offset>``, then the object after it, until
+        a name is missing (404) or holds a fence (the end). An idle read is one GET
+        answered 404, billed at the GET price, where a listing is billed at the PUT
+        price (``ambrosia-bench standby-cost``). A chunk always has an object at offset
+        0 (its creator's fence, then its first page), so a missing one there means
+        there is no such chunk: NotFoundError, as from ``read_chunk``. At most
+        ``_TAIL_OBJECTS_MAX`` objects per call; the caller reads again for the rest.
         """
-        prefix = self._chunk_prefix(chunk)
         where = self._where(f"chunk {chunk}")
-        start_after = self._page_key(chunk, offset - 1) if offset > 0 else None
-        objects = []
-        for key, size, etag in await self._list_keys(prefix, where, start_after=start_after):
-            suffix = key[len(prefix) :]
-            if suffix.isdigit():
-                objects.append(_ChunkObject(int(suffix), size, key, etag))
-        if not objects:
-            if offset == 0:
-                raise NotFoundError(f"{where}: no such chunk")
-            return b""
-        if objects[-1].size == _FENCE_BYTES:
-            last = objects[-1]
-            response = await self._call(
-                where, lambda: self._client.head_object(Bucket=self._bucket, Key=last.key)
-            )
-            if (response.get("Metadata") or {}).get(_FENCE_METADATA_KEY) is not None:
-                objects = objects[:-1]
         parts = []
         end = offset
-        for item in objects:
-            if item.offset != end:
-                raise StorageError(f"{where}: object at offset {item.offset} does not follow {end}")
-            body, _, _ = await self._call(where, functools.partial(self._get, item.key))
+        for _ in range(_TAIL_OBJECTS_MAX):
+            found = await self._get_or_none(self._page_key(chunk, end), where)
+            if found is None:
+                if end == 0:
+                    raise NotFoundError(f"{where}: no such chunk")
+                break
+            body, _, metadata = found
+            if metadata.get(_FENCE_METADATA_KEY) is not None:
+                break  # a fence is always the last object: nothing written after it
+            if not body:
+                raise StorageError(f"{where}: empty object at offset {end}")
             parts.append(body)
-            end += item.size
+            end += len(body)
         return b"".join(parts)
 
     # -- checkpoints ---------------------------------------------------------------------

@@ -16,6 +16,9 @@ Subcommands:
   (``--results``) or a fresh throughput run.
 - ``peers``: a durable counter on ambrosia and on Restate, DBOS (SQLite, PostgreSQL) and
   Temporal, one call at a time and with K in flight (``ambrosia.bench.peers``).
+- ``standby-cost``: the storage requests one hot standby sends per second to s3 (moto)
+  and azblob (Azurite), idle and under load, counted through a proxy and priced with
+  the price sheets (``ambrosia.bench.standbycost``).
 - ``run CONFIG``: an experiment described in a TOML file (see ``bench_configs/``). The
   file is turned into the same command-line options, so a config can do nothing a
   command line cannot.
@@ -59,6 +62,8 @@ from ambrosia.bench.peers import run_peers_bench
 from ambrosia.bench.progress import Progress
 from ambrosia.bench.report import PingResult, Results, ThroughputPoint
 from ambrosia.bench.sizes import format_size, parse_sizes
+from ambrosia.bench.standbycost import add_arguments as add_standby_cost_arguments
+from ambrosia.bench.standbycost import run_standby_cost
 from ambrosia.errors import AmbrosiaError, ConfigError
 
 __all__ = ["main"]
@@ -253,6 +258,11 @@ def _parser() -> argparse.ArgumentParser:
         "failover", help="kill the primary N times under load; time to the first call served"
     )
     add_failover_arguments(failover)
+    standby_cost = commands.add_parser(
+        "standby-cost",
+        help="storage requests one hot standby makes per second on s3 and azblob, priced",
+    )
+    add_standby_cost_arguments(standby_cost)
 
     peers = commands.add_parser(
         "peers", help="a durable counter on ambrosia, Restate, DBOS and Temporal, side by side"
@@ -873,6 +883,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             options.experiment = {"config": str(config_path), "arguments": arguments}
         if options.command == "failover":
             return run_failover_bench(options)
+        if options.command == "standby-cost":
+            return run_standby_cost(options)
         if options.command == "peers":
             return run_peers_bench(options)
         return _execute(options)

@@ -95,8 +95,12 @@ class Config:
     socket_buffer_bytes: int = 4 * MiB
     checkpoint_log_bytes: int = 256 * MiB
     checkpoints_kept: int = 2
+    # A link redials a peer it lost with exponential backoff up to the max (times 0.5 to
+    # 1.5). The max bounds how long a peer that is back (a standby that took over)
+    # waits to be dialled; a dial is a refused connect, and the catalog lookup behind
+    # it is cached for a second (``host._CatalogResolver``), so a low max is cheap.
     reconnect_delay_min_s: float = 0.02
-    reconnect_delay_max_s: float = 1.0
+    reconnect_delay_max_s: float = 0.25
     # A connected link looks its peer's address up again this often, and reconnects
     # when it changed (a standby took over elsewhere); 0: never while connected.
     peer_address_check_s: float = 1.0

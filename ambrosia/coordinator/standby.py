@@ -11,7 +11,8 @@ The one holding the log's writer lease is the primary; the others are standbys. 
    consumed (exactly what recovery does, page by page instead of all at once);
 3. tail the log (``LogTail``): read what the primary appended since the last read and
    replay it, every ``StandbySettings.poll_interval_s``; between reads, try the lease
-   (without waiting) every ``lease_poll_interval_s``.
+   (without waiting) every ``lease_poll_interval_s``, or just after the moment the
+   store says the holder's lease runs out when that comes sooner (s3).
 
 When the lease is free (the primary died; a cloud lease also has to run out), the standby
 takes it. The store fences the old writer at that moment (file: the old holder is gone,
@@ -34,8 +35,9 @@ once more, then moves on. Per backend that means:
   a listing is a directory scan;
 - azblob: a ranged download of the append blob from the offset (``download_blob(offset)``),
   an empty answer when it did not grow; a listing is a blob listing with lengths;
-- s3: a listing of the chunk's page objects (one object per append, named by offset),
-  then ranged GETs of those after the offset.
+- s3: a GET of the page object named by the offset (one object per append, named by
+  its offset), then of the next, until one is missing or is a fence
+  (``S3Store.read_chunk_tail``).
 
 A page caught half written (a reader racing an append) looks like a torn tail: the
 standby stops before it and reads it again next time. A chunk deleted by retention
@@ -136,6 +138,8 @@ class StandbySettings:
 
 
 _LISTING_EVERY_IDLE_POLLS = 5
+# A lease attempt timed to the store's expiry comes this long after it (clock steps).
+_LEASE_EXPIRY_MARGIN_S = 0.01
 
 
 class BehindRetentionError(AmbrosiaError):
@@ -278,6 +282,7 @@ class StandbyRuntime(Runtime):
         self.replica_id = local_replica_id()
         self._noted = False
         self._loaded_checkpoint: CheckpointState | None = None
+        self._lease_free_in_s: float | None = None
 
     # -- roles -----------------------------------------------------------------------------
 
@@ -427,6 +432,7 @@ class StandbyRuntime(Runtime):
                         # PreconditionFailedError: another writer swapped the metadata.
                         await self._abandon_takeover(error)
                         continue
+                next_lease_try = loop.time() + self._next_lease_try_s()
             if now >= next_report:
                 next_report = now + settings.report_interval_s
                 self._report()
@@ -444,7 +450,11 @@ class StandbyRuntime(Runtime):
                 await self._replay(pages)
             else:
                 self.log_end_seen_at = time.monotonic()
-                await asyncio.sleep(settings.poll_interval_s)
+                # Not past the next lease attempt: a lease that runs out between two
+                # reads is tried when it does, not at the next read.
+                await asyncio.sleep(
+                    max(0.0, min(settings.poll_interval_s, next_lease_try - loop.time()))
+                )
 
     async def _abandon_takeover(self, error: AmbrosiaError) -> None:
         """The lease went to another standby before this one finished taking over (a
@@ -532,12 +542,24 @@ class StandbyRuntime(Runtime):
         await self._remove_note()
         await super().stop()
 
+    def _next_lease_try_s(self) -> float:
+        """Until the next lease attempt: ``lease_poll_interval_s``, or sooner when the
+        store said when the lease runs out (s3's lock carries its expiry time): then
+        just after that moment, so a dead primary is replaced as soon as its lease
+        allows rather than up to an interval later. Only when to ask: whether the lease
+        is free is still decided by the store, as at every attempt."""
+        interval_s = self.settings.lease_poll_interval_s
+        if self._lease_free_in_s is None:
+            return interval_s
+        return min(interval_s, max(0.0, self._lease_free_in_s) + _LEASE_EXPIRY_MARGIN_S)
+
     async def _try_lease(self) -> bool:
         try:
             self.lease = await call_with_retry(
                 lambda: self.store.acquire_lease(wait_s=0.0), self.config.retry_policy
             )
-        except LeaseHeldError:
+        except LeaseHeldError as error:
+            self._lease_free_in_s = error.free_in_s
             return False
         self.takeover_started_at = time.monotonic()
         coordinator_logger.info("%s: lease taken, epoch %d", self.instance, self.lease.epoch)

@@ -16,7 +16,13 @@ from ambrosia.backends import azblob, open_store
 from ambrosia.backends.base import Lease, LogStore
 from ambrosia.backends.faults import FaultInjectingStore, FaultRates
 from ambrosia.backends.retry import RetryPolicy, RetryStats, call_with_retry
-from ambrosia.errors import ConfigError, LeaseHeldError, LeaseLostError, StorageUnavailableError
+from ambrosia.errors import (
+    ConfigError,
+    LeaseHeldError,
+    LeaseLostError,
+    NotFoundError,
+    StorageUnavailableError,
+)
 from ambrosia.testing.conformance import CONFORMANCE_CHECKS, Check
 from ambrosia.testing.emulators import Azurite, MotoServer, free_loopback_ports
 
@@ -368,3 +374,37 @@ def test_endpoint_from_environment(
                 await store.close()
 
     anyio.run(main)
+
+
+def test_s3_tail_reads_what_was_appended_and_stops_at_a_fence(
+    moto_server: MotoServer, aws_credentials: None
+) -> None:
+    """``read_chunk_tail`` (a standby's read): the objects after an offset, none past a
+    fence, NotFoundError for a chunk that does not exist."""
+
+    async def check() -> None:
+        url = f"s3://ambrosia-tests/tail-{uuid.uuid4().hex[:8]}"
+        options = {"endpoint_url": moto_server.endpoint_url, "lease_duration_s": 1}
+        writer = await open_store(url, "tail", create=True, **options)
+        reader = await open_store(url, "tail", **options)
+        try:
+            tail = reader.read_chunk_tail  # type: ignore[attr-defined]
+            with pytest.raises(NotFoundError):
+                await tail(0, 0)
+            lease = await writer.acquire_lease()
+            await writer.create_chunk(lease, 0)
+            assert await tail(0, 0) == b""  # only the creator's fence
+            await writer.append(lease, 0, expected_offset=0, data=b"one")
+            await writer.append(lease, 0, expected_offset=3, data=b"two!")
+            assert await tail(0, 0) == b"onetwo!"
+            assert await tail(0, 3) == b"two!"
+            assert await tail(0, 7) == b""
+            # A takeover fences the end: the tail stops there, as the old writer must.
+            await reader.acquire_lease(wait_s=10)
+            assert await tail(0, 7) == b""
+            assert await tail(0, 0) == b"onetwo!"
+        finally:
+            await writer.close()
+            await reader.close()
+
+    anyio.run(check)
