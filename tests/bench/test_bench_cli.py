@@ -205,6 +205,10 @@ INTERRUPTED_SIZES = ("16", "32", "64", "128", "256", "512", "1024", "2048")
 POINT_LIVENESS_S = 60.0
 
 
+def _sigint_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc to find child processes")
 def test_ctrl_c_stops_children_and_writes_what_finished(tmp_path: Path) -> None:
     process = subprocess.Popen(
@@ -227,6 +231,9 @@ def test_ctrl_c_stops_children_and_writes_what_finished(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).resolve().parents[2])},
+        # As from a terminal: a test run started in the background by a shell inherits
+        # SIGINT ignored, and Python then never turns it into KeyboardInterrupt.
+        preexec_fn=_sigint_as_from_a_terminal,
     )
 
     def wait_for_children(condition: Callable[[set[int]], bool], what: str) -> set[int]:
