@@ -56,7 +56,6 @@ its own token in the lock (``AcquisitionToken``).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 import urllib.parse
@@ -69,7 +68,6 @@ from typing import Any, TypeVar
 import anyio
 import orjson
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -81,6 +79,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from ambrosia.backends._aws import aws_session
 from ambrosia.backends._cloud import (
     RETRIABLE_STATUSES,
     AcquisitionToken,
@@ -853,24 +852,8 @@ async def open(
         raise ConfigError(f"unknown s3 options: {', '.join(sorted(unknown))}")
     if lease_duration_s <= 0:
         raise ConfigError(f"lease_duration_s must be positive, not {lease_duration_s}")
-    endpoint_url = (
-        endpoint_url
-        or os.environ.get("AMBROSIA_S3_ENDPOINT_URL")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or None
-    )
-    session = get_session()
-    if await session.get_credentials() is None:
-        raise ConfigError(
-            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "a profile (AWS_PROFILE), or run where an instance or task role is available"
-        )
-    region = (
-        region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or session.get_config_variable("region")
-        or "us-east-1"
+    session, endpoint_url, region = await aws_session(
+        endpoint_url=endpoint_url, endpoint_variable="AMBROSIA_S3_ENDPOINT_URL", region=region
     )
     config = AioConfig(
         connect_timeout=connect_timeout_s,

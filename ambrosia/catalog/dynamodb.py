@@ -38,7 +38,6 @@ Azure catalog: a catalog call fails fast and its caller decides.
 from __future__ import annotations
 
 import builtins
-import os
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
@@ -48,7 +47,6 @@ from typing import Any, TypeVar
 
 import anyio
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -60,6 +58,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from ambrosia.backends._aws import aws_session
 from ambrosia.catalog import dynamodb_location as check_url
 from ambrosia.catalog.base import InstanceRecord
 from ambrosia.errors import (
@@ -364,25 +363,10 @@ async def open(
         raise ConfigError(
             f"the catalog URL names region {url_region!r} and the region option {region!r}"
         )
-    endpoint_url = (
-        endpoint_url
-        or os.environ.get("AMBROSIA_DYNAMODB_ENDPOINT_URL")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or None
-    )
-    session = get_session()
-    if await session.get_credentials() is None:
-        raise ConfigError(
-            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "a profile (AWS_PROFILE), or run where an instance, task or pod role is available"
-        )
-    chosen_region = (
-        url_region
-        or region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or session.get_config_variable("region")
-        or "us-east-1"
+    session, endpoint_url, chosen_region = await aws_session(
+        endpoint_url=endpoint_url,
+        endpoint_variable="AMBROSIA_DYNAMODB_ENDPOINT_URL",
+        region=url_region or region,
     )
     config = AioConfig(
         connect_timeout=connect_timeout_s,
