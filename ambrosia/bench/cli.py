@@ -57,6 +57,7 @@ from ambrosia import eventloop
 from ambrosia.bench import cost, diskfloor, floors, grpc_side, report
 from ambrosia.bench.failover import add_arguments as add_failover_arguments
 from ambrosia.bench.failover import run_failover_bench
+from ambrosia.bench.options import non_negative_int, positive_float, positive_int
 from ambrosia.bench.peers import add_arguments as add_peers_arguments
 from ambrosia.bench.peers import run_peers_bench
 from ambrosia.bench.progress import Progress
@@ -144,33 +145,6 @@ def _sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -199,7 +173,7 @@ def _add_throughput(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         default=default_duration_s,
         help=f"measured seconds per point (default {default_duration_s})",
     )
@@ -277,13 +251,13 @@ def _parser() -> argparse.ArgumentParser:
     ping = commands.add_parser("ping", help="round-trip latency, one call at a time")
     ping.add_argument(
         "--count",
-        type=_positive_int,
+        type=positive_int,
         default=default_ping_count,
         help=f"timed round trips (default {default_ping_count})",
     )
     ping.add_argument(
         "--warmup",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=default_ping_warmup,
         help=f"untimed round trips first (default {default_ping_warmup})",
     )
@@ -302,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cost_parser.add_argument(
         "--ingest-mb-per-s",
-        type=_positive_float,
+        type=positive_float,
         default=100.0,
         help="the scenario's ingest rate (default 100, as the paper)",
     )

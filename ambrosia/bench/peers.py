@@ -54,6 +54,7 @@ from typing import Any, Protocol
 import orjson
 
 from ambrosia.bench.children import ChildProcess
+from ambrosia.bench.options import non_negative_int, positive_float, positive_int
 from ambrosia.bench.report import _nearest_rank
 
 __all__ = [
@@ -296,36 +297,6 @@ def _systems(text: str) -> list[str]:
     return list(dict.fromkeys(systems))
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--systems",
@@ -335,32 +306,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--calls",
-        type=_positive_int,
+        type=positive_int,
         default=default_calls,
         help=f"timed calls per system and mode (default {default_calls})",
     )
     parser.add_argument(
         "--warmup",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=default_warmup,
         help=f"untimed calls first (default {default_warmup})",
     )
     parser.add_argument(
         "--in-flight",
-        type=_positive_int,
+        type=positive_int,
         default=default_in_flight,
         help=f"calls outstanding at once in the second mode (default {default_in_flight})",
     )
     parser.add_argument(
         "--max-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=default_max_seconds,
         help="a mode stops starting calls after this many seconds; the rate is over the "
         f"calls that finished (default {default_max_seconds:g})",
     )
     parser.add_argument(
         "--rounds",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="run every system this many times, interleaved; tables and plot show each "
         "system's median round (default 1)",
