@@ -37,7 +37,6 @@ import os
 import resource
 import socket
 import time
-import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ from ambrosia.errors import (
 from ambrosia.log.page import Page, decode_page, instance_id_for
 from ambrosia.names import validate_instance_name
 from ambrosia.protocol.checkpoint import CheckpointState, OutputState, encode_checkpoint
+from ambrosia.protocol.crc import crc32
 from ambrosia.protocol.outputs import OutputStream, Segment
 from ambrosia.protocol.recovery_plan import kept_checkpoints, plan_recovery
 from ambrosia.protocol.selfcalls import SelfCallAudit
@@ -337,7 +337,7 @@ class Runtime:
             for group in page.groups:
                 digest = accepted_digest.get(group.source, 0)
                 if digest is not None:
-                    digest = zlib.crc32(group.messages, digest)
+                    digest = crc32(group.messages, digest)
                     accepted_digest[group.source] = digest
                     self._mark_accepted(group.source, group.last_seq, digest)
         next_sequence = plan.next_sequence
@@ -755,7 +755,7 @@ class Runtime:
         digests = self.accepted_digest
         digest = digests.get(source, 0)
         if digest is not None:
-            digest = zlib.crc32(payload, digest)
+            digest = crc32(payload, digest)
             digests[source] = digest
             self._mark_accepted(source, first_seq + count - 1, digest)
         return True
@@ -1077,7 +1077,7 @@ class Runtime:
             if mark is not None and mark[0] == last_seq:
                 digests[source] = mark[1]
             else:
-                digests[source] = zlib.crc32(group.messages, digest)
+                digests[source] = crc32(group.messages, digest)
         self.delivered_sequence = page.sequence
         if self._dirty:
             self._flush()  # send this page's output now rather than one loop turn later

@@ -69,11 +69,11 @@ sending more calls into a full stream); keep the hard bound large against that.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ambrosia.protocol.crc import crc32
 from ambrosia.wire.varint import decode_zigzag_long
 
 logger = logging.getLogger("ambrosia.outputs")
@@ -180,7 +180,7 @@ class OutputStream:
         if seq <= self.drop_through:
             # Replay only: a regenerated message the receiver already has.
             if self.digest is not None:
-                self.digest = zlib.crc32(body, zlib.crc32(head, self.digest))
+                self.digest = crc32(body, crc32(head, self.digest))
             self.digest_through = seq
             if self._expected is not None and self._expected[0] == seq:
                 self._compare(during_add=True)
@@ -332,7 +332,7 @@ class OutputStream:
     def _freed(self, data: bytes | bytearray | memoryview, last_seq: int) -> None:
         """Messages through ``last_seq`` (``data``, in order) left the buffer."""
         if self.digest is not None:
-            self.digest = zlib.crc32(data, self.digest)
+            self.digest = crc32(data, self.digest)
         self.digest_through = last_seq
 
     def _drop_front(self, segments: deque[Segment], through: int) -> None:
