@@ -60,10 +60,12 @@ With a ``deployment-aws`` sheet (EKS, S3 logs, the DynamoDB catalog), per month:
                + page PUTs/s * standbys / instances * $/1000 GETs * seconds
     catalog  = reads/s * seconds * $/million reads + writes/s * seconds * $/million writes
 
-An idle hot standby on S3 tails its log with a LIST every poll, lists the chunks every
-fifth idle poll, tries the lease (a GET of the lock) every lease poll and writes a
-progress note (a PUT) every ``board_interval_s``; S3 prices a LIST like a PUT. Each page
-the primary writes costs its standby one GET. docs/high-availability.md has the table.
+An idle hot standby on S3 tails its log with a GET of the next page object every poll
+(not found while the primary is idle), reads the metadata every fifth idle poll, tries
+the lease (a GET of the lock) every lease poll and writes a progress note (a PUT) every
+``board_interval_s``; it lists (priced like a PUT) only when the writer moved to a new
+chunk. Each page the primary writes costs its standby one GET. docs/high-availability.md
+has the counted table (``ambrosia-bench standby-cost``).
 
 Every function here is pure; prices come from the TOML price sheets in
 ``bench_configs/``, each naming its source and date. A sheet with a missing, unknown or
@@ -506,11 +508,13 @@ class AwsDeploymentUsage:
     catalog_writes_per_s: float = 0.0
     # Hot standbys (infra/kubernetes's cloud overlays run one per instance) and what one
     # idle standby asks of S3 at StandbySettings.for_log's defaults for a cloud log: a
-    # poll every 0.25 s (a LIST), a chunk listing every fifth (0.8 LIST/s), a lease try
-    # every 0.25 s (a GET), a progress note every second (a PUT).
+    # poll every 0.25 s (a GET of the next page object by name, not found while idle),
+    # a metadata read every fifth (0.8 GET/s), a lease try every 0.25 s (a GET of the
+    # lock), a progress note every second (a PUT); a LIST only when the writer moved to
+    # a new chunk. `ambrosia-bench standby-cost` counts them (docs/high-availability.md).
     standbys: int = 2
-    standby_lists_per_s: float = 4.8
-    standby_gets_per_s: float = 4.0
+    standby_lists_per_s: float = 0.0
+    standby_gets_per_s: float = 8.8
     standby_puts_per_s: float = 1.0
 
     def __post_init__(self) -> None:
