@@ -28,11 +28,13 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -126,6 +128,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("results/failover"),
         help="output directory for the JSON, Markdown and plot (default results/failover)",
     )
+    parser.add_argument(
+        "--emulator",
+        action="store_true",
+        help="start the log's store on this machine for the run (s3://: a moto server, "
+        "azblob://: Azurite from the repository's node_modules), create the bucket or "
+        "container, and stop it afterwards",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
 
 
@@ -161,6 +170,33 @@ def _rate(calls: list[tuple[float, int]], start: float, end: float) -> float:
 
 
 def run_failover_bench(options: argparse.Namespace) -> int:
+    from ambrosia.testing.emulators import StoreEmulator, start_for_store
+
+    store: StoreEmulator | None = None
+    env: dict[str, str] = {}
+    run_args = tuple(options.run_option)
+    if options.emulator:
+        backend = urlsplit(options.log or "").scheme
+        if backend not in ("s3", "azblob"):
+            print(
+                f"ambrosia-bench failover: --emulator needs an s3:// or azblob:// --log, "
+                f"got {options.log!r}",
+                file=sys.stderr,
+            )
+            return 2
+        store = start_for_store(backend)
+        env.update(store.env)
+        run_args = ("--create-storage", *run_args)
+    try:
+        return _run_failover(options, env, run_args)
+    finally:
+        if store is not None:
+            store.stop()
+
+
+def _run_failover(
+    options: argparse.Namespace, env: dict[str, str], run_args: tuple[str, ...]
+) -> int:
     from ambrosia.testing.harness import Deployment
 
     directory = Path(tempfile.mkdtemp(prefix="ambrosia-failover-"))
@@ -168,8 +204,8 @@ def run_failover_bench(options: argparse.Namespace) -> int:
     deployment = Deployment(
         directory / "run",
         log_url=options.log,
-        env={TRACE_ENVIRONMENT_VARIABLE: str(trace)},
-        run_args=tuple(options.run_option),
+        env={TRACE_ENVIRONMENT_VARIABLE: str(trace), **env},
+        run_args=run_args,
         strict_exits=True,
     )
     deployment.register("server", "ambrosia.bench.failover:FailoverServer")

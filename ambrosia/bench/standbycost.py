@@ -255,37 +255,24 @@ def _measure(
     backend: str, options: argparse.Namespace, prices: dict[str, float], hours: float
 ) -> list[StandbyCostRow]:
     from ambrosia.bench.failover import TRACE_ENVIRONMENT_VARIABLE
-    from ambrosia.testing.emulators import start_azurite, start_moto_server
+    from ambrosia.testing.emulators import Azurite, start_for_store
     from ambrosia.testing.harness import Deployment
 
     directory = Path(tempfile.mkdtemp(prefix=f"ambrosia-standby-cost-{backend}-"))
     trace = directory / "trace.txt"
-    emulator: Any
-    env: dict[str, str] = {TRACE_ENVIRONMENT_VARIABLE: str(trace)}
-    if backend == "s3":
-        emulator = start_moto_server()
-        upstream = emulator.endpoint_url
-        env.update(
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1",
-            AWS_EC2_METADATA_DISABLED="true",
-            AMBROSIA_S3_ENDPOINT_URL=upstream,
-        )
-    else:
-        emulator = start_azurite()
-        upstream = f"http://127.0.0.1:{emulator.blob_port}"
-        env["AZURE_STORAGE_CONNECTION_STRING"] = emulator.connection_string
-    proxy = CountingProxy(backend, upstream)
+    store = start_for_store(backend)
+    emulator = store.emulator
+    env: dict[str, str] = {TRACE_ENVIRONMENT_VARIABLE: str(trace), **store.env}
+    proxy = CountingProxy(backend, store.upstream)
     proxy.start()
-    if backend == "s3":
-        standby_env = {"AMBROSIA_S3_ENDPOINT_URL": proxy.endpoint}
-    else:
+    if isinstance(emulator, Azurite):
         standby_env = {
             "AZURE_STORAGE_CONNECTION_STRING": emulator.connection_string.replace(
                 f"127.0.0.1:{emulator.blob_port}/", f"127.0.0.1:{proxy.port}/"
             )
         }
+    else:
+        standby_env = {"AMBROSIA_S3_ENDPOINT_URL": proxy.endpoint}
     deployment = Deployment(
         directory / "run",
         log_url=f"{backend}://ambrosia-standby-cost/run-{uuid.uuid4().hex[:12]}",

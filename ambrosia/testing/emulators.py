@@ -280,6 +280,41 @@ def start_moto_server(*, startup_timeout_s: float = startup_timeout_s_default) -
     return MotoServer(process, port)
 
 
+@dataclass(frozen=True, slots=True)
+class StoreEmulator:
+    """An emulator started for a log URL's store, and the environment that points at it."""
+
+    emulator: Azurite | MotoServer
+    # For every process of the run: the emulator's endpoint and its test credentials.
+    env: dict[str, str]
+    # The store's own address (s3: the endpoint URL; azblob: the blob service's origin).
+    upstream: str
+
+    def stop(self) -> None:
+        self.emulator.stop()
+
+
+def start_for_store(backend: str) -> StoreEmulator:
+    """Start the emulator of a cloud backend (``s3``: a moto server; ``azblob``: Azurite)."""
+    if backend == "s3":
+        moto_server = start_moto_server()
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AMBROSIA_S3_ENDPOINT_URL": moto_server.endpoint_url,
+        }
+        return StoreEmulator(moto_server, env, moto_server.endpoint_url)
+    if backend == "azblob":
+        azurite = start_azurite()
+        env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+        return StoreEmulator(azurite, env, f"http://127.0.0.1:{azurite.blob_port}")
+    raise ConfigError(
+        f"no emulator for a {backend!r} log: only s3:// (moto) and azblob:// (Azurite)"
+    )
+
+
 def start_or_skip(start: Callable[[], _Emulator]) -> _Emulator:
     """For pytest fixtures: start an emulator, or skip the test with the emulator's error.
 
