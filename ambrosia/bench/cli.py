@@ -70,7 +70,7 @@ from ambrosia.errors import AmbrosiaError, ConfigError
 __all__ = ["main"]
 
 SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu", "disk", "ambrosia-separate")
-PING_SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu")
+PING_SYSTEMS = ("ambrosia", "grpc", "tcp", "cpu", "disk")
 # The systems that stream payloads; tcp and cpu only measure the machine's ping floors,
 # disk its floor for durable streaming (``diskfloor``), measured only when asked for;
 # ambrosia-separate the application as a binding process beside ``ambrosia coordinator``
@@ -197,8 +197,9 @@ def _add_common(parser: argparse.ArgumentParser, *, ping: bool = False) -> None:
         "--systems",
         type=_systems_option(allowed),
         default=list(PING_SYSTEMS if ping else STREAMING_DEFAULT),
-        help="comma list of ambrosia, grpc, tcp, cpu (tcp: a bare TCP echo between two "
-        "processes; cpu: a fixed unit of CPU work; the machine's floors; default all four)"
+        help="comma list of ambrosia, grpc, tcp, cpu, disk (tcp: a bare TCP echo between two "
+        "processes; cpu: a fixed unit of CPU work; disk: two small O_DSYNC writes one after "
+        "the other, what a durable round trip logs; the machine's floors; default all five)"
         if ping
         else "comma list of ambrosia, grpc, disk (disk: durable 8 MiB page writes alone, "
         "the machine's floor), ambrosia-separate (the application as a binding process "
@@ -449,6 +450,13 @@ def _measure_ping(
             elif system == "cpu":
                 result = floors.run_cpu_floor(
                     count=options.count, warmup=options.warmup, on_progress=progress
+                )
+            elif system == "disk":
+                result = floors.run_disk_floor(
+                    directory=workdir / "disk-floor",
+                    count=options.count,
+                    warmup=options.warmup,
+                    on_progress=progress,
                 )
             else:
                 result = grpc_side.run_ping(

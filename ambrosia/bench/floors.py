@@ -1,6 +1,6 @@
 """The machine's floors for ping: what this machine does to any round trip, measured alone.
 
-Two floors, each in its own process, each a row beside ambrosia's and gRPC's:
+Three floors, each in its own process, each a row beside ambrosia's and gRPC's:
 
 - ``tcp``: a bare TCP echo between two processes, nothing else. A round trip between
   two processes on one machine costs two wake-ups of a sleeping process, two passes
@@ -13,6 +13,13 @@ Two floors, each in its own process, each a row beside ambrosia's and gRPC's:
   the unit's p99.9 about 12x its median. A round trip is a few such stretches of work,
   so its tail cannot be lighter than this one's: the ratio p99.9 / p50 of this row is
   the lowest any system can show here.
+- ``disk``: two small synchronous writes, one after the other, to a file opened with
+  ``O_DSYNC`` in the run's work directory (the file system the default log uses). A
+  durable round trip needs at least that: the callee's log makes the call durable before
+  it runs, the caller's log makes the result durable before the caller sees it, and the
+  second cannot start before the first ended. A round trip with nothing logged (gRPC) pays
+  none of it, so ambrosia's ping can only be as fast as gRPC's where this row is well
+  under gRPC's.
 
 Reading ambrosia's or gRPC's p99.9 without the floors beside it would blame them for
 the machine's tail; with them, the part each system adds is the difference.
@@ -28,7 +35,9 @@ Both use blocking sockets with TCP_NODELAY, the cheapest path Python has: a bloc
 ``recv`` sleeps in the kernel until the bytes arrive, with no event loop or poll call in
 between, and Nagle's algorithm would otherwise hold a small reply back waiting for an
 acknowledgement. ``... cpu --count N --warmup W`` times N units of the cpu floor after W
-untimed ones, one started every ``--interval`` seconds, and prints the same lines.
+untimed ones, one started every ``--interval`` seconds, and prints the same lines;
+``... disk --directory D --count N --warmup W`` the same for the disk floor, in a file it
+creates in D and removes when done.
 
 The benchmark process runs them as ``children.ChildProcess`` (own session, deadlines,
 always killed and reaped). Samples become a row by ``report.latency_summary``, the
@@ -38,11 +47,13 @@ same function the other systems use, so all the rows are comparable.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -51,10 +62,22 @@ from ambrosia.bench.children import ChildProcess, child_process
 from ambrosia.bench.report import PingResult, latency_summary
 from ambrosia.bench.sizes import size_bytes_max
 
-__all__ = ["CPU_SYSTEM", "SYSTEM", "message_bytes_default", "run_cpu_floor", "run_ping"]
+__all__ = [
+    "CPU_SYSTEM",
+    "DISK_SYSTEM",
+    "SYSTEM",
+    "message_bytes_default",
+    "run_cpu_floor",
+    "run_disk_floor",
+    "run_ping",
+]
 
 SYSTEM = "tcp"
 CPU_SYSTEM = "cpu"
+DISK_SYSTEM = "disk"
+# One write of the disk floor: about the page the log writes for one 16-byte call (the
+# page header, a group header, the framed call).
+disk_write_bytes = 128
 # One unit of the cpu floor: this many iterations of a small arithmetic loop, about
 # 0.2 ms of CPython on the development machine (it need not match anything exactly: the
 # row's ratio p99.9 / p50 is what matters, and it does not depend on the unit's size
@@ -181,11 +204,31 @@ def _cpu(count: int, warmup: int, interval_s: float) -> None:
     _timed_units(_cpu_unit, count, warmup, interval_s)
 
 
+def _disk(directory: Path, count: int, warmup: int, interval_s: float) -> None:
+    """Time ``count`` pairs of O_DSYNC appends (after ``warmup``), one every ``interval_s``."""
+    path = directory / f"disk-floor-{os.getpid()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_DSYNC | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    page = os.urandom(disk_write_bytes)
+
+    def unit(_: int) -> None:
+        # Each write returns once its bytes are on stable storage; the log's page writes
+        # are the same call on the same kind of file.
+        if os.write(fd, page) != len(page) or os.write(fd, page) != len(page):
+            raise OSError(f"short write to {path}")
+
+    try:
+        _timed_units(unit, count, warmup, interval_s)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
 # -- the benchmark process's side ------------------------------------------------------
 
 
 def _child(role: str, arguments: list[str]) -> AbstractContextManager[ChildProcess]:
-    label = "cpu floor" if role == "cpu" else f"tcp {role}"
+    label = f"{role} floor" if role in (CPU_SYSTEM, DISK_SYSTEM) else f"tcp {role}"
     return child_process("ambrosia.bench.floors", [role, *arguments], label=label)
 
 
@@ -254,6 +297,25 @@ def run_cpu_floor(
     return latency_summary(CPU_SYSTEM, samples)
 
 
+def run_disk_floor(
+    *,
+    directory: Path,
+    count: int,
+    warmup: int,
+    on_progress: Callable[[str, float], None],
+    interval_s: float = interval_s_default,
+) -> PingResult:
+    """``count`` timed pairs of small O_DSYNC writes in ``directory`` after ``warmup``
+    untimed ones, one started every ``interval_s``, in a child process of its own."""
+    _check(count, warmup, message_bytes_default)
+    directory.mkdir(parents=True, exist_ok=True)
+    arguments = ["--directory", str(directory), "--count", str(count)]
+    arguments += ["--warmup", str(warmup), "--interval", str(interval_s)]
+    with _child(DISK_SYSTEM, arguments) as probe:
+        samples = _samples(probe, "disk floor", count, on_progress)
+    return latency_summary(DISK_SYSTEM, samples)
+
+
 # -- entry point of the child processes ------------------------------------------------
 
 
@@ -272,6 +334,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     cpu_parser.add_argument("--count", type=int, required=True)
     cpu_parser.add_argument("--warmup", type=int, default=0)
     cpu_parser.add_argument("--interval", type=float, default=interval_s_default)
+    disk_parser = roles.add_parser("disk")
+    disk_parser.add_argument("--directory", type=Path, required=True)
+    disk_parser.add_argument("--count", type=int, required=True)
+    disk_parser.add_argument("--warmup", type=int, default=0)
+    disk_parser.add_argument("--interval", type=float, default=interval_s_default)
     return parser.parse_args(argv)
 
 
@@ -281,11 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.role == "serve":
             _check(1, 0, arguments.size)
             serve(arguments.size)
-        elif arguments.role == "cpu":
+        elif arguments.role in ("cpu", "disk"):
             _check(arguments.count, arguments.warmup, message_bytes_default)
             if not 0 <= arguments.interval <= 1:
                 raise SystemExit(f"--interval must be 0..1 seconds, got {arguments.interval}")
-            _cpu(arguments.count, arguments.warmup, arguments.interval)
+            if arguments.role == "cpu":
+                _cpu(arguments.count, arguments.warmup, arguments.interval)
+            else:
+                _disk(arguments.directory, arguments.count, arguments.warmup, arguments.interval)
         else:
             _check(arguments.count, arguments.warmup, arguments.size)
             if not 0 <= arguments.interval <= 1:

@@ -454,7 +454,11 @@ def _throughput_markdown(points: Sequence[ThroughputPoint]) -> list[str]:
 
 
 # The machine floors of ping (``floors``): the rows every other tail is read against.
-_PING_LABELS = {"tcp": "tcp (machine floor)", "cpu": "cpu (machine floor)"}
+_PING_LABELS = {
+    "tcp": "tcp (machine floor)",
+    "cpu": "cpu (machine floor)",
+    "disk": "disk (machine floor)",
+}
 
 
 def _tail_ratios(results: Sequence[PingResult]) -> str:

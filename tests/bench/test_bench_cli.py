@@ -106,7 +106,7 @@ def test_shipped_configs_parse(name: str) -> None:
     options = cli._parser().parse_args(arguments)
     assert options.command in {"throughput", "ping", "cost"}
     # Table 1 also measures the machine's floors; the streaming figures cannot.
-    floor = ["tcp", "cpu"] if options.command == "ping" else []
+    floor = ["tcp", "cpu", "disk"] if options.command == "ping" else []
     assert options.systems == ["ambrosia", "grpc", *floor]
 
 
@@ -135,9 +135,21 @@ def test_ping_cpu_floor_end_to_end(tmp_path: Path) -> None:
     assert f"p99.9 / p50: cpu {row['p999_ms'] / row['p50_ms']:.1f}x" in text
 
 
+def test_ping_disk_floor_end_to_end(tmp_path: Path) -> None:
+    arguments = ["ping", "--systems", "disk", "--count", "200", "--warmup", "10"]
+    assert cli.main([*arguments, "--out", str(tmp_path)]) == 0
+    [row] = orjson.loads((tmp_path / "results.json").read_bytes())["ping"]
+    assert row["system"] == "disk" and row["count"] == 200
+    assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["p999_ms"]
+    text = (tmp_path / "results.md").read_text()
+    assert "| disk (machine floor) | 200 |" in text
+    # The floor's scratch file is gone with the run.
+    assert not [path for path in tmp_path.rglob("disk-floor-*") if path.is_file()]
+
+
 def test_ping_measures_the_floors_by_default_and_streaming_does_not() -> None:
     parser = cli._parser()
-    assert parser.parse_args(["ping"]).systems == ["ambrosia", "grpc", "tcp", "cpu"]
+    assert parser.parse_args(["ping"]).systems == ["ambrosia", "grpc", "tcp", "cpu", "disk"]
     for command in ("throughput", "cost"):
         assert parser.parse_args([command]).systems == ["ambrosia", "grpc"]
 

@@ -64,7 +64,7 @@ def test_the_reference_config_makes_every_reference_folder(tmp_path: Path) -> No
     assert commands["throughput"].sizes[0] == 16 and commands["throughput"].sizes[-1] == 65536
     assert commands["throughput"].systems == ["ambrosia", "grpc", "disk"]
     assert commands["throughput"].persist is True
-    assert commands["ping"].systems == ["ambrosia", "grpc", "tcp", "cpu"]
+    assert commands["ping"].systems == ["ambrosia", "grpc", "tcp", "cpu", "disk"]
     assert commands["peers"].rounds == 3 and "temporal" in commands["peers"].systems
     # Cost prices this run's throughput, not a fresh measurement.
     assert commands["cost"].results.resolve() == (
@@ -152,7 +152,7 @@ def test_the_reference_command_runs_end_to_end_with_tiny_durations(tmp_path: Pat
     assert "ambrosia peak RSS MiB (server / client)" in table and "ambrosia/disk" in table
     assert f"ambrosia on the {eventloop.chosen_loop()} event loop." in table
     ping = orjson.loads((out / "ping" / "results.json").read_bytes())
-    assert {row["system"] for row in ping["ping"]} == {"ambrosia", "grpc", "tcp", "cpu"}
+    assert {row["system"] for row in ping["ping"]} == {"ambrosia", "grpc", "tcp", "cpu", "disk"}
     cost = orjson.loads((out / "cost" / "results.json").read_bytes())
     assert cost["config"]["results"] == str(out / "throughput" / "results.json")
     assert {row["size_bytes"] for row in cost["cost"]} == {16, 65536}
