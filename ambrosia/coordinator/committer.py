@@ -45,6 +45,7 @@ from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with
 from ambrosia.coordinator.metrics import CoordinatorMetrics
 from ambrosia.errors import AmbrosiaError
 from ambrosia.log.page import Page, PageBuilder, decode_page, seal_page
+from ambrosia.protocol.inputs import InputMarks
 
 logger = logging.getLogger("ambrosia.committer")
 
@@ -75,7 +76,7 @@ class Committer:
         delivery_backlog_bytes_max: int = 1 << 30,
         on_durable: Callable[[dict[str, int]], None],
         collect_trims: Callable[[], list[tuple[str, int]]],
-        accepted: dict[str, int],
+        inputs: InputMarks,
         chunk_bytes_max: int,
         on_chunk_full: Callable[[], None],
         on_new_chunk: Callable[[int], Awaitable[None]] | None = None,
@@ -99,7 +100,8 @@ class Committer:
         self._resident_pages = 0
         self._on_durable = on_durable
         self._collect_trims = collect_trims
-        self.accepted = accepted  # source -> last seq copied into a page (durable or not)
+        # Per source, the last seq copied into a page (durable or not), and its digest.
+        self.inputs = inputs
         self._pending_marks: dict[str, int] = {}
         self.chunk_bytes_max = chunk_bytes_max
         self._on_chunk_full = on_chunk_full
@@ -120,6 +122,11 @@ class Committer:
         self.idle = asyncio.Event()
         self.idle.set()
 
+    @property
+    def accepted(self) -> dict[str, int]:
+        """Per source, the last seq copied into a page (a copy, from ``inputs``)."""
+        return self.inputs.accepted
+
     # -- input -------------------------------------------------------------------------
 
     def try_add(
@@ -130,12 +137,15 @@ class Committer:
         replayable: int,
         messages: bytes | bytearray | memoryview,
     ) -> bool:
-        """Copy a group into the current page; False if it does not fit now."""
+        """Copy a group into the current page; False if it does not fit now.
+
+        A group that does not start right after the last one accepted from ``source`` is
+        refused (``InputSequenceError``) before anything is copied.
+        """
         if self.failed is not None:
             raise self.failed
-        expected = self.accepted.get(source, 0) + 1
-        if first_seq != expected:
-            raise AssertionError(f"{source}: group starts at {first_seq}, expected {expected}")
+        inputs = self.inputs
+        inputs.expect(source, first_seq, count)
         if self.builder.body_bytes + len(messages) + 300 > self.page_bytes_max and (
             not self.builder.is_empty
         ):
@@ -144,9 +154,8 @@ class Committer:
         if self.backlog_bytes > self.delivery_backlog_bytes_max:
             return False
         self.builder.add_group(source, first_seq, count, replayable, messages)
-        last = first_seq + count - 1
-        self.accepted[source] = last
-        self._pending_marks[source] = last
+        inputs.record(source, first_seq, count, messages)
+        self._pending_marks[source] = first_seq + count - 1
         self._kick()
         return True
 

@@ -14,8 +14,9 @@ dies, and if it dies it recovers to exactly what was durable). The sender drops
 everything up to there and sends from the next message. Data travels as DataBatch frames
 (first_seq, count, replayable count, packed messages); the receiver checks first_seq is
 the next it expects (anything else is a protocol error: close) and copies the payload
-into the current page without parsing it. After the page is durable the receiver sends
-Commit(last seq) and the sender frees its buffer.
+into the current page without parsing it (``protocol/inputs`` keeps the marks and makes
+the sequence check, ``protocol/batch`` checks the messages). After the page is durable
+the receiver sends Commit(last seq) and the sender frees its buffer.
 
 Any protocol error from a peer (oversize frame, garbage, unknown type, wrong sequence)
 closes that one connection with a logged reason; the coordinator keeps serving others.
@@ -53,6 +54,7 @@ from ambrosia.errors import (
     ProtocolError,
 )
 from ambrosia.protocol.batch import check_batch
+from ambrosia.protocol.inputs import InputMarks
 from ambrosia.protocol.outputs import OutputStream, Segment
 from ambrosia.wire.messages import (
     PEER_PROTOCOL_VERSION,
@@ -216,7 +218,8 @@ class IncomingLink(asyncio.BufferedProtocol):
         self.source: str | None = None
         # The instance the peer's verified TLS certificate names; None over plain TCP.
         self.peer_identity: str | None = None
-        self.expected_seq = 0
+        # The receiver's input marks (``protocol/inputs``), from admission on.
+        self.inputs: InputMarks | None = None
         self.paused = False
         self.closed = False
         self.admitting = False  # a Hello is being checked: read nothing more until then
@@ -282,20 +285,17 @@ class IncomingLink(asyncio.BufferedProtocol):
     def _data(self, body: memoryview) -> bool:
         batch = _decode(body)
         assert isinstance(batch, DataBatch)
-        if batch.first_seq != self.expected_seq:
-            raise ProtocolError(
-                f"batch from {self.source} starts at {batch.first_seq}, "
-                f"expected {self.expected_seq}"
-            )
-        # Before anything is logged: a logged batch cannot be taken back.
+        source = self.source
+        assert source is not None and self.inputs is not None
+        # Before anything is logged: a logged batch cannot be taken back. The messages
+        # first (their count among them), then where they stand in the sender's sequence
+        # (``InputSequenceError``).
         check_batch(batch.payload, batch.count, batch.replayable_count)
-        assert self.source is not None
-        if not self.owner.try_accept(
-            self.source, batch.first_seq, batch.count, batch.replayable_count, batch.payload
-        ):
-            return False
-        self.expected_seq = batch.first_seq + batch.count
-        return True
+        self.inputs.expect(source, batch.first_seq, batch.count)
+        taken: bool = self.owner.try_accept(
+            source, batch.first_seq, batch.count, batch.replayable_count, batch.payload
+        )
+        return taken
 
     def _control(self, message: object) -> None:
         if isinstance(message, Ping) and self.source is not None:
@@ -309,14 +309,16 @@ class IncomingLink(asyncio.BufferedProtocol):
             return
         raise ProtocolError(f"unexpected {type(message).__name__} from {self.source or 'peer'}")
 
-    def admit(self, source: str, accepted: int, digest: int | None = None) -> None:
-        """The Hello passed: resume after ``accepted``, the last call logged from it;
-        ``digest``: the CRC-32 of the calls 1..accepted (None: not known)."""
+    def admit(self, source: str, inputs: InputMarks) -> None:
+        """The Hello passed: resume after the last call logged from ``source``, with the
+        CRC-32 of the calls up to it (``InputMarks.resume_point``); every batch after
+        is checked against ``inputs``, which the log's acceptance moves on."""
         if self.closed:
             return
         self.source = source
+        self.inputs = inputs
         self.admitting = False
-        self.expected_seq = accepted + 1
+        accepted, digest = inputs.resume_point(source)
         self.send(ReplayFrom(accepted, accepted, digest))
         self._resume_reading()
 

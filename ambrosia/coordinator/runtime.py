@@ -37,7 +37,6 @@ import os
 import resource
 import socket
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +62,7 @@ from ambrosia.errors import (
 from ambrosia.log.page import Page, decode_page, instance_id_for
 from ambrosia.names import validate_instance_name
 from ambrosia.protocol.checkpoint import CheckpointState, OutputState, encode_checkpoint
-from ambrosia.protocol.crc import crc32
+from ambrosia.protocol.inputs import InputMarks
 from ambrosia.protocol.outputs import OutputStream, Segment
 from ambrosia.protocol.recovery_plan import kept_checkpoints, plan_recovery
 from ambrosia.protocol.selfcalls import SelfCallAudit
@@ -241,15 +240,10 @@ class Runtime:
         self.streams: dict[str, OutputStream] = {}
         self.links: dict[str, OutgoingLink] = {}
         self.incoming: dict[str, IncomingLink] = {}
-        self.delivered: dict[str, int] = {}
-        # CRC-32 of the framed messages 1..delivered[source] (None: unknown, the checkpoint
-        # predates digests), and of everything accepted into the log from each source: what
-        # a sender's resume point carries, to check its replay (``OutputStream``).
-        self.delivered_digest: dict[str, int | None] = {}
-        self.accepted_digest: dict[str, int | None] = {}
-        # (last seq, digest through it) of each batch accepted but not yet delivered, so
-        # that delivery takes the digest from here instead of reading the bytes again.
-        self._accepted_marks: dict[str, deque[tuple[int, int]]] = {}
+        # Per sender: the last message accepted into the log and delivered to the binding,
+        # with their digests, and the sequence check (``protocol/inputs``); set by the
+        # recovery plan, shared with the committer and the incoming links.
+        self.inputs = InputMarks()
         # While replaying: the page being replayed, and where each stream's regenerated
         # messages came from (``_ReplayPlaces``).
         self._replay_page = -1
@@ -329,44 +323,36 @@ class Runtime:
         )
         pages = reading.pages
         plan = plan_recovery(checkpoint, pages)
-        accepted = plan.marks.accepted
-        trims = plan.marks.trims
-        self.delivered = plan.delivered
-        accepted_digest = dict(self.delivered_digest)
-        for _, page in pages:
-            for group in page.groups:
-                digest = accepted_digest.get(group.source, 0)
-                if digest is not None:
-                    digest = crc32(group.messages, digest)
-                    accepted_digest[group.source] = digest
-                    self._mark_accepted(group.source, group.last_seq, digest)
-        next_sequence = plan.next_sequence
+        self.inputs = plan.marks
         self.delivered_sequence = plan.delivered_sequence
-        for destination, seq in trims.items():
+        for destination, seq in plan.marks.trims.items():
             self._open_stream(destination).ack(seq)
         self_stream = self._open_stream(self.instance)
         self._replay_pages = pages
         audit = SelfCallAudit(self.instance, pages)
         self_stream.on_drop = audit.check
         # Self-calls restored from the checkpoint that never reached the log go in first.
-        self_stream.ack(accepted.get(self.instance, 0))
-        self._renumber_first_start(accepted, audit)
+        self_stream.ack(self.inputs.accepted_through(self.instance))
+        self._renumber_first_start(audit)
         first_chunk = reading.next_chunk if reading.audit is None else reading.audit.chunks.first
         await self.open_for_writing(
             checkpoint=checkpoint.number,
             chunks=ChunkRange(first_chunk, reading.next_chunk),
-            next_sequence=next_sequence,
-            accepted=accepted,
-            accepted_digest=accepted_digest,
+            next_sequence=plan.next_sequence,
         )
 
-    def _renumber_first_start(self, accepted: dict[str, int], audit: SelfCallAudit) -> None:
+    @property
+    def delivered(self) -> dict[str, int]:
+        """Per sender, the last message delivered to the binding (a copy)."""
+        return self.inputs.delivered
+
+    def _renumber_first_start(self, audit: SelfCallAudit) -> None:
         assert self.binding is not None
         self_stream = self.streams[self.instance]
         if (
             not self.binding.started
             and self_stream.next_seq == 0
-            and accepted.get(self.instance, 0)
+            and self.inputs.accepted_through(self.instance)
         ):
             # The log holds the first-start call, made after this checkpoint. It entered
             # the self-stream from the runtime, not from a handler, so replay would not
@@ -383,8 +369,6 @@ class Runtime:
         checkpoint: int,
         chunks: ChunkRange,
         next_sequence: int,
-        accepted: dict[str, int],
-        accepted_digest: dict[str, int | None] | None = None,
         server: Listener | None = None,
     ) -> None:
         """Start this life's chunk, the committer, the listener and the links.
@@ -393,17 +377,13 @@ class Runtime:
         created). ``server``: a listener already bound (``bind_listener``), or None to
         bind ``listen_address`` here. Also the second half of a standby's promotion
         (``ambrosia.coordinator.standby``), which has replayed the log already.
-        ``accepted_digest``: the digests of ``accepted`` (None: those of what was
-        delivered, when everything accepted was delivered).
+        The committer accepts input after ``self.inputs`` (the recovery plan's marks).
         """
         store = self.store
         policy = self.config.retry_policy
         assert self.lease is not None and self.metadata is not None
         assert self.binding is not None
         self_stream = self.streams[self.instance]
-        self.accepted_digest = (
-            dict(self.delivered_digest) if accepted_digest is None else accepted_digest
-        )
         # A new chunk for this life, right after the last one the log ever created (a torn
         # tail in the old last chunk stays behind; cloud stores cannot truncate), recorded
         # in the metadata before anything is written into it.
@@ -426,7 +406,7 @@ class Runtime:
             delivery_backlog_bytes_max=self.config.delivery_backlog_bytes_max,
             on_durable=self._on_durable,
             collect_trims=self._collect_trims,
-            accepted=accepted,
+            inputs=self.inputs,
             chunk_bytes_max=self.config.checkpoint_log_bytes,
             on_chunk_full=self._request_checkpoint,
             on_new_chunk=self.metadata.record_chunk,
@@ -520,9 +500,6 @@ class Runtime:
             front = output.segments[0].first_seq - 1 if output.segments else output.next_seq
             digest = output.digest if output.digest_through == front else None
             stream.restore(output.next_seq, output.acked_through, output.segments, digest)
-        self.delivered_digest = {
-            source: checkpoint.input_digests.get(source) for source in checkpoint.inputs
-        }
 
     # -- output streams ------------------------------------------------------------------
 
@@ -697,7 +674,7 @@ class Runtime:
             link.fail(refusal or "closed")
             return
         assert self.committer is not None and self.binding is not None
-        accepted = self.committer.accepted.get(sender, 0)
+        accepted = self.inputs.accepted_through(sender)
         if hello.acked > accepted:
             link.close()
             self.stop_for_lost(
@@ -711,7 +688,7 @@ class Runtime:
         if previous is not None and previous is not link:
             previous.close()
         self.incoming[sender] = link
-        link.admit(sender, accepted, self.accepted_digest.get(sender, 0))
+        link.admit(sender, self.inputs)
         stream = self.streams.get(sender)
         if stream is not None and stream.blocked and not self.binding.blocked_on(stream):
             link.hold(self._hold_wanted(stream))
@@ -749,22 +726,10 @@ class Runtime:
     def try_accept(
         self, source: str, first_seq: int, count: int, replayable: int, payload: bytes | memoryview
     ) -> bool:
+        """Log a checked batch from a peer (the committer moves ``inputs`` past it);
+        False: no room now (``wait_for_room``)."""
         assert self.committer is not None
-        if not self.committer.try_add(source, first_seq, count, replayable, payload):
-            return False
-        digests = self.accepted_digest
-        digest = digests.get(source, 0)
-        if digest is not None:
-            digest = crc32(payload, digest)
-            digests[source] = digest
-            self._mark_accepted(source, first_seq + count - 1, digest)
-        return True
-
-    def _mark_accepted(self, source: str, last_seq: int, digest: int) -> None:
-        marks = self._accepted_marks.get(source)
-        if marks is None:
-            marks = self._accepted_marks[source] = deque()
-        marks.append((last_seq, digest))
+        return self.committer.try_add(source, first_seq, count, replayable, payload)
 
     def wait_for_room(self, callback: Callable[[], None]) -> None:
         assert self.committer is not None
@@ -871,7 +836,7 @@ class Runtime:
         assert committer is not None
         while self._impulse_backlog:
             message = self._impulse_backlog[0]
-            seq = committer.accepted.get(IMPULSE_SOURCE, 0) + 1
+            seq = self.inputs.accepted_through(IMPULSE_SOURCE) + 1
             if not committer.try_add(IMPULSE_SOURCE, seq, 1, 0, message):
                 committer.wait_for_room(self._drain_impulses)
                 return
@@ -1058,26 +1023,7 @@ class Runtime:
         binding = self.binding
         assert binding is not None
         await binding.deliver(page)
-        delivered = self.delivered
-        digests = self.delivered_digest
-        all_marks = self._accepted_marks
-        for group in page.groups:
-            source = group.source
-            last_seq = group.last_seq
-            delivered[source] = last_seq
-            digest = digests.get(source, 0)
-            if digest is None:
-                continue
-            # Known from acceptance (the same bytes); otherwise (a standby, self-calls,
-            # impulses) read again.
-            marks = all_marks.get(source)
-            mark = None
-            while marks and marks[0][0] <= last_seq:
-                mark = marks.popleft()
-            if mark is not None and mark[0] == last_seq:
-                digests[source] = mark[1]
-            else:
-                digests[source] = crc32(group.messages, digest)
+        self.inputs.deliver(page)
         self.delivered_sequence = page.sequence
         if self._dirty:
             self._flush()  # send this page's output now rather than one loop turn later
@@ -1124,12 +1070,8 @@ class Runtime:
             epoch=self.lease.epoch,
             resume_sequence=resume_sequence,
             resume_chunk=resume_chunk,
-            inputs=dict(self.delivered),
-            input_digests={
-                source: digest
-                for source, digest in self.delivered_digest.items()
-                if digest is not None
-            },
+            inputs=self.inputs.delivered,
+            input_digests=self.inputs.delivered_digests(),
             outputs=outputs,
             binding=dict(binding[0]),
             app=binding[1],

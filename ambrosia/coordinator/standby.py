@@ -82,6 +82,7 @@ from ambrosia.errors import (
 )
 from ambrosia.log.page import Page, scan_chunk
 from ambrosia.protocol.checkpoint import CheckpointState
+from ambrosia.protocol.recovery_plan import plan_recovery
 from ambrosia.protocol.selfcalls import SelfCallAudit
 
 __all__ = ["ROLES", "BehindRetentionError", "LogTail", "Role", "StandbyRuntime", "StandbySettings"]
@@ -343,8 +344,11 @@ class StandbyRuntime(Runtime):
         self.binding = self._binding_factory(self)
         await self._restore(checkpoint)
         self._loaded_checkpoint = checkpoint
-        self.delivered = dict(checkpoint.inputs)
-        self.delivered_sequence = checkpoint.resume_sequence - 1
+        # The cold start's plan: the marks move past the pages read so far, replay
+        # delivers them; the tail's pages are folded in as they come (``_replay_new``).
+        plan = plan_recovery(checkpoint, reading.pages)
+        self.inputs = plan.marks
+        self.delivered_sequence = plan.delivered_sequence
         self_stream = self._open_stream(self.instance)
         self._self_audit = SelfCallAudit(self.instance, [])
         self_stream.on_drop = self._self_audit.check
@@ -355,9 +359,7 @@ class StandbyRuntime(Runtime):
         else:
             chunk, scan = reading.audit.scans[-1]
             offset = scan.valid_bytes
-        next_sequence = (
-            reading.pages[-1][1].sequence + 1 if reading.pages else checkpoint.resume_sequence
-        )
+        next_sequence = plan.next_sequence
         self.tail = LogTail(
             self.store,
             instance_id=self.instance_id,
@@ -380,24 +382,25 @@ class StandbyRuntime(Runtime):
         self._dirty = set()
         self.replayed_pages = 0
 
+    async def _replay_new(self, pages: list[tuple[int, Page]]) -> None:
+        """Replay pages the tail read: their marks first (``InputMarks.fold``)."""
+        self.inputs.fold(pages)
+        await self._replay(pages)
+
     async def _replay(self, pages: list[tuple[int, Page]]) -> None:
-        """What recovery does before and while it replays, for pages read as they come."""
+        """What recovery does before and while it replays, for pages read as they come
+        (folded into ``self.inputs`` already): the self-call audit learns their self-calls,
+        output streams drop what the logged trims say was consumed, then each page is
+        delivered."""
         if not pages:
             return
         audit = self._self_audit
         assert audit is not None and self.binding is not None
-        accepted_self = self.delivered.get(self.instance, 0)
-        for _, page in pages:
-            for group in page.groups:
-                if group.source == self.instance:
-                    audit.index(group.first_seq, group.messages)
-                    accepted_self = group.last_seq
-            for destination, seq in page.trims:
-                self._open_stream(destination).ack(seq)
-        self.streams[self.instance].ack(accepted_self)
-        accepted = dict(self.delivered)
-        accepted[self.instance] = accepted_self
-        self._renumber_first_start(accepted, audit)
+        audit.add_pages(pages)
+        for destination, seq in self.inputs.trims.items():
+            self._open_stream(destination).ack(seq)
+        self.streams[self.instance].ack(self.inputs.accepted_through(self.instance))
+        self._renumber_first_start(audit)
         self.log_end_sequence = max(self.log_end_sequence, pages[-1][1].sequence)
         for _, page in pages:
             await self._deliver(page)
@@ -447,7 +450,7 @@ class StandbyRuntime(Runtime):
                 await self._reload()
                 continue
             if pages:
-                await self._replay(pages)
+                await self._replay_new(pages)
             else:
                 self.log_end_seen_at = time.monotonic()
                 # Not past the next lease attempt: a lease that runs out between two
@@ -585,7 +588,7 @@ class StandbyRuntime(Runtime):
                 return
             if not pages:
                 break
-            await self._replay(pages)
+            await self._replay_new(pages)
         meta, version = await call_with_retry(self.store.read_meta, policy)
         if meta is None or meta.checkpoint is None or meta.chunks is None:
             raise LogGapError(f"{self.instance}: the log lost its metadata during the takeover")
@@ -603,7 +606,6 @@ class StandbyRuntime(Runtime):
         self.checkpoints = sorted(kept)[-self.config.checkpoints_kept :]
         listed = await call_with_retry(self.store.list_chunks, policy)
         last = max([meta.chunks.last, *(info.number for info in listed)])
-        accepted = dict(self.delivered)
         await self._before_serving()
         # Becoming primary asks for a checkpoint, taken in the background like any other:
         # every takeover starts a chunk, and without one the chunks of a string of quick
@@ -612,7 +614,6 @@ class StandbyRuntime(Runtime):
             checkpoint=meta.checkpoint,
             chunks=ChunkRange(meta.chunks.first, last + 1),
             next_sequence=self.tail.next_sequence,
-            accepted=accepted,
         )
         took_ms = (time.monotonic() - self.takeover_started_at) * 1000
         self._announce(

@@ -6,7 +6,9 @@ importing the coordinator, the binding or asyncio.
 
 - ``outputs``: output streams with their sequence numbers, batches, acknowledgements,
   trims and bounds, and the one method that hands out unsent batches;
-- ``batch``: the receiver's check of an incoming batch;
+- ``inputs``: the receiver's marks per sender (accepted, delivered, their digests) and
+  the sequence check every incoming batch passes;
+- ``batch``: the receiver's check of an incoming batch's messages;
 - ``checkpoint``: the checkpoint record;
 - ``selfcalls``: the self-call audit replay runs against the log;
 - ``recovery_plan``: what a start restores and replays, and which checkpoints it keeps;

@@ -1,4 +1,4 @@
-"""The CRC-32 behind the stream digests (``protocol/outputs.py``, the receiver's in ``Runtime``).
+"""The CRC-32 behind the stream digests (``protocol/outputs.py``, ``protocol/inputs.py``).
 
 zlib-ng's ``crc32`` (folding with carry-less multiplies) when the ``zlib-ng`` package is
 installed, which it is by default; the standard library's otherwise. Both compute the same

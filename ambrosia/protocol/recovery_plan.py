@@ -10,53 +10,39 @@ the same arithmetic, so a standby that takes over holds the marks a cold start w
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ambrosia.log.page import Page
 from ambrosia.protocol.checkpoint import CheckpointState
+from ambrosia.protocol.inputs import InputMarks
 
 __all__ = ["InputMarks", "RecoveryPlan", "kept_checkpoints", "plan_recovery"]
 
 
-@dataclass(slots=True)
-class InputMarks:
-    """What the log holds, per peer: the last input sequence number logged from each
-    sender (``accepted``: the committer's deduplication marks) and the highest trim point
-    logged for each destination (``trims``: output it no longer has to keep)."""
-
-    accepted: dict[str, int] = field(default_factory=dict)
-    trims: dict[str, int] = field(default_factory=dict)
-
-    def fold(self, pages: Iterable[tuple[int, Page]]) -> None:
-        """Move the marks past ``pages`` (in log order)."""
-        accepted = self.accepted
-        trims = self.trims
-        for _, page in pages:
-            for group in page.groups:
-                accepted[group.source] = group.last_seq
-            for destination, seq in page.trims:
-                if seq > trims.get(destination, 0):
-                    trims[destination] = seq
-
-
 @dataclass(frozen=True, slots=True)
 class RecoveryPlan:
-    """``marks``: after the checkpoint and every page; ``delivered``: per sender, what the
-    checkpoint's state has seen (replay delivers the rest); ``delivered_sequence``: the
-    last page in the checkpoint's state; ``next_sequence``: the next page to write."""
+    """``marks``: the checkpoint's, moved past every page (``InputMarks.fold``: accepted
+    through the log's end, delivered through the checkpoint, which replay moves on);
+    ``delivered_sequence``: the last page in the checkpoint's state; ``next_sequence``:
+    the next page to write."""
 
     marks: InputMarks
-    delivered: dict[str, int]
     delivered_sequence: int
     next_sequence: int
 
+    @property
+    def delivered(self) -> dict[str, int]:
+        """Per sender, what the checkpoint's state has seen (replay delivers the rest)."""
+        return self.marks.delivered
+
 
 def plan_recovery(checkpoint: CheckpointState, pages: list[tuple[int, Page]]) -> RecoveryPlan:
-    marks = InputMarks(dict(checkpoint.inputs))
+    """The plan for ``checkpoint`` and the pages after it; a damaged sequence of inputs
+    in them is a ``LogGapError`` naming the page."""
+    marks = InputMarks.from_checkpoint(checkpoint.inputs, checkpoint.input_digests)
     marks.fold(pages)
     return RecoveryPlan(
         marks=marks,
-        delivered=dict(checkpoint.inputs),
         delivered_sequence=checkpoint.resume_sequence - 1,
         next_sequence=pages[-1][1].sequence + 1 if pages else checkpoint.resume_sequence,
     )

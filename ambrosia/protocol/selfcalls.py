@@ -28,6 +28,11 @@ class SelfCallAudit:
     def __init__(self, instance: str, pages: list[tuple[int, Page]]) -> None:
         self.instance = instance
         self.logged: dict[int, bytes] = {}
+        self.add_pages(pages)
+
+    def add_pages(self, pages: list[tuple[int, Page]]) -> None:
+        """Remember the self-calls ``pages`` hold (a standby adds pages as it reads them)."""
+        instance = self.instance
         for _, page in pages:
             for group in page.groups:
                 if group.source == instance:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ambrosia.log.page import InputGroup, Page
 from ambrosia.protocol.checkpoint import CheckpointState
-from ambrosia.protocol.recovery_plan import InputMarks, kept_checkpoints, plan_recovery
+from ambrosia.protocol.recovery_plan import kept_checkpoints, plan_recovery
 
 
 def page(sequence: int, groups: list[tuple[str, int, int]], trims: list[tuple[str, int]]) -> Page:
@@ -49,7 +49,9 @@ def test_marks_move_past_every_page_and_the_checkpoint_keeps_what_it_delivered()
 def test_a_checkpoint_with_no_pages_after_it_resumes_at_its_own_sequence() -> None:
     plan = plan_recovery(checkpoint(resume_sequence=12), [])
     assert (plan.delivered_sequence, plan.next_sequence) == (11, 12)
-    assert plan.marks == InputMarks({"client": 100, "server": 7}, {})
+    assert plan.marks.accepted == {"client": 100, "server": 7}
+    assert plan.marks.delivered == {"client": 100, "server": 7}
+    assert plan.marks.trims == {}
 
 
 def test_kept_checkpoints_drop_unusable_and_newer_ones_and_keep_the_newest() -> None:
