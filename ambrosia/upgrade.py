@@ -15,23 +15,41 @@ becomes the instance's primary running the new code (docs/operations.md, "Upgrad
    sees the request, stops taking input, lets the pages it accepted become durable,
    releases its lease and exits (code 0) with "handed over to version V".
 4. The upgrader takes the free lease (the store fences the old writer, as at any
-   takeover), reads the last pages with the old code, migrates the state with
-   ``upgrade_from`` (``StandbyRuntime._before_serving``), swaps the new object into the
-   dispatcher, starts its own chunk and checkpoints under the new code before it serves
-   its first page. Peers reconnect and resend by sequence number as after any failover.
-5. Once that checkpoint is durable, the catalog's ``current_version`` becomes V and its
-   ``app`` the new ``module:Class``; the process goes on serving as the primary.
+   takeover), reads the last pages with the old code, starts its own chunk and serves,
+   with the old code still (``UpgradeRuntime._migrate_when_quiet``): an instance that
+   awaits calls to others is mid-call at most moments, so the migration waits for the
+   first page boundary where no handler awaits a call (and no old checkpoint is being
+   written), serving pages to the old code until then (at most ``quiet_wait_s``).
+5. At that boundary, with delivery held (``_delivering``), it migrates the state with
+   ``upgrade_from``, swaps the new object into the dispatcher and writes a checkpoint of
+   it; the metadata swap that points at that checkpoint also records the new version
+   (``LOG_VERSION_FIELD``, ``LOG_APP_FIELD``: ``MetadataKeeper.record_fields_from``).
+   That swap is the upgrade's commit point. Only then does the catalog's
+   ``current_version`` become V and its ``app`` the new ``module:Class``, the new
+   object's ``on_become_primary`` run, and delivery resume, to the new code.
 
-If the hand-over finds the dispatcher not quiescent, or the migration raises at that
-point, the upgrader does not migrate: it serves the old code (the old version keeps
-serving, in this process), resets ``upgrade_version`` and says so.
+No page reaches the new code before its checkpoint is durable, so whatever point the
+upgrader dies at, one version's history is the log's: before the commit point the old
+code's (its replay of the pages logged meanwhile is what happened: the new code served
+nothing), after it the new code's. A start after an upgrader died between the commit
+point and the catalog update records the version in the catalog from the log
+(``reconcile_with_log``); a standby of the old code refuses to take over a log whose
+latest checkpoint names a newer version (``VersionedRuntime``). If the migration raises
+at the hand-over, or no quiescent boundary comes within ``quiet_wait_s``, the upgrader
+does not migrate: it serves the old code (the old version keeps serving, in this
+process), resets ``upgrade_version`` and says so.
 
 Versions: the catalog's ``current_version`` is the version that runs. ``ambrosia run
 --version U`` declares the version of the code it runs; a process whose declared version
 differs from the catalog's refuses to start, naming both (``check_version``), and a
 running process of another version than a newly recorded ``current_version`` exits
-(``VersionWatch``). A process started without ``--version`` runs as the catalog's
-version.
+(``VersionWatch``). Without ``--version``, the version the class declares
+(``VERSION_ATTRIBUTE``, ``__ambrosia_version__``) is taken (``code_version``); a
+process with neither runs as the catalog's version.
+
+Testing knob: ``AMBROSIA_UPGRADE_HALT_AT=POINT`` (``HALT_POINTS``: ``taken-over``,
+``migrated``, ``checkpointed``, ``committed``) stops the upgrader for good at that point,
+so a test can SIGKILL it exactly there. Never set it in production.
 
 ``ambrosia upgrade ... --test`` is the paper's upgrade test: without taking over, it
 loads the latest checkpoint with the old code, migrates it with ``upgrade_from`` and

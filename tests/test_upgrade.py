@@ -267,13 +267,13 @@ def test_upgrade_of_an_instance_awaiting_calls_under_load(tmp_path: Path) -> Non
     call arrives once and in order, and every awaited result once. The versions come
     from the classes (``__ambrosia_version__``): the old class is refused afterwards,
     naming both versions; ``ambrosia list`` and ``ambrosia status`` show the new one."""
-    total = 3000
+    total = 1500
     deployment = chain_deployment(tmp_path, total)
     deployment.register("client", CLIENT_V1, args=("--version", "1", "--replace"))
     try:
         deployment.start("server", args=("--version", "1"))
         deployment.start("client", label="c1")  # version 1, as its class declares
-        deployment.wait_for(lambda: server_count(deployment) > 300, LIVENESS_S, "load")
+        deployment.wait_for(lambda: server_count(deployment) > 200, LIVENESS_S, "load")
         deployment.start("client", label="c2", subcommand="upgrade", args=("--app", CLIENT_V2))
         deployment.wait_for(
             lambda: (
@@ -325,14 +325,14 @@ def test_sigkill_during_the_upgrade(tmp_path: Path, point: str) -> None:
     that checkpoint), version 2 when it was (the log is the upgrade's commit point: a
     catalog left behind is brought up to it). Only that version runs; the other is
     refused; every call arrives once and in order."""
-    total = 3000
+    total = 1500
     deployment = chain_deployment(tmp_path, total)
     upgraded = point in ("checkpointed", "committed")
     try:
         deployment.start("server", label="a", args=("--version", "1"))
         deployment.wait_for(lambda: role(deployment, "a") == "primary", LIVENESS_S, "a primary")
         deployment.start("client")
-        deployment.wait_for(lambda: server_count(deployment) > 300, LIVENESS_S, "load")
+        deployment.wait_for(lambda: server_count(deployment) > 200, LIVENESS_S, "load")
         deployment.start(
             "server",
             label="up",

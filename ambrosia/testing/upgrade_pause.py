@@ -8,6 +8,8 @@ upgrade it reports:
 
 - hand-over: from the old primary's "hand over" line (it stops taking input) to the
   upgrader's "role primary" line (it serves), both from the processes' logs;
+- new code: from the same step-down line to the upgrader's "upgraded to version" line
+  (the new code's checkpoint durable, the catalog updated: it serves the next page);
 - stall: the longest time the server's call count did not move around the upgrade, as
   seen in its status file (written every 50 ms: the resolution of this figure).
 
@@ -77,8 +79,9 @@ def _count(deployment: Deployment) -> int:
     return int(status["count"]) if status else 0
 
 
-def measure(directory: Path, upgrades: int, calls: int) -> list[tuple[float, float]]:
-    """(hand-over s, stall s) of each upgrade; fails when a call was lost or repeated."""
+def measure(directory: Path, upgrades: int, calls: int) -> list[tuple[float, float, float]]:
+    """(hand-over s, new code s, stall s) of each upgrade; fails when a call was lost or
+    repeated."""
     deployment = Deployment(
         directory,
         env={"AMBROSIA_CHAIN_TOTAL": str(calls)},
@@ -87,7 +90,7 @@ def measure(directory: Path, upgrades: int, calls: int) -> list[tuple[float, flo
     )
     deployment.register("server", CLASSES[0], args=("--version", "1"))
     deployment.register("client", "ambrosia.testing.workloads:ChainClient")
-    results: list[tuple[float, float]] = []
+    results: list[tuple[float, float, float]] = []
     labels = ["v1"]
     try:
         deployment.start("server", label="v1", args=("--version", "1"))
@@ -131,15 +134,16 @@ def measure(directory: Path, upgrades: int, calls: int) -> list[tuple[float, flo
                     last = count
                 time.sleep(0.002)
             stall = max((b - a for a, b in itertools.pairwise(changes)), default=0.0)
-            handover = _stamp(deployment.output(new), "role primary (took over") - _stamp(
-                deployment.output(old), "asks this primary"
-            )
+            asked = _stamp(deployment.output(old), "asks this primary")
+            handover = _stamp(deployment.output(new), "role primary (took over") - asked
+            upgraded = _stamp(deployment.output(new), "upgraded to version") - asked
             if deployment.processes[old].returncode != 0:
                 raise AssertionError(f"{old} exited with {deployment.processes[old].returncode}")
-            results.append((handover, stall))
+            results.append((handover, upgraded, stall))
             print(
                 f"upgrade to version {number + 1}: hand-over {handover * 1000:.0f} ms, "
-                f"longest stall of the load {stall * 1000:.0f} ms",
+                f"new code serving after {upgraded * 1000:.0f} ms, longest stall of the "
+                f"load {stall * 1000:.0f} ms",
                 flush=True,
             )
 
@@ -168,11 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory() as directory:
             results = measure(Path(directory), args.upgrades, args.calls)
-    handovers = [h * 1000 for h, _ in results]
-    stalls = [s * 1000 for _, s in results]
+    handovers = [h * 1000 for h, _, _ in results]
+    upgraded = [u * 1000 for _, u, _ in results]
+    stalls = [s * 1000 for _, _, s in results]
     print(
         f"{len(results)} upgrades, every one of {args.calls} calls once and in order; "
         f"hand-over ms median {statistics.median(handovers):.0f} max {max(handovers):.0f}; "
+        f"new code serving ms median {statistics.median(upgraded):.0f} "
+        f"max {max(upgraded):.0f}; "
         f"longest stall ms median {statistics.median(stalls):.0f} max {max(stalls):.0f}"
     )
     return 0
