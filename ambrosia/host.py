@@ -54,6 +54,7 @@ from ambrosia.upgrade import (
     check_version,
     code_version,
     reconcile_with_log,
+    withdraw_stale_request,
 )
 from ambrosia.watchdog import HandlerWatchdog, SignalStop
 
@@ -233,6 +234,7 @@ async def serve(
             record = reconciled
             settings = resolved(record)
         own_version = record.current_version
+        stale = False
         if upgrade is not None:
             own_version = upgrade.version
             if upgrade.version <= record.current_version:
@@ -243,6 +245,8 @@ async def serve(
             if settings.app is None:
                 raise ConfigError(f"{name} has no registered app to upgrade from")
             app_factory = load_app(settings.app)
+            stale = record.upgrade_version != record.current_version
+            record = await withdraw_stale_request(catalog, record)
         if separate is not None:
             pass  # the application is in the binding process
         elif app_factory is None:
@@ -309,6 +313,9 @@ async def serve(
                 watch=watch,
                 **arguments,
             )
+            if stale:
+                # Two of the primary's catalog checks see the request withdrawn first.
+                runtime.ask_after = time.monotonic() + 2 * version_check_s
         else:
             runtime = VersionedRuntime(
                 binding=in_process(app_factory), role=role, code_version=own_version, **arguments

@@ -96,6 +96,7 @@ __all__ = [
     "logged_code",
     "reconcile_with_log",
     "upgrade_test",
+    "withdraw_stale_request",
 ]
 
 logger = logging.getLogger("ambrosia.upgrade")
@@ -314,6 +315,11 @@ class VersionWatch:
                 )
                 self._stop()
                 return
+            if self.is_primary():
+                # A request is a change of ``upgrade_version`` seen by a primary: one
+                # withdrawn (or left behind by an interrupted upgrade) and made again by
+                # the next upgrader is a new request (``withdraw_stale_request``).
+                self.started_upgrade = wanted
 
     def exit_message(self) -> str | None:
         """What the process says as it exits because of this watch, if it did."""
@@ -328,6 +334,24 @@ class VersionWatch:
                 f"(version {self.own_version}) exits"
             )
         return None
+
+
+async def withdraw_stale_request(catalog: Catalog, record: InstanceRecord) -> InstanceRecord:
+    """An upgrader's start: a request left in the catalog by an upgrade that was
+    interrupted before its commit point (``upgrade_version`` above ``current_version``,
+    the log not naming it: ``reconcile_with_log`` ran first) is withdrawn, so that this
+    upgrader's own request is a change the running primary sees (``VersionWatch``)."""
+    if record.upgrade_version == record.current_version:
+        return record
+    logger.warning(
+        "%s: an earlier upgrade to version %d was asked and never committed; withdrawing "
+        "that request before asking again",
+        record.name,
+        record.upgrade_version,
+    )
+    return await catalog.register(
+        replace(record, upgrade_version=record.current_version), replace=True
+    )
 
 
 def _copy_app(dispatcher: Dispatcher, cls: type[Immortal]) -> Immortal:
@@ -412,6 +436,9 @@ class UpgradeRuntime(VersionedRuntime):
         self._on_upgraded = on_upgraded
         self._on_aborted = on_aborted
         self.requested_at = 0.0
+        # Monotonic time before which the primary is not asked: after a stale request was
+        # withdrawn, the primary's catalog check must see it withdrawn first.
+        self.ask_after = 0.0
         self.migrated = False
         self.migrated_after_page = -1
         self.old_code_pages = 0
@@ -445,7 +472,9 @@ class UpgradeRuntime(VersionedRuntime):
     async def _ask_when_ready(self) -> None:
         """Caught up and quiescent: try the migration on a copy, then ask the primary."""
         while True:
-            await asyncio.sleep(self.settings.poll_interval_s)
+            await asyncio.sleep(
+                max(self.settings.poll_interval_s, self.ask_after - time.monotonic())
+            )
             binding = self.binding
             if self.current_role != "standby" or not isinstance(binding, Dispatcher):
                 continue

@@ -324,7 +324,8 @@ def test_sigkill_during_the_upgrade(tmp_path: Path, point: str) -> None:
     checkpoint was not durable (the new code served nothing: no page reaches it before
     that checkpoint), version 2 when it was (the log is the upgrade's commit point: a
     catalog left behind is brought up to it). Only that version runs; the other is
-    refused; every call arrives once and in order."""
+    refused. After an interrupted upgrade, the upgrade tried again completes. Every
+    call arrives once and in order."""
     total = 1500
     deployment = chain_deployment(tmp_path, total)
     upgraded = point in ("checkpointed", "committed")
@@ -333,11 +334,12 @@ def test_sigkill_during_the_upgrade(tmp_path: Path, point: str) -> None:
         deployment.wait_for(lambda: role(deployment, "a") == "primary", LIVENESS_S, "a primary")
         deployment.start("client")
         deployment.wait_for(lambda: server_count(deployment) > 200, LIVENESS_S, "load")
+        upgrade = ("--app", V2, "--version", "2")
         deployment.start(
             "server",
             label="up",
             subcommand="upgrade",
-            args=("--app", V2, "--version", "2"),
+            args=upgrade,
             env={"AMBROSIA_UPGRADE_HALT_AT": point},
         )
         deployment.wait_for(
@@ -349,19 +351,22 @@ def test_sigkill_during_the_upgrade(tmp_path: Path, point: str) -> None:
         deployment.kill("up")
         assert deployment.processes["a"].wait(LIVENESS_S) == 0, deployment.output("a")
         assert "handed over to version 2" in deployment.output("a"), deployment.output("a")
-        assert server_count(deployment) < total, "the load ended before the upgrade"
+        at = server_count(deployment)
+        assert at < total, "the load ended before the upgrade"
 
         deployment.start("server", label="b")
         deployment.wait_for(
             lambda: role(deployment, "b") == "primary", LIVENESS_S, "b primary", ignore=("a",)
         )
-        finish(deployment, total, ignore=("a", "up"))
+        deployment.wait_for(
+            lambda: server_count(deployment) > at, LIVENESS_S, "progress", ignore=("a", "up")
+        )
         server = deployment.status("server")
         assert server is not None
         registered = record(deployment, "server")
+        ignore: tuple[str, ...] = ("a", "up")
         if upgraded:
             assert server.get("version") == 2, server
-            assert server["handled_by_v2"] == total - server["upgraded_at"], server
             assert (registered.current_version, registered.app) == (2, V2), registered
             refused = ambrosia(deployment, "run", "server", "--plaintext", "--version", "1")
             assert refused.returncode == 2, refused
@@ -375,7 +380,24 @@ def test_sigkill_during_the_upgrade(tmp_path: Path, point: str) -> None:
             refused = ambrosia(deployment, "run", "server", "--plaintext", "--version", "2")
             assert refused.returncode == 2, refused
             assert "runs version 1" in refused.stderr, refused.stderr
-        assert deployment.terminate("b") == 0, deployment.output("b")
+            # The upgrade, tried again, completes (the stale request is withdrawn first).
+            deployment.start("server", label="up2", subcommand="upgrade", args=upgrade)
+            deployment.wait_for(
+                lambda: "upgraded to version 2" in deployment.output("up2"),
+                LIVENESS_S,
+                "the second upgrade",
+                ignore=("a", "up", "b"),
+            )
+            assert deployment.processes["b"].wait(LIVENESS_S) == 0, deployment.output("b")
+            assert "handed over to version 2" in deployment.output("b"), deployment.output("b")
+            ignore = ("a", "up", "b")
+        finish(deployment, total, ignore=ignore)
+        server = deployment.status("server")
+        assert server is not None and server["version"] == 2, server
+        assert server["handled_by_v2"] == total - server["upgraded_at"], server
+        assert record(deployment, "server").current_version == 2
+        last = "b" if upgraded else "up2"
+        assert deployment.terminate(last) == 0, deployment.output(last)
         assert deployment.terminate("client") == 0, deployment.output("client")
         assert not deployment.log_findings(), deployment.log_findings()
     finally:
