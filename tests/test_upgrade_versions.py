@@ -20,6 +20,7 @@ from ambrosia.upgrade import (
     LOG_APP_FIELD,
     LOG_VERSION_FIELD,
     NewerVersionError,
+    VersionedRuntime,
     check_version,
     code_version,
     declared_version,
@@ -125,5 +126,33 @@ def test_status_shows_the_versions_and_an_upgrade_in_progress() -> None:
         text = render_status(status)
         assert "version   1 (catalog); upgrade to version 2 in progress" in text, text
         assert render_status(status, as_json=True).count('"upgrade": 2') == 1
+
+    asyncio.run(scenario())
+
+
+def test_an_old_standby_refuses_to_take_over_an_upgraded_log() -> None:
+    """The check a standby runs at its takeover, once it holds the lease and has read
+    the log's metadata (``VersionedRuntime._before_serving``)."""
+
+    async def scenario() -> None:
+        store = await open_store("memory://standby-check", "server")
+        lease = await store.acquire_lease()
+        try:
+            keeper = MetadataKeeper(store, lambda: lease, meta=None, version=None)
+            keeper.record_fields_from(0, ((LOG_VERSION_FIELD, "2"), (LOG_APP_FIELD, "new:C")))
+            await keeper.record_checkpoint(0, 0)
+            runtime = VersionedRuntime.__new__(VersionedRuntime)
+            runtime.instance, runtime.metadata = "server", keeper
+            runtime.code_version = 2
+            await runtime._before_serving()  # the same version: takes over
+            runtime.code_version = 1
+            with pytest.raises(NewerVersionError) as refused:
+                await runtime._before_serving()
+            message = str(refused.value)
+            assert "upgraded to version 2 (new:C)" in message, message
+            assert "this process runs version 1: refusing to take over" in message, message
+        finally:
+            await store.release_lease(lease)
+            await store.close()
 
     asyncio.run(scenario())
