@@ -36,7 +36,7 @@ from ambrosia.deployment import (
     load_deployment,
     parse_option_assignment,
 )
-from ambrosia.errors import AmbrosiaError, ConfigError, LeaseHeldError
+from ambrosia.errors import AmbrosiaError, ConfigError, InstanceNotFoundError, LeaseHeldError
 
 EXIT_FATAL = 1
 EXIT_CONFIG = 2
@@ -105,13 +105,24 @@ def _list(args: argparse.Namespace) -> int:
         return await catalog.list()
 
     records = run_with_catalog(_deployment(args).catalog_for(args.catalog), operation)
-    print(f"{'NAME':<20} {'ADDRESS':<22} {'LOG':<40} APP")
+    print(f"{'NAME':<20} {'ADDRESS':<22} {'LOG':<40} {'VERSION':<9} APP")
     for record in records:
-        line = f"{record.name:<20} {record.address:<22} {record.log_url:<40} {record.app or '-'}"
+        line = (
+            f"{record.name:<20} {record.address:<22} {record.log_url:<40} "
+            f"{_version_text(record):<9} {record.app or '-'}"
+        )
         if record.receive_port or record.send_port:
             line += f"  binding ports {record.receive_port or '-'}/{record.send_port or '-'}"
         print(line)
     return 0
+
+
+def _version_text(record: InstanceRecord) -> str:
+    """The current version, and ``->V`` while an upgrade to V is asked (in progress, or
+    interrupted: ``ambrosia status`` says which the log shows)."""
+    if record.upgrade_version > record.current_version:
+        return f"{record.current_version}->{record.upgrade_version}"
+    return str(record.current_version)
 
 
 def _assignments(texts: Sequence[str], flag: str) -> dict[str, Any]:
@@ -144,13 +155,21 @@ def _run(args: argparse.Namespace) -> int:
         return _run_separate(args, deployment)
     upgrade = None
     if args.command == "upgrade":
-        if not args.app or args.version is None:
-            raise ConfigError("ambrosia upgrade NAME needs --app new_module:Class and --version V")
+        if not args.app:
+            raise ConfigError("ambrosia upgrade NAME needs --app new_module:Class")
+        from ambrosia.host import load_app
+        from ambrosia.upgrade import VERSION_ATTRIBUTE, UpgradePlan, code_version
+
+        version = code_version(load_app(args.app), args.version)
+        if version is None:
+            raise ConfigError(
+                f"ambrosia upgrade NAME needs --version V, or an app class that declares "
+                f"{VERSION_ATTRIBUTE} ({args.app} declares none)"
+            )
+        args.version = version
         if args.test:
             return _upgrade_test(args)
-        from ambrosia.upgrade import UpgradePlan
-
-        upgrade = UpgradePlan(args.app, args.version)
+        upgrade = UpgradePlan(args.app, version)
     elif args.test:
         raise ConfigError("--test belongs to ambrosia upgrade")
     fields = _assignments(args.coordinator_options, "--coordinator-option")
@@ -259,9 +278,16 @@ def _status(args: argparse.Namespace) -> int:
 
     async def operation(catalog: Catalog) -> str:
         log_url = deployment.log_for(args.name, args.log)
-        if log_url is None:
-            log_url = (await catalog.get(args.name)).log_url
-        return render_status(await read_status(log_url, args.name), as_json=args.json)
+        record = None
+        try:
+            record = await catalog.get(args.name)
+        except InstanceNotFoundError:
+            if log_url is None:
+                raise
+        log_url = log_url or (record.log_url if record is not None else None)
+        assert log_url is not None
+        status = await read_status(log_url, args.name, record=record)
+        return render_status(status, as_json=args.json)
 
     print(run_with_catalog(deployment.catalog_for(args.catalog), operation), end="")
     return 0
@@ -485,7 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--version",
         type=int,
         help="run: the version of this code; refused unless it is the catalog's current "
-        "version. upgrade: the new version (above the current one)",
+        "version. upgrade: the new version (above the current one). Default: the app "
+        "class's __ambrosia_version__ if it declares one",
     )
     versions.add_argument(
         "--test",

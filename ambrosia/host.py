@@ -34,6 +34,7 @@ from typing import Any
 
 from ambrosia.backends import LogStore, open_store
 from ambrosia.backends import faults as faults_knob
+from ambrosia.backends.retry import call_with_retry
 from ambrosia.binding.dispatcher import in_process
 from ambrosia.binding.immortal import Immortal
 from ambrosia.catalog import Catalog, InstanceRecord, default_catalog_url, open_catalog
@@ -42,10 +43,19 @@ from ambrosia.coordinator.runtime import Config, Runtime
 from ambrosia.coordinator.socket_binding import BindingPorts, SocketBinding
 from ambrosia.coordinator.standby import Role, StandbyRuntime, StandbySettings
 from ambrosia.coordinator.tls import Transport
-from ambrosia.deployment import DeploymentFile, load_deployment, resolve_run
+from ambrosia.deployment import DeploymentFile, RunSettings, load_deployment, resolve_run
 from ambrosia.errors import ConfigError, FenceError, ReplayDivergenceError
 from ambrosia.operations import serving
-from ambrosia.upgrade import UpgradePlan, VersionWatch, build_upgrade_runtime, check_version
+from ambrosia.upgrade import (
+    UpgradePlan,
+    VersionedRuntime,
+    VersionWatch,
+    build_upgrade_runtime,
+    check_version,
+    code_version,
+    reconcile_with_log,
+    withdraw_stale_request,
+)
 from ambrosia.watchdog import HandlerWatchdog, SignalStop
 
 logger = logging.getLogger("ambrosia.host")
@@ -195,20 +205,36 @@ async def serve(
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.push_async_callback(catalog.close)
         record = await catalog.get(name)
-        settings = resolve_run(
-            name,
-            deployment,
-            registered_log_url=record.log_url,
-            registered_app=record.app,
-            log_url=log_url,
-            store_options=store_options or {},
-            coordinator=coordinator or {},
-            transport=transport or {},
-            create_storage=create_storage,
-        )
+
+        def resolved(record: InstanceRecord) -> RunSettings:
+            return resolve_run(
+                name,
+                deployment,
+                registered_log_url=record.log_url,
+                registered_app=record.app,
+                log_url=log_url,
+                store_options=store_options or {},
+                coordinator=coordinator or {},
+                transport=transport or {},
+                create_storage=create_storage,
+            )
+
+        settings = resolved(record)
         run_config = config if config is not None else settings.config
         chosen = dataclasses.replace(settings.transport, tls=run_config.tls)
+        listen = parse_address(record.address)
+        chosen.check(name, listen[0])
+        store: LogStore = await open_store(settings.log_url, name, **settings.store_options)
+        cleanup.push_async_callback(store.close)
+        # The log is where an upgrade commits: a catalog left behind by an upgrader that
+        # died just after committing is brought up to it before any version is chosen.
+        meta, _ = await call_with_retry(store.read_meta, run_config.retry_policy)
+        reconciled = await reconcile_with_log(catalog, record, meta)
+        if reconciled is not record:
+            record = reconciled
+            settings = resolved(record)
         own_version = record.current_version
+        stale = False
         if upgrade is not None:
             own_version = upgrade.version
             if upgrade.version <= record.current_version:
@@ -219,18 +245,22 @@ async def serve(
             if settings.app is None:
                 raise ConfigError(f"{name} has no registered app to upgrade from")
             app_factory = load_app(settings.app)
-        elif separate is None:
-            own_version = check_version(record, version)
+            stale = record.upgrade_version != record.current_version
+            record = await withdraw_stale_request(catalog, record)
         if separate is not None:
             pass  # the application is in the binding process
         elif app_factory is None:
             if settings.app is None:
                 raise ConfigError(f"{name} has no registered app; pass --app module:Class")
             app_factory = load_app(settings.app)
-        listen = parse_address(record.address)
-        chosen.check(name, listen[0])
-        store: LogStore = await open_store(settings.log_url, name, **settings.store_options)
-        cleanup.push_async_callback(store.close)
+        if upgrade is None and separate is None:
+            declared_by = None
+            if isinstance(app_factory, type) and version is None:
+                version = code_version(app_factory, None)
+                declared_by = f"{app_factory.__module__}:{app_factory.__qualname__}"
+            elif isinstance(app_factory, type):
+                version = code_version(app_factory, version)
+            own_version = check_version(record, version, app=declared_by)
         reporter = None
         faults = os.environ.get(FAULTS_ENVIRONMENT_VARIABLE, "").strip()
         if faults:
@@ -275,10 +305,21 @@ async def serve(
         if upgrade is not None:
             assert isinstance(app_factory, type)
             runtime = build_upgrade_runtime(
-                catalog, name, upgrade, app_factory, watch=watch, **arguments
+                catalog,
+                name,
+                upgrade,
+                app_factory,
+                old_version=record.current_version,
+                watch=watch,
+                **arguments,
             )
+            if stale:
+                # Two of the primary's catalog checks see the request withdrawn first.
+                runtime.ask_after = time.monotonic() + 2 * version_check_s
         else:
-            runtime = StandbyRuntime(binding=in_process(app_factory), role=role, **arguments)
+            runtime = VersionedRuntime(
+                binding=in_process(app_factory), role=role, code_version=own_version, **arguments
+            )
         watching = asyncio.get_running_loop().create_task(watch.run())
         try:
             async with serving(runtime, deployment.operations):

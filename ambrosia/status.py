@@ -6,6 +6,11 @@ Read live from the log, without the lease (it never writes):
   metadata when it started (``MetadataKeeper.record_start``), and its epoch;
 - the log: its chunks, its last page (sequence, epoch, chunk, offset) and the latest
   checkpoint the metadata names;
+- the version: the catalog's ``current_version`` (and an upgrade it was asked, its
+  ``upgrade_version``) beside the version the log's metadata records as having written
+  its latest checkpoint (``ambrosia.upgrade.logged_code``): while an upgrade is under way
+  the catalog names the new version as asked and the log still the old one; once the new
+  code's checkpoint is durable, the log names the new version;
 - each standby, from the replica board (``ambrosia.coordinator.replicas``): the page it
   has replayed through, its lag behind the log's last page in pages and in seconds
   (its own measure: how long since it was last caught up), and how old its note is. A
@@ -14,6 +19,7 @@ Read live from the log, without the lease (it never writes):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -23,10 +29,12 @@ import orjson
 
 from ambrosia.backends import LogStore, open_store
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, call_with_retry
+from ambrosia.catalog import InstanceRecord
 from ambrosia.coordinator.replicas import ReplicaNote, board_of, decode_note
 from ambrosia.coordinator.standby import current_primary
 from ambrosia.errors import NotFoundError
 from ambrosia.log.page import PAGE_BYTES_MAX_DEFAULT, instance_id_for, scan_chunk
+from ambrosia.upgrade import logged_code
 
 __all__ = ["SILENT_AFTER_S", "InstanceStatus", "read_status", "render_status"]
 
@@ -45,6 +53,21 @@ class InstanceStatus:
     standbys: list[ReplicaNote]
     board: bool
     read_at: float
+    # The catalog's versions (None: not read) and the version the log records (None:
+    # none recorded, the registered version wrote it).
+    current_version: int | None = None
+    upgrade_version: int | None = None
+    log_version: int | None = None
+    log_app: str | None = None
+
+    def upgrade_state(self) -> str | None:
+        """What the versions say of an upgrade: None when none is asked."""
+        current, wanted = self.current_version, self.upgrade_version
+        if current is None or wanted is None or wanted <= current:
+            return None
+        if self.log_version is not None and self.log_version >= wanted:
+            return "committed in the log, catalog not yet updated (the next start records it)"
+        return "in progress (or interrupted: then the old version keeps the log)"
 
     def to_json(self) -> dict[str, Any]:
         now = self.read_at
@@ -70,17 +93,34 @@ class InstanceStatus:
                 for note in self.standbys
             ],
             "standbys_reported": self.board,
+            "version": {
+                "current": self.current_version,
+                "upgrade": self.upgrade_version,
+                "log": self.log_version,
+                "log_app": self.log_app,
+                "upgrade_state": self.upgrade_state(),
+            },
         }
 
 
 async def read_status(
-    log_url: str, instance: str, *, page_bytes_max: int = PAGE_BYTES_MAX_DEFAULT
+    log_url: str,
+    instance: str,
+    *,
+    page_bytes_max: int = PAGE_BYTES_MAX_DEFAULT,
+    record: InstanceRecord | None = None,
 ) -> InstanceStatus:
+    """``record``: the instance's catalog record, for its versions (None: not shown)."""
     store = await open_store(log_url, instance)
     try:
-        return await _read(store, log_url, page_bytes_max)
+        status = await _read(store, log_url, page_bytes_max)
     finally:
         await store.close()
+    if record is None:
+        return status
+    return dataclasses.replace(
+        status, current_version=record.current_version, upgrade_version=record.upgrade_version
+    )
 
 
 async def _read(store: LogStore, log_url: str, page_bytes_max: int) -> InstanceStatus:
@@ -118,6 +158,7 @@ async def _read(store: LogStore, log_url: str, page_bytes_max: int) -> InstanceS
             if note is not None:
                 notes.append(note)
     chunks = "none" if meta is None or meta.chunks is None else str(meta.chunks)
+    logged = logged_code(meta)
     return InstanceStatus(
         instance=store.instance,
         log_url=log_url,
@@ -129,7 +170,24 @@ async def _read(store: LogStore, log_url: str, page_bytes_max: int) -> InstanceS
         standbys=notes,
         board=board is not None,
         read_at=time.time(),
+        log_version=None if logged is None else logged.version,
+        log_app=None if logged is None else logged.app,
     )
+
+
+def _version_line(status: InstanceStatus) -> str | None:
+    if status.current_version is None and status.log_version is None:
+        return None
+    parts = []
+    if status.current_version is not None:
+        parts.append(f"{status.current_version} (catalog)")
+    if status.log_version is not None:
+        parts.append(f"log written by version {status.log_version} ({status.log_app or '?'})")
+    line = "version   " + ", ".join(parts)
+    state = status.upgrade_state()
+    if state is not None:
+        line += f"; upgrade to version {status.upgrade_version} {state}"
+    return line
 
 
 def render_status(status: InstanceStatus, *, as_json: bool = False) -> str:
@@ -156,6 +214,9 @@ def render_status(status: InstanceStatus, *, as_json: bool = False) -> str:
             f"{last['epoch']}, chunk {last['chunk']} offset {last['offset']})"
         )
     lines.append(f"checkpoint {status.checkpoint if status.checkpoint is not None else 'none'}")
+    version = _version_line(status)
+    if version is not None:
+        lines.append(version)
     if not status.board:
         lines.append("standbys  not reported by this log store")
     elif not record["standbys"]:

@@ -224,12 +224,12 @@ def test_takeover_of_an_instance_that_calls_itself(tmp_path: Path) -> None:
     its self-stream marked dirty for good, and logged no self-call after taking over.)
 
     The client awaits a third of its calls, so the hand-over often finds a handler
-    awaiting one: the upgrade is then aborted and the upgrader serves the old code.
-    Either way it took over, and the load must go on to the end."""
+    awaiting one: the upgrader then serves the old code until a page leaves none waiting,
+    and migrates there. The load must go on to the end."""
     total = 3000
     deployment = chain_deployment(tmp_path, total)
     client_app = "ambrosia.testing.workloads:ChainClient"
-    outcomes = ("upgraded to version 1", "aborted: at the hand-over")
+    outcomes = ("upgraded to version 1", "upgrade to version 1 aborted")
     try:
         deployment.start("server", args=("--version", "1"))
         deployment.start("client", label="c1")
@@ -247,11 +247,158 @@ def test_takeover_of_an_instance_that_calls_itself(tmp_path: Path) -> None:
         at = server_count(deployment)
         assert at < total, "the load ended before the upgrade: nothing was tested"
         finish(deployment, total, ignore=("c1",))
-        upgraded = outcomes[0] in deployment.output("c2")
-        assert record(deployment, "client").current_version == (1 if upgraded else 0)
-        print(f"\nclient: {'upgraded' if upgraded else 'upgrade aborted, old code serving'}")
+        assert outcomes[0] in deployment.output("c2"), deployment.output("c2")
+        assert record(deployment, "client").current_version == 1
         assert deployment.terminate("c2") == 0, deployment.output("c2")
         assert deployment.terminate("server") == 0, deployment.output("server")
+        assert not deployment.log_findings(), deployment.log_findings()
+    finally:
+        deployment.stop_all()
+
+
+CLIENT_V1 = "tests.apps.chain_v2:ChainClientV1"
+CLIENT_V2 = "tests.apps.chain_v2:ChainClientV2"
+
+
+def test_upgrade_of_an_instance_awaiting_calls_under_load(tmp_path: Path) -> None:
+    """The client awaits every third call to the server, one call after another, so it
+    is mid-call at most moments: the upgrade still completes (the new primary serves
+    the old code until a page boundary where no handler awaits, then migrates), every
+    call arrives once and in order, and every awaited result once. The versions come
+    from the classes (``__ambrosia_version__``): the old class is refused afterwards,
+    naming both versions; ``ambrosia list`` and ``ambrosia status`` show the new one."""
+    total = 1500
+    deployment = chain_deployment(tmp_path, total)
+    deployment.register("client", CLIENT_V1, args=("--version", "1", "--replace"))
+    try:
+        deployment.start("server", args=("--version", "1"))
+        deployment.start("client", label="c1")  # version 1, as its class declares
+        deployment.wait_for(lambda: server_count(deployment) > 200, LIVENESS_S, "load")
+        deployment.start("client", label="c2", subcommand="upgrade", args=("--app", CLIENT_V2))
+        deployment.wait_for(
+            lambda: (
+                "upgraded to version 2" in deployment.output("c2")
+                or "aborted" in deployment.output("c2")
+            ),
+            LIVENESS_S,
+            "the upgrade",
+            ignore=("c1",),
+        )
+        upgrader = deployment.output("c2")
+        assert "upgraded to version 2" in upgrader, upgrader
+        assert "handed over to version 2" in deployment.output("c1"), deployment.output("c1")
+        assert server_count(deployment) < total, "the load ended before the upgrade"
+        finish(deployment, total, ignore=("c1",))
+        client = deployment.status("client")
+        assert client is not None and client["version"] == 2, client
+        assert 0 < client["upgraded_at"] < total, client
+        registered = record(deployment, "client")
+        assert (registered.current_version, registered.upgrade_version) == (2, 2), registered
+        assert registered.app == CLIENT_V2, registered
+        served = re.search(r"migrated after page \d+ \((\d+) page\(s\) served", upgrader)
+        assert served is not None, upgrader
+        print(f"\nclient upgraded; {served.group(1)} page(s) served by the old code first")
+
+        refused = ambrosia(deployment, "run", "client", "--plaintext", "--app", CLIENT_V1)
+        assert refused.returncode == 2, refused
+        assert "runs version 2" in refused.stderr, refused.stderr
+        assert f"this process is version 1 ({CLIENT_V1})" in refused.stderr, refused.stderr
+        listing = ambrosia(deployment, "list")
+        assert re.search(r"^client .* 2 +" + re.escape(CLIENT_V2), listing.stdout, re.M), listing
+        status = ambrosia(deployment, "status", "client")
+        assert f"version   2 (catalog), log written by version 2 ({CLIENT_V2})" in status.stdout
+        assert deployment.terminate("c2") == 0, deployment.output("c2")
+        assert deployment.terminate("server") == 0, deployment.output("server")
+        assert not deployment.log_findings(), deployment.log_findings()
+    finally:
+        deployment.stop_all()
+
+
+@pytest.mark.parametrize("point", ["taken-over", "migrated", "checkpointed", "committed"])
+def test_sigkill_during_the_upgrade(tmp_path: Path, point: str) -> None:
+    """The upgrader SIGKILLed at ``point``: after the takeover before the migration;
+    after migrating before the new code's checkpoint is durable; after it, before the
+    catalog records version 2; after the catalog does. The old primary has handed over
+    by then, so the instance is started again the way a supervisor would, with
+    ``ambrosia run server`` (no version): it runs version 1 when the new code's
+    checkpoint was not durable (the new code served nothing: no page reaches it before
+    that checkpoint), version 2 when it was (the log is the upgrade's commit point: a
+    catalog left behind is brought up to it). Only that version runs; the other is
+    refused. After an interrupted upgrade, the upgrade tried again completes. Every
+    call arrives once and in order."""
+    total = 1500
+    deployment = chain_deployment(tmp_path, total)
+    upgraded = point in ("checkpointed", "committed")
+    try:
+        deployment.start("server", label="a", args=("--version", "1"))
+        deployment.wait_for(lambda: role(deployment, "a") == "primary", LIVENESS_S, "a primary")
+        deployment.start("client")
+        deployment.wait_for(lambda: server_count(deployment) > 200, LIVENESS_S, "load")
+        upgrade = ("--app", V2, "--version", "2")
+        deployment.start(
+            "server",
+            label="up",
+            subcommand="upgrade",
+            args=upgrade,
+            env={"AMBROSIA_UPGRADE_HALT_AT": point},
+        )
+        deployment.wait_for(
+            lambda: f"upgrade halted at {point}" in deployment.output("up"),
+            LIVENESS_S,
+            f"the upgrader at {point}",
+            ignore=("a",),
+        )
+        deployment.kill("up")
+        assert deployment.processes["a"].wait(LIVENESS_S) == 0, deployment.output("a")
+        assert "handed over to version 2" in deployment.output("a"), deployment.output("a")
+        at = server_count(deployment)
+        assert at < total, "the load ended before the upgrade"
+
+        deployment.start("server", label="b")
+        deployment.wait_for(
+            lambda: role(deployment, "b") == "primary", LIVENESS_S, "b primary", ignore=("a",)
+        )
+        deployment.wait_for(
+            lambda: server_count(deployment) > at, LIVENESS_S, "progress", ignore=("a", "up")
+        )
+        server = deployment.status("server")
+        assert server is not None
+        registered = record(deployment, "server")
+        ignore: tuple[str, ...] = ("a", "up")
+        if upgraded:
+            assert server.get("version") == 2, server
+            assert (registered.current_version, registered.app) == (2, V2), registered
+            refused = ambrosia(deployment, "run", "server", "--plaintext", "--version", "1")
+            assert refused.returncode == 2, refused
+            assert "runs version 2" in refused.stderr, refused.stderr
+            assert "this process is version 1" in refused.stderr, refused.stderr
+        else:
+            assert "version" not in server, server  # the version 1 class serves
+            assert (registered.current_version, registered.app) == (1, V1), registered
+            status = ambrosia(deployment, "status", "server")
+            assert "upgrade to version 2 in progress (or interrupted" in status.stdout, status
+            refused = ambrosia(deployment, "run", "server", "--plaintext", "--version", "2")
+            assert refused.returncode == 2, refused
+            assert "runs version 1" in refused.stderr, refused.stderr
+            # The upgrade, tried again, completes (the stale request is withdrawn first).
+            deployment.start("server", label="up2", subcommand="upgrade", args=upgrade)
+            deployment.wait_for(
+                lambda: "upgraded to version 2" in deployment.output("up2"),
+                LIVENESS_S,
+                "the second upgrade",
+                ignore=("a", "up", "b"),
+            )
+            assert deployment.processes["b"].wait(LIVENESS_S) == 0, deployment.output("b")
+            assert "handed over to version 2" in deployment.output("b"), deployment.output("b")
+            ignore = ("a", "up", "b")
+        finish(deployment, total, ignore=ignore)
+        server = deployment.status("server")
+        assert server is not None and server["version"] == 2, server
+        assert server["handled_by_v2"] == total - server["upgraded_at"], server
+        assert record(deployment, "server").current_version == 2
+        last = "b" if upgraded else "up2"
+        assert deployment.terminate(last) == 0, deployment.output(last)
+        assert deployment.terminate("client") == 0, deployment.output("client")
         assert not deployment.log_findings(), deployment.log_findings()
     finally:
         deployment.stop_all()

@@ -25,7 +25,7 @@ import inspect
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from ambrosia.errors import BindingError
 from ambrosia.wire.messages import _SIZE_PREFIX, _SIZE_TABLE_MAX
@@ -139,6 +139,14 @@ class Immortal:
     """
 
     _ambrosia_dispatcher: Dispatcher | None = None
+
+    #: The version of this class's code, for live upgrades (docs/operations.md,
+    #: "Versions"): ``ambrosia run`` and ``ambrosia upgrade`` take it when ``--version``
+    #: is absent, so a process of an old class is refused after an upgrade, the message
+    #: naming both versions. None (the default): the class declares no version. A
+    #: dunder name, so that it can never collide with the application's own methods and
+    #: attributes; a class attribute, never part of the checkpointed state.
+    __ambrosia_version__: ClassVar[int | None] = None
 
     async def on_first_start(self) -> None:
         """Runs once, as the first logged input of the immortal's life."""

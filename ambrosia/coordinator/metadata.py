@@ -49,6 +49,25 @@ class MetadataKeeper:
         self.meta = meta
         self.version = version
         self._turn = asyncio.Lock()
+        # (checkpoint number, fields): ``record_fields_from``.
+        self._fields_from: tuple[int, tuple[tuple[str, str], ...]] | None = None
+
+    def record_fields_from(self, checkpoint: int, fields: tuple[tuple[str, str], ...]) -> None:
+        """Record ``fields`` in ``Meta.extra`` in the swap that points at checkpoint
+        ``checkpoint`` or a later one, replacing the values of the same keys; never in an
+        earlier swap. A live upgrade records the new code's version this way, so the log
+        names it exactly when a checkpoint of the new code is the one recovery loads
+        (``ambrosia.upgrade``)."""
+        self._fields_from = (checkpoint, fields)
+
+    def _with_fields(
+        self, number: int, extra: tuple[tuple[str, str], ...]
+    ) -> tuple[tuple[str, str], ...]:
+        if self._fields_from is None or number < self._fields_from[0]:
+            return extra
+        fields = self._fields_from[1]
+        keys = {key for key, _ in fields}
+        return tuple(pair for pair in extra if pair[0] not in keys) + fields
 
     async def record_start(
         self,
@@ -86,10 +105,14 @@ class MetadataKeeper:
         def pointed(old: Meta | None) -> Meta:
             if old is None or old.chunks is None:
                 # The first checkpoint of a new log: no chunk exists yet.
-                return Meta(number, 0, self._extra(old), ChunkRange(first_chunk, first_chunk - 1))
+                extra = self._with_fields(number, self._extra(old))
+                return Meta(number, 0, extra, ChunkRange(first_chunk, first_chunk - 1))
             first = min(max(old.chunks.first, first_chunk), old.chunks.last + 1)
             return dataclasses.replace(
-                old, checkpoint=number, chunks=ChunkRange(first, old.chunks.last)
+                old,
+                checkpoint=number,
+                chunks=ChunkRange(first, old.chunks.last),
+                extra=self._with_fields(number, old.extra),
             )
 
         await self._swap(pointed)

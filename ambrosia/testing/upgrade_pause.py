@@ -8,8 +8,15 @@ upgrade it reports:
 
 - hand-over: from the old primary's "hand over" line (it stops taking input) to the
   upgrader's "role primary" line (it serves), both from the processes' logs;
+- new code: from the same step-down line to the upgrader's "upgraded to version" line
+  (the new code's checkpoint durable, the catalog updated: it serves the next page);
 - stall: the longest time the server's call count did not move around the upgrade, as
   seen in its status file (written every 50 ms: the resolution of this figure).
+
+``--instance client`` upgrades the client instead: it awaits every third call, so the
+new primary usually finds a handler awaiting one when it takes over and serves the old
+code until a page boundary where none awaits (``ambrosia.upgrade``); "new code" then
+includes that wait.
 
 At the end every call is checked to have arrived once and in order.
 """
@@ -31,15 +38,22 @@ from pathlib import Path
 from ambrosia.testing.harness import Deployment
 from ambrosia.testing.workloads import (
     STATUS_INTERVAL_S,
+    ChainClient,
     ChainServer,
     _write_status,
     expected_chain,
 )
 
-CLASSES = (
-    "ambrosia.testing.workloads:ChainServer",
-    "ambrosia.testing.upgrade_pause:ChainServerNext",
-)
+CLASSES = {
+    "server": (
+        "ambrosia.testing.workloads:ChainServer",
+        "ambrosia.testing.upgrade_pause:ChainServerNext",
+    ),
+    "client": (
+        "ambrosia.testing.workloads:ChainClient",
+        "ambrosia.testing.upgrade_pause:ChainClientNext",
+    ),
+}
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 LIVENESS_S = 120.0
 
@@ -63,6 +77,10 @@ class ChainServerNext(ChainServer):
             await asyncio.sleep(STATUS_INTERVAL_S)
 
 
+class ChainClientNext(ChainClient):
+    """The chain client, another version (the default migration)."""
+
+
 def _stamp(output: str, marker: str) -> float:
     for line in output.splitlines():
         found = _STAMP.match(line)
@@ -77,22 +95,30 @@ def _count(deployment: Deployment) -> int:
     return int(status["count"]) if status else 0
 
 
-def measure(directory: Path, upgrades: int, calls: int) -> list[tuple[float, float]]:
-    """(hand-over s, stall s) of each upgrade; fails when a call was lost or repeated."""
+def measure(
+    directory: Path, upgrades: int, calls: int, instance: str = "server"
+) -> list[tuple[float, float, float]]:
+    """(hand-over s, new code s, stall s) of each upgrade; fails when a call was lost or
+    repeated."""
     deployment = Deployment(
         directory,
         env={"AMBROSIA_CHAIN_TOTAL": str(calls)},
         run_args=("--checkpoint-log-bytes", "65536", "--version-check-s", "0.1"),
         strict_exits=True,
     )
-    deployment.register("server", CLASSES[0], args=("--version", "1"))
-    deployment.register("client", "ambrosia.testing.workloads:ChainClient")
-    results: list[tuple[float, float]] = []
+    other = "client" if instance == "server" else "server"
+    classes = CLASSES[instance]
+    deployment.register(instance, classes[0], args=("--version", "1"))
+    deployment.register(other, CLASSES[other][0])
+    results: list[tuple[float, float, float]] = []
     labels = ["v1"]
     try:
-        deployment.start("server", label="v1", args=("--version", "1"))
-        deployment.wait_for(lambda: "role primary" in deployment.output("v1"), 60, "primary")
-        deployment.start("client")
+        deployment.start("server", label="v1" if instance == "server" else None)
+        server_label = "v1" if instance == "server" else "server"
+        deployment.wait_for(
+            lambda: "role primary" in deployment.output(server_label), 60, "primary"
+        )
+        deployment.start("client", label="v1" if instance == "client" else None)
         for number in range(1, upgrades + 1):
             at = _count(deployment)
             deployment.wait_for(
@@ -104,10 +130,10 @@ def measure(directory: Path, upgrades: int, calls: int) -> list[tuple[float, flo
             old, new = labels[-1], f"v{number + 1}"
             labels.append(new)
             deployment.start(
-                "server",
+                instance,
                 label=new,
                 subcommand="upgrade",
-                args=("--app", CLASSES[number % 2], "--version", str(number + 1)),
+                args=("--app", classes[number % 2], "--version", str(number + 1)),
             )
             changes: list[float] = []
             last = -1
@@ -131,15 +157,16 @@ def measure(directory: Path, upgrades: int, calls: int) -> list[tuple[float, flo
                     last = count
                 time.sleep(0.002)
             stall = max((b - a for a, b in itertools.pairwise(changes)), default=0.0)
-            handover = _stamp(deployment.output(new), "role primary (took over") - _stamp(
-                deployment.output(old), "asks this primary"
-            )
+            asked = _stamp(deployment.output(old), "asks this primary")
+            handover = _stamp(deployment.output(new), "role primary (took over") - asked
+            upgraded = _stamp(deployment.output(new), "upgraded to version") - asked
             if deployment.processes[old].returncode != 0:
                 raise AssertionError(f"{old} exited with {deployment.processes[old].returncode}")
-            results.append((handover, stall))
+            results.append((handover, upgraded, stall))
             print(
                 f"upgrade to version {number + 1}: hand-over {handover * 1000:.0f} ms, "
-                f"longest stall of the load {stall * 1000:.0f} ms",
+                f"new code serving after {upgraded * 1000:.0f} ms, longest stall of the "
+                f"load {stall * 1000:.0f} ms",
                 flush=True,
             )
 
@@ -162,17 +189,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upgrades", type=int, default=5)
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--dir", type=Path, help="where the logs go (default: a temporary one)")
+    parser.add_argument(
+        "--instance",
+        choices=("server", "client"),
+        default="server",
+        help="the instance upgraded: the server (handles calls), or the client (awaits "
+        "every third call, so it is mid-call at most hand-overs)",
+    )
     args = parser.parse_args(argv)
     if args.dir is not None:
-        results = measure(args.dir, args.upgrades, args.calls)
+        results = measure(args.dir, args.upgrades, args.calls, args.instance)
     else:
         with tempfile.TemporaryDirectory() as directory:
-            results = measure(Path(directory), args.upgrades, args.calls)
-    handovers = [h * 1000 for h, _ in results]
-    stalls = [s * 1000 for _, s in results]
+            results = measure(Path(directory), args.upgrades, args.calls, args.instance)
+    handovers = [h * 1000 for h, _, _ in results]
+    upgraded = [u * 1000 for _, u, _ in results]
+    stalls = [s * 1000 for _, _, s in results]
     print(
         f"{len(results)} upgrades, every one of {args.calls} calls once and in order; "
         f"hand-over ms median {statistics.median(handovers):.0f} max {max(handovers):.0f}; "
+        f"new code serving ms median {statistics.median(upgraded):.0f} "
+        f"max {max(upgraded):.0f}; "
         f"longest stall ms median {statistics.median(stalls):.0f} max {max(stalls):.0f}"
     )
     return 0

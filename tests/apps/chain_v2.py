@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from ambrosia.binding.immortal import Immortal
-from ambrosia.testing.workloads import STATUS_INTERVAL_S, ChainServer, _write_status
+from ambrosia.testing.workloads import STATUS_INTERVAL_S, ChainClient, ChainServer, _write_status
 
 
 class ChainServerV2(ChainServer):
@@ -64,3 +64,45 @@ class ChainServerV3Diverging(ChainServerV2):
 
     def _record(self, n: int) -> int:
         return super()._record(n) + 1
+
+
+class ChainClientV1(ChainClient):
+    """The chain client declaring its version (``__ambrosia_version__``)."""
+
+    __ambrosia_version__ = 1
+
+
+class ChainClientV2(ChainClientV1):
+    """Version 2 of the client: records how far version 1 had got (``upgraded_at``:
+    the last call it sent) and says in its status that it runs."""
+
+    __ambrosia_version__ = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.upgraded_at = -1
+
+    @classmethod
+    def upgrade_from(cls, old: Immortal) -> ChainClientV2:
+        new = super().upgrade_from(old)
+        assert isinstance(old, ChainClient)
+        new.upgraded_at = old.sent
+        return new
+
+    async def _status_loop(self) -> None:
+        path = Path(os.environ["AMBROSIA_STATUS_DIR"]) / f"{self.name}.json"
+        while True:
+            _write_status(
+                path,
+                {
+                    "sent": self.sent,
+                    "results": self.results,
+                    "result_chain": self.result_chain,
+                    "done": self.done,
+                    "total": self.total,
+                    "bad_results": self.bad_results[:10],
+                    "version": 2,
+                    "upgraded_at": self.upgraded_at,
+                },
+            )
+            await asyncio.sleep(STATUS_INTERVAL_S)
