@@ -379,8 +379,9 @@ class VersionedRuntime(StandbyRuntime):
 
     It never takes over a log whose latest checkpoint a newer version wrote: a standby
     of the old code still following when an upgrade finished (its latest checkpoint is
-    the new code's, ``logged_code``) refuses at its takeover, with an error naming both
-    versions, instead of serving pages the new code may already have handled.
+    the new code's, ``logged_code``) refuses at its takeover, and a cold start refuses
+    before it restores anything, with an error naming both versions, instead of serving
+    pages the new code may already have handled.
     """
 
     def __init__(self, *args: Any, code_version: int, **kwargs: Any) -> None:
@@ -388,6 +389,11 @@ class VersionedRuntime(StandbyRuntime):
         self.code_version = code_version
 
     async def _before_serving(self) -> None:
+        self._refuse_newer_log()
+
+    def _before_restore(self) -> None:
+        # A cold start (``--role primary``, or a standby behind the retention window)
+        # checks before it loads the newer version's checkpoint into the old code.
         self._refuse_newer_log()
 
     def _refuse_newer_log(self) -> None:

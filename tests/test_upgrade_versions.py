@@ -11,6 +11,7 @@ import pytest
 
 from ambrosia.backends import open_store
 from ambrosia.backends.base import ChunkRange, Meta
+from ambrosia.binding.dispatcher import in_process
 from ambrosia.binding.immortal import Immortal
 from ambrosia.catalog import InstanceRecord, open_catalog
 from ambrosia.coordinator.metadata import MetadataKeeper
@@ -154,5 +155,65 @@ def test_an_old_standby_refuses_to_take_over_an_upgraded_log() -> None:
         finally:
             await store.release_lease(lease)
             await store.close()
+
+    asyncio.run(scenario())
+
+
+class Counter(Immortal):
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def test_an_old_cold_start_refuses_an_upgraded_log_before_restoring_anything() -> None:
+    """An old-version process that takes the lease after an upgrade committed (its host
+    checked the catalog before the upgrader died) refuses at the cold start, before the
+    newer version's checkpoint is loaded into its code (``VersionedRuntime._before_restore``)."""
+
+    async def resolve(name: str) -> tuple[str, int]:
+        raise AssertionError(f"no peers here, asked for {name}")
+
+    async def runtime_of(version: int) -> VersionedRuntime:
+        return VersionedRuntime(
+            instance="server",
+            binding=in_process(Counter),
+            store=await open_store("memory://cold-start-version", "server"),
+            listen=("127.0.0.1", 0),
+            resolve=resolve,
+            role="primary",
+            code_version=version,
+        )
+
+    async def scenario() -> None:
+        new = await runtime_of(2)
+        await new.start()
+        assert new.metadata is not None and new.metadata.meta is not None
+        meta = new.metadata.meta
+        assert meta.checkpoint is not None and meta.chunks is not None
+        # What the upgrade's commit records: the version beside the checkpoint it names.
+        new.metadata.record_fields_from(
+            meta.checkpoint, ((LOG_VERSION_FIELD, "2"), (LOG_APP_FIELD, "new:Counter"))
+        )
+        await new.metadata.record_checkpoint(meta.checkpoint, meta.chunks.first)
+        await new.stop()
+        store = await open_store("memory://cold-start-version", "server")
+        before, _ = await store.read_meta()
+        assert logged_code(before) is not None
+
+        old = await runtime_of(1)
+        with pytest.raises(NewerVersionError) as refused:
+            await old.start()
+        message = str(refused.value)
+        assert "upgraded to version 2 (new:Counter)" in message, message
+        assert "this process runs version 1" in message, message
+        await old.stop()
+        after, _ = await store.read_meta()
+        assert after is not None and before is not None
+        assert (after.checkpoint, after.chunks, after.extra) == (
+            before.checkpoint,
+            before.chunks,
+            before.extra,
+        )
+        assert (await runtime_of(2)).code_version == 2  # the new version still may
+        await store.close()
 
     asyncio.run(scenario())

@@ -291,6 +291,11 @@ class Runtime:
         )
         await self.start_holding_lease()
 
+    def _before_restore(self) -> None:
+        """A cold start read the log's metadata under the lease and has restored nothing
+        yet: the moment to refuse a log this process must not run (``ambrosia.upgrade``:
+        one a newer code version checkpointed)."""
+
     async def start_holding_lease(self) -> None:
         """Recover cold from the log and become primary (``self.lease`` is taken)."""
         store = self.store
@@ -310,6 +315,7 @@ class Runtime:
             version=reading.meta_version,
             policy=policy,
         )
+        self._before_restore()
         if reading.checkpoint is None:
             checkpoint = await self._first_checkpoint()
         else:
