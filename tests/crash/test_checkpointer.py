@@ -30,8 +30,6 @@ LIVENESS_S = 60.0
 # (the status is rewritten every second and read every second), so that the fallback
 # after a kill is seen within seconds.
 RUN_ARGS = (
-    "--checkpoint-log-bytes",
-    "8192",
     "--coordinator-option",
     "checkpointer_silent_s=3",
 )
@@ -45,12 +43,19 @@ def role(deployment: Deployment, label: str) -> str | None:
     return roles[-1] if roles else None
 
 
-def chain_deployment(tmp_path: Path, total: int, log_url: str | None = None) -> Deployment:
+def chain_deployment(
+    tmp_path: Path, total: int, log_url: str | None = None, *, checkpoint_log_bytes: int = 8192
+) -> Deployment:
     deployment = Deployment(
         tmp_path,
         log_url=log_url,
         env={"AMBROSIA_CHAIN_TOTAL": str(total)},
-        run_args=(*(("--create-storage",) if log_url else ()), *RUN_ARGS),
+        run_args=(
+            *(("--create-storage",) if log_url else ()),
+            "--checkpoint-log-bytes",
+            str(checkpoint_log_bytes),
+            *RUN_ARGS,
+        ),
         strict_exits=True,
     )
     deployment.register("server", "ambrosia.testing.workloads:ChainServer")
