@@ -31,8 +31,8 @@ def cloud_log(request: pytest.FixtureRequest) -> str:
 
 
 def test_primary_adopts_the_checkpointers_checkpoints(tmp_path: Path, cloud_log: str) -> None:
-    total = 400
-    deployment = chain_deployment(tmp_path, total, cloud_log, checkpoint_log_bytes=2048)
+    total = 200
+    deployment = chain_deployment(tmp_path, total, cloud_log, checkpoint_log_bytes=1024)
     try:
         start_pair(deployment)
         own = written(deployment, "a")
