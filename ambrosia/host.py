@@ -279,6 +279,7 @@ async def serve(
             )
         else:
             runtime = StandbyRuntime(binding=in_process(app_factory), role=role, **arguments)
+        runtime.code_version = own_version
         watching = asyncio.get_running_loop().create_task(watch.run())
         try:
             async with serving(runtime, deployment.operations):

@@ -129,6 +129,9 @@ class CheckpointerStatus:
     candidate_resume_sequence: int = -1
     candidate_bytes: int = 0
     candidate_xxh64: int = 0
+    # The version of the code it runs (``ambrosia.upgrade``): only a primary of the same
+    # version adopts its candidates. None: not declared.
+    version: int | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -141,6 +144,7 @@ def decode_status(data: bytes) -> CheckpointerStatus | None:
     try:
         record: dict[str, Any] = orjson.loads(data)
         candidate = record.get("candidate")
+        version = record.get("version")
         return CheckpointerStatus(
             replica_id=str(record["replica_id"]),
             pid=int(record["pid"]),
@@ -151,6 +155,7 @@ def decode_status(data: bytes) -> CheckpointerStatus | None:
             candidate_resume_sequence=int(record.get("candidate_resume_sequence", -1)),
             candidate_bytes=int(record.get("candidate_bytes", 0)),
             candidate_xxh64=int(record.get("candidate_xxh64", 0)),
+            version=None if version is None else int(version),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
@@ -283,6 +288,8 @@ class CandidateWriter:
             # Once per chunk: did the primary take this checkpoint itself?
             self._meta_chunk = chunk
             meta, _ = await call_with_retry(runtime.store.read_meta, runtime.config.retry_policy)
+            if meta is not None:
+                self.epoch = max(self.epoch, meta.epoch)
             if meta is not None and meta.checkpoint is not None:
                 self._known_checkpoint = meta.checkpoint
                 if not self._wants(chunk):
@@ -353,7 +360,10 @@ class CandidateWriter:
             return
         self._status_at = now
         self.status = replace(
-            self.status, replayed_sequence=runtime.delivered_sequence, updated=time.time()
+            self.status,
+            replayed_sequence=runtime.delivered_sequence,
+            updated=time.time(),
+            version=runtime.code_version,
         )
         try:
             await self.area.write_candidate(STATUS_NAME, self.status.encode())
@@ -444,6 +454,11 @@ class Adopter:
             return (
                 f"checkpointer {status.replica_id} has been silent for {silent:.1f} s "
                 f"(more than {config.checkpointer_silent_s} s)"
+            )
+        if status.version != self.runtime.code_version:
+            return (
+                f"checkpointer {status.replica_id} runs version {status.version}, this "
+                f"process version {self.runtime.code_version}"
             )
         behind = self.runtime.delivered_sequence - status.replayed_sequence
         if behind > config.checkpointer_lag_pages_max:

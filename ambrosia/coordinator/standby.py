@@ -295,6 +295,9 @@ class StandbyRuntime(Runtime):
             CandidateWriter(self, area) if area is not None and self.config.checkpointer else None
         )
         self.adopter = Adopter(self, area) if area is not None else None
+        # The version of the application code (``ambrosia.upgrade``; None: undeclared):
+        # candidates are adopted only from a checkpointer of the same version.
+        self.code_version: int | None = None
 
     # -- roles -----------------------------------------------------------------------------
 
