@@ -826,10 +826,12 @@ class FileLogStore:
         def write() -> None:
             with _translated(f"write {path}"):
                 path.parent.mkdir(exist_ok=True)
-                # Whole or absent: a temporary file, fsynced, renamed into place.
-                temporary = _write_durable_temporary(path, data)
+                # Whole or absent (a temporary file renamed into place), not fsynced: a
+                # candidate is read once, verified, and made durable by the primary's
+                # copy; one lost with its machine is a candidate that never came.
+                temporary = _temporary_path(path)
+                temporary.write_bytes(data)
                 os.rename(temporary, path)
-                _fsync_directory(path.parent)
 
         await self._run(write)
 

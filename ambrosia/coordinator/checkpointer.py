@@ -32,8 +32,9 @@ did not come before chunk N was full in turn (the bound in bytes: one chunk), or
 candidate was refused ("checkpoint candidate N refused: ..."). After three refusals in
 a row it stops delegating to that checkpointer until a new one announces itself.
 
-A candidate is invisible until complete on every store (file: a temporary file renamed;
-s3: one PUT; azblob: one block blob upload), and it is checked against its announcement
+A candidate is invisible until complete on every store (file: a temporary file renamed,
+not fsynced, since the primary's copy is the durable one; s3: one PUT; azblob: one
+block blob upload), and it is checked against its announcement
 anyway, so a checkpointer killed while writing leaves at most a candidate that is refused
 or never announced; the primary goes on from the checkpoint it has.
 """
@@ -480,7 +481,8 @@ class Adopter:
     async def adopt(self, number: int, first_sequence: int) -> None:
         """Wait for candidate ``number`` and adopt it (the runtime's checkpoint task)."""
         runtime = self.runtime
-        poll_s = runtime.settings.poll_interval_s
+        # A status read per standby poll while waiting, at most 20 a second.
+        poll_s = max(runtime.settings.poll_interval_s, 0.05)
         self.waiting = True
         try:
             while True:

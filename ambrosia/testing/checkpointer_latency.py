@@ -1,17 +1,18 @@
 """The primary's call latency with and without a checkpointer standby, under load:
 ``python -m ambrosia.testing.checkpointer_latency``.
 
-A server whose state is large (``--entries`` dictionary entries, a few MB serialized:
-a checkpoint of its own pauses its calls for as long as serializing that takes) runs
-as primary with one hot standby, on the file backend with small chunks, so that a
-checkpoint is due every second or two. A client calls it in a closed loop (one awaited
-call after another) and times every call from send to result, which includes the log
-writes on both sides. Each round runs the same thing twice on fresh logs: the standby
-plain (the primary checkpoints itself), then the standby with ``--checkpointer`` (the
-primary adopts its checkpoints), the order alternating from round to round so that a
-drift of the shared machine's load weighs on both alike. Reported per round and pooled:
-calls, p50, p99 and max latency over the measured window (after a warm-up), and the
-checkpoints the primary took itself and adopted in it.
+A server whose state is large (``--entries`` dictionary entries, a few MB serialized: a
+checkpoint of its own pauses its calls for as long as serializing that takes) runs as
+primary with one hot standby, on the file backend with small chunks, so that a
+checkpoint is due every second or two. A client calls it in ``--parallel`` closed loops
+(one awaited call after another in each) and times every call from send to result, which
+includes the log writes on both sides. Each round runs the same thing twice on fresh
+logs: the standby plain (the primary checkpoints itself), then the standby with
+``--checkpointer`` (the primary adopts its checkpoints), the order alternating from
+round to round so that a drift of the shared machine's load weighs on both alike.
+Reported per round and pooled: calls, p50, p99, p99.9 and max latency over the measured
+window (after a warm-up), the calls slower than 100 ms, and the checkpoints the primary
+took itself and adopted in it.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class LatencyClient(Immortal):
         self.sent = 0
 
     async def on_first_start(self) -> None:
-        self.this.step.fork(1)
+        # ``AMBROSIA_LATENCY_PARALLEL`` chains of calls, each one call after another.
+        for chain in range(int(os.environ.get("AMBROSIA_LATENCY_PARALLEL", "1"))):
+            self.this.step.fork(chain * 1_000_000_000 + 1)
 
     @rpc
     async def step(self, n: int) -> None:
@@ -106,6 +109,7 @@ def run_once(
     directory: Path,
     *,
     checkpointer: bool,
+    parallel: int,
     entries: int,
     warmup_s: float,
     measure_s: float,
@@ -113,7 +117,7 @@ def run_once(
 ) -> dict[str, object]:
     deployment = Deployment(
         directory,
-        env={"AMBROSIA_LATENCY_ENTRIES": str(entries)},
+        env={"AMBROSIA_LATENCY_ENTRIES": str(entries), "AMBROSIA_LATENCY_PARALLEL": str(parallel)},
         run_args=("--checkpoint-log-bytes", str(chunk_bytes)),
         strict_exits=True,
     )
@@ -157,6 +161,8 @@ def run_once(
         "calls": len(latencies),
         "p50_ms": round(rank(0.50), 3),
         "p99_ms": round(rank(0.99), 3),
+        "p999_ms": round(rank(0.999), 3),
+        "over_100ms": sum(1 for value in latencies if value > 100),
         "max_ms": round(latencies[-1], 3),
         "mean_ms": round(statistics.fmean(latencies), 3),
         "own_checkpoints": own,
@@ -171,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--measure-s", type=float, default=15.0)
-    parser.add_argument("--chunk-bytes", type=int, default=65536)
+    parser.add_argument("--chunk-bytes", type=int, default=16384)
+    parser.add_argument("--parallel", type=int, default=4, help="calls in flight")
     parser.add_argument("--json", type=Path, help="write every round's figures here")
     options = parser.parse_args(argv)
     rows: list[dict[str, object]] = []
@@ -182,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_once(
                     Path(scratch) / f"round-{number}-{int(checkpointer)}",
                     checkpointer=checkpointer,
+                    parallel=options.parallel,
                     entries=options.entries,
                     warmup_s=options.warmup_s,
                     measure_s=options.measure_s,
@@ -193,12 +201,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"round {number + 1} {'with' if checkpointer else 'without'} checkpointer: "
                     f"{row['calls']} calls, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
-                    f"max {row['max_ms']} ms; checkpoints own {row['own_checkpoints']}, "
+                    f"p99.9 {row['p999_ms']} ms, max {row['max_ms']} ms, "
+                    f"{row['over_100ms']} over 100 ms; checkpoints own {row['own_checkpoints']}, "
                     f"adopted {row['adopted_checkpoints']}; load {row['load_average']:.2f}",
                     flush=True,
                 )
-    print("\n| checkpointer | calls | p50 ms | p99 ms | max ms | own ckpts | adopted |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "\n| checkpointer | calls | p50 ms | p99 ms | p99.9 ms | max ms | calls > 100 ms "
+        "| own ckpts | adopted |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for checkpointer in (False, True):
         chosen = [row for row in rows if row["checkpointer"] is checkpointer]
         pooled = sorted(
@@ -214,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         adopted = sum(int(row["adopted_checkpoints"]) for row in chosen)  # type: ignore[call-overload]
         print(
             f"| {'with' if checkpointer else 'without'} | {len(pooled)} | {rank(0.5):.2f} | "
-            f"{rank(0.99):.2f} | {pooled[-1]:.2f} | {own} | {adopted} |"
+            f"{rank(0.99):.2f} | {rank(0.999):.2f} | {pooled[-1]:.2f} | "
+            f"{sum(1 for value in pooled if value > 100)} | {own} | {adopted} |"
         )
     if options.json is not None:
         options.json.write_text(
