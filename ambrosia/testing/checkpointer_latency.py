@@ -105,6 +105,12 @@ def _checkpoints(output: str, start: float, end: float) -> tuple[int, int]:
     return own, adopted
 
 
+def _pin(pid: int, cpus: list[int]) -> None:
+    """Every thread of process ``pid`` (threads started later inherit it) onto ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
 def run_once(
     directory: Path,
     *,
@@ -114,7 +120,10 @@ def run_once(
     warmup_s: float,
     measure_s: float,
     chunk_bytes: int,
+    pin: bool = False,
 ) -> dict[str, object]:
+    """One run; ``pin``: the standby on the last CPU, the primary and the client on the
+    others (as if the standby ran on a machine of its own; it needs 2 CPUs or more)."""
     deployment = Deployment(
         directory,
         env={"AMBROSIA_LATENCY_ENTRIES": str(entries), "AMBROSIA_LATENCY_PARALLEL": str(parallel)},
@@ -130,11 +139,17 @@ def run_once(
         )
         standby_args = ("--role", "standby", *(("--checkpointer",) if checkpointer else ()))
         deployment.start("server", label="standby", args=standby_args)
+        cpus = sorted(os.sched_getaffinity(0))
+        if pin and len(cpus) >= 2:
+            _pin(deployment.processes["primary"].pid, cpus[:-1])
+            _pin(deployment.processes["standby"].pid, cpus[-1:])
         deployment.wait_for(
             lambda: "role standby" in deployment.output("standby"), LIVENESS_S, "standby"
         )
         # The client checkpoints only at its start: its own pauses are not measured.
         deployment.start("client", args=("--checkpoint-log-bytes", str(1 << 30)))
+        if pin and len(cpus) >= 2:
+            _pin(deployment.processes["client"].pid, cpus[:-1])
         samples_path = deployment.status_dir / "latency.txt"
         deployment.wait_for(samples_path.exists, LIVENESS_S, "the first calls")
         start = time.time() + warmup_s
@@ -179,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure-s", type=float, default=15.0)
     parser.add_argument("--chunk-bytes", type=int, default=16384)
     parser.add_argument("--parallel", type=int, default=4, help="calls in flight")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the standby on the last CPU, the primary and the client on the others",
+    )
     parser.add_argument("--json", type=Path, help="write every round's figures here")
     options = parser.parse_args(argv)
     rows: list[dict[str, object]] = []
@@ -194,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                     warmup_s=options.warmup_s,
                     measure_s=options.measure_s,
                     chunk_bytes=options.chunk_bytes,
+                    pin=options.pin,
                 )
                 row["round"] = number + 1
                 row["load_average"] = os.getloadavg()[0]
