@@ -28,9 +28,11 @@ The primary checkpoints itself, and says why in its log ("checkpointing itself: 
 when the checkpointer's status is missing, has not changed for
 ``Config.checkpointer_silent_s`` (its process died), when it was more than
 ``Config.checkpointer_lag_pages_max`` pages behind at the last status, when candidate N
-did not come before chunk N was full in turn (the bound in bytes: one chunk), or when a
-candidate was refused ("checkpoint candidate N refused: ..."). After three refusals in
-a row it stops delegating to that checkpointer until a new one announces itself.
+did not come before chunk N held ``Config.checkpointer_wait_bytes`` (the bound in bytes;
+by default one chunk, ``checkpoint_log_bytes``), or when a candidate was refused
+("checkpoint candidate N refused: ..."), also when the checkpointer runs another version
+of the code. After three refusals in a row it stops delegating to that checkpointer
+until another one announces itself.
 
 A candidate is invisible until complete on every store (file: a temporary file renamed,
 not fsynced, since the primary's copy is the durable one; s3: one PUT; azblob: one
@@ -494,11 +496,14 @@ class Adopter:
                     return
                 committer = runtime.committer
                 reason = self.delegate_reason()
+                wait_bytes = (
+                    runtime.config.checkpointer_wait_bytes or runtime.config.checkpoint_log_bytes
+                )
                 if (
                     reason is None
                     and committer is not None
                     and committer.chunk == number
-                    and committer.chunk_offset >= runtime.config.checkpoint_log_bytes
+                    and committer.chunk_offset >= wait_bytes
                 ):
                     reason = (
                         f"candidate {number} did not come before chunk {number} was full "

@@ -99,11 +99,14 @@ class Config:
     # ``checkpointer``: this process, while a standby, writes them; as primary, every
     # process adopts them when a checkpointer is alive (its status read every
     # ``checkpointer_check_s``; 0: never, always checkpoint itself), not silent for
-    # ``checkpointer_silent_s`` and at most ``checkpointer_lag_pages_max`` pages behind.
+    # ``checkpointer_silent_s`` and at most ``checkpointer_lag_pages_max`` pages behind;
+    # a candidate not come before its chunk holds ``checkpointer_wait_bytes`` (0: as
+    # many as ``checkpoint_log_bytes``) is given up for a checkpoint of its own.
     checkpointer: bool = False
     checkpointer_check_s: float = 1.0
     checkpointer_silent_s: float = 5.0
     checkpointer_lag_pages_max: int = 10_000
+    checkpointer_wait_bytes: int = 0
     # A link redials a peer it lost with exponential backoff up to the max (times 0.5 to
     # 1.5). The max bounds how long a peer that is back (a standby that took over)
     # waits to be dialled; a dial is a refused connect, and the catalog lookup behind

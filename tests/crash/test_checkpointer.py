@@ -44,7 +44,12 @@ def role(deployment: Deployment, label: str) -> str | None:
 
 
 def chain_deployment(
-    tmp_path: Path, total: int, log_url: str | None = None, *, checkpoint_log_bytes: int = 8192
+    tmp_path: Path,
+    total: int,
+    log_url: str | None = None,
+    *,
+    checkpoint_log_bytes: int = 8192,
+    extra_args: tuple[str, ...] = (),
 ) -> Deployment:
     deployment = Deployment(
         tmp_path,
@@ -55,6 +60,7 @@ def chain_deployment(
             "--checkpoint-log-bytes",
             str(checkpoint_log_bytes),
             *RUN_ARGS,
+            *extra_args,
         ),
         strict_exits=True,
     )
@@ -112,13 +118,16 @@ def test_primary_adopts_the_checkpointers_checkpoints_and_recovers_from_one(
     deployment = chain_deployment(tmp_path, total)
     try:
         start_pair(deployment)
+        # The first may be missed while the new standby catches up (the primary then
+        # checkpoints itself, as it says); from the first adoption on, none is.
+        deployment.wait_for(lambda: bool(adopted(deployment, "a")), LIVENESS_S, "an adoption")
         own = written(deployment, "a")
+        fallbacks = deployment.output("a").count("checkpointing itself")
         deployment.wait_for(
-            lambda: len(adopted(deployment, "a")) >= 3, LIVENESS_S, "three adopted checkpoints"
+            lambda: len(adopted(deployment, "a")) >= 4, LIVENESS_S, "three more adoptions"
         )
-        # Under load, every checkpoint since the checkpointer announced itself was adopted.
         assert written(deployment, "a") == own, deployment.output("a")
-        assert "checkpointing itself" not in deployment.output("a"), deployment.output("a")
+        assert deployment.output("a").count("checkpointing itself") == fallbacks
         shown = json.loads(deployment.cli("status", "server", "--json"))
         assert shown["checkpointer"]["pid"] == deployment.processes["b"].pid, shown
         assert shown["last_adopted"]["checkpoint"] in adopted(deployment, "a"), shown

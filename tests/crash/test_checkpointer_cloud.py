@@ -31,13 +31,24 @@ def cloud_log(request: pytest.FixtureRequest) -> str:
 
 
 def test_primary_adopts_the_checkpointers_checkpoints(tmp_path: Path, cloud_log: str) -> None:
-    total = 200
-    deployment = chain_deployment(tmp_path, total, cloud_log, checkpoint_log_bytes=1024)
+    total = 300
+    # Tiny chunks, filled in a second or two: the standby's tail (on s3 one GET per page)
+    # may be that far behind, so the primary waits for up to four chunks' worth.
+    deployment = chain_deployment(
+        tmp_path,
+        total,
+        cloud_log,
+        checkpoint_log_bytes=2048,
+        extra_args=("--coordinator-option", "checkpointer_wait_bytes=8192"),
+    )
     try:
         start_pair(deployment)
+        # The first may be missed while the new standby catches up (the primary then
+        # checkpoints itself, as it says); from the first adoption on, none is.
+        deployment.wait_for(lambda: bool(adopted(deployment, "a")), LIVENESS_S, "an adoption")
         own = written(deployment, "a")
         deployment.wait_for(
-            lambda: len(adopted(deployment, "a")) >= 2, LIVENESS_S, "two adopted checkpoints"
+            lambda: len(adopted(deployment, "a")) >= 3, LIVENESS_S, "two more adoptions"
         )
         assert written(deployment, "a") == own, deployment.output("a")
         shown = json.loads(deployment.cli("status", "server", "--json"))
