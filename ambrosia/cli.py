@@ -179,6 +179,8 @@ def _run(args: argparse.Namespace) -> int:
             fields[name] = value
     if args.lease_renew_interval_s is not None:
         fields["lease_renew_interval_s"] = args.lease_renew_interval_s
+    if args.checkpointer:
+        fields["checkpointer"] = True
     coordinator = command_line_coordinator_fields(fields)
     store_options = command_line_store_options(_assignments(args.store_options, "--store-option"))
     transport = command_line_transport(
@@ -470,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (default): primary if the lease is free, else a hot standby that replays "
         "the log and takes over when the primary dies; standby: always start as a standby; "
         "primary: wait for the lease (--lease-wait-s) and recover cold",
+    )
+    run.add_argument(
+        "--checkpointer",
+        action="store_true",
+        help="as a standby, take the checkpoints from the replayed state so the primary "
+        "does not pause for them (the primary adopts them; see docs/high-availability.md)",
     )
     run.add_argument(
         "--lease-wait-s",

@@ -14,11 +14,15 @@ Read live from the log, without the lease (it never writes):
 - each standby, from the replica board (``ambrosia.coordinator.replicas``): the page it
   has replayed through, its lag behind the log's last page in pages and in seconds
   (its own measure: how long since it was last caught up), and how old its note is. A
-  note not rewritten for ``SILENT_AFTER_S`` is marked silent: its standby probably died.
+  note not rewritten for ``SILENT_AFTER_S`` is marked silent: its standby probably died;
+- the checkpointer standby, if one runs (``ambrosia.coordinator.checkpointer``): its
+  process, how far it replayed and the last candidate it wrote, and whether the latest
+  checkpoint was adopted from a checkpointer (and from which).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -30,6 +34,12 @@ import orjson
 from ambrosia.backends import LogStore, open_store
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, call_with_retry
 from ambrosia.catalog import InstanceRecord
+from ambrosia.coordinator.checkpointer import (
+    STATUS_NAME,
+    CheckpointerStatus,
+    area_of,
+    decode_status,
+)
 from ambrosia.coordinator.replicas import ReplicaNote, board_of, decode_note
 from ambrosia.coordinator.standby import current_primary
 from ambrosia.errors import NotFoundError
@@ -59,6 +69,9 @@ class InstanceStatus:
     upgrade_version: int | None = None
     log_version: int | None = None
     log_app: str | None = None
+    checkpointer: CheckpointerStatus | None = None
+    # "N replica": the last checkpoint adopted from a checkpointer, and from which.
+    adopted: str | None = None
 
     def upgrade_state(self) -> str | None:
         """What the versions say of an upgrade: None when none is asked."""
@@ -100,7 +113,24 @@ class InstanceStatus:
                 "log_app": self.log_app,
                 "upgrade_state": self.upgrade_state(),
             },
+            "checkpointer": None
+            if self.checkpointer is None
+            else {
+                "replica": self.checkpointer.replica_id,
+                "pid": self.checkpointer.pid,
+                "host": self.checkpointer.host,
+                "replayed_page": self.checkpointer.replayed_sequence,
+                "last_candidate": self.checkpointer.candidate,
+                "status_age_s": round(now - self.checkpointer.updated, 3),
+                "silent": now - self.checkpointer.updated > SILENT_AFTER_S,
+            },
+            "last_adopted": None if self.adopted is None else self._adopted_json(),
         }
+
+    def _adopted_json(self) -> dict[str, Any]:
+        assert self.adopted is not None
+        number, _, replica = self.adopted.partition(" ")
+        return {"checkpoint": int(number) if number.isdigit() else None, "from": replica}
 
 
 async def read_status(
@@ -157,6 +187,14 @@ async def _read(store: LogStore, log_url: str, page_bytes_max: int) -> InstanceS
             note = decode_note(data)
             if note is not None:
                 notes.append(note)
+    checkpointer = None
+    area = area_of(store)
+    if area is not None:
+        with contextlib.suppress(NotFoundError):
+            checkpointer = decode_status(
+                await call_with_retry(lambda: area.read_candidate(STATUS_NAME), policy)
+            )
+    adopted = None if meta is None else dict(meta.extra).get("checkpoint.adopted")
     chunks = "none" if meta is None or meta.chunks is None else str(meta.chunks)
     logged = logged_code(meta)
     return InstanceStatus(
@@ -172,6 +210,8 @@ async def _read(store: LogStore, log_url: str, page_bytes_max: int) -> InstanceS
         read_at=time.time(),
         log_version=None if logged is None else logged.version,
         log_app=None if logged is None else logged.app,
+        checkpointer=checkpointer,
+        adopted=adopted,
     )
 
 
@@ -213,10 +253,28 @@ def render_status(status: InstanceStatus, *, as_json: bool = False) -> str:
             f"log       chunks {status.chunks}, last page {last['sequence']} (epoch "
             f"{last['epoch']}, chunk {last['chunk']} offset {last['offset']})"
         )
-    lines.append(f"checkpoint {status.checkpoint if status.checkpoint is not None else 'none'}")
+    checkpoint = f"checkpoint {status.checkpoint if status.checkpoint is not None else 'none'}"
+    adopted = record["last_adopted"]
+    if adopted is not None:
+        if adopted["checkpoint"] == status.checkpoint:
+            checkpoint += f" (adopted from checkpointer {adopted['from']})"
+        else:
+            checkpoint += f" (last adopted: {adopted['checkpoint']} from {adopted['from']})"
+    lines.append(checkpoint)
     version = _version_line(status)
     if version is not None:
         lines.append(version)
+    checkpointer = record["checkpointer"]
+    if checkpointer is not None:
+        silent = (
+            f", SILENT for {checkpointer['status_age_s']:.0f} s" if checkpointer["silent"] else ""
+        )
+        candidate = checkpointer["last_candidate"]
+        lines.append(
+            f"checkpointer pid {checkpointer['pid']} on {checkpointer['host']}: replayed "
+            f"through page {checkpointer['replayed_page']}, last candidate "
+            f"{'none yet' if candidate is None else candidate}{silent}"
+        )
     if not status.board:
         lines.append("standbys  not reported by this log store")
     elif not record["standbys"]:

@@ -74,6 +74,7 @@ from ambrosia.binding import state as state_codec
 from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.binding.immortal import Immortal
 from ambrosia.catalog import Catalog, InstanceRecord
+from ambrosia.coordinator.runtime import Runtime
 from ambrosia.coordinator.standby import StandbyRuntime
 from ambrosia.errors import AmbrosiaError, ConfigError
 from ambrosia.log.page import Page
@@ -398,11 +399,12 @@ class VersionedRuntime(StandbyRuntime):
 
     def _refuse_newer_log(self) -> None:
         logged = logged_code(None if self.metadata is None else self.metadata.meta)
-        if logged is not None and logged.version > self.code_version:
+        own = self.code_version
+        if logged is not None and own is not None and logged.version > own:
             raise NewerVersionError(
                 f"{self.instance}: the log was upgraded to version {logged.version} "
                 f"({logged.app or 'app not recorded'}): its latest checkpoint was written by "
-                f"that version; this process runs version {self.code_version}: refusing "
+                f"that version; this process runs version {own}: refusing "
                 "to take over (start the new version instead)"
             )
 
@@ -588,6 +590,9 @@ class UpgradeRuntime(VersionedRuntime):
         binding._app_factory = self.new_class
         self.migrated = True
         self.migrated_after_page = self.delivered_sequence
+        # From here the process runs the new version: a checkpointer's candidates are
+        # adopted only from that version (``coordinator.checkpointer``).
+        self.code_version = self.plan.version
         await _halt_if_asked("migrated", self.instance)
         number = await self._checkpoint_new_code()
         await _halt_if_asked("checkpointed", self.instance)
@@ -631,7 +636,8 @@ class UpgradeRuntime(VersionedRuntime):
                 await asyncio.sleep(0.005)
             number = committer.chunk + 1
             self.metadata.record_fields_from(number, fields)
-            await self._start_checkpoint()
+            # Taken here, never left to a checkpointer: its state is the old code's.
+            await Runtime._start_checkpoint(self)
             task = self._checkpoint_task
             if task is not None:
                 await task

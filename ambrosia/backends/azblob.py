@@ -15,6 +15,8 @@ Layout under ``<PREFIX>/<instance>/``::
     checkpoint-0000000000     block blob, committed at once (commit_block_list)
     meta                      block blob, JSON, replaced with If-Match on its ETag and
                               leased by the writer
+    replicas/<id>             standbys' progress notes (advisory)
+    candidates/<name>         a checkpointer standby's candidate checkpoints and status
 
 How a stale writer is rejected by the storage itself
 ----------------------------------------------------
@@ -131,6 +133,7 @@ _CONTAINER_PATTERN = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
 _HELD_LEASE_CODES = frozenset({"LeaseAlreadyPresent", "LeaseIsBreakingAndCannotBeAcquired"})
 _Result = TypeVar("_Result")
 _REPLICAS_PREFIX = "replicas/"
+_CANDIDATES_PREFIX = "candidates/"
 
 logger = logging.getLogger("ambrosia.backends.azblob")
 
@@ -674,6 +677,28 @@ class AzureBlobLogStore:
         blob = self._blob(f"{_REPLICAS_PREFIX}{replica_id}")
         with contextlib.suppress(NotFoundError):
             await self._call(self._where("replica note"), blob.delete_blob)
+
+    # -- candidate area (``ambrosia.coordinator.checkpointer``) ----------------------------
+
+    async def write_candidate(self, name: str, data: bytes) -> None:
+        blob = self._blob(f"{_CANDIDATES_PREFIX}{name}")
+        # A block blob appears when its block list is committed: whole or absent.
+        await self._call(
+            self._where(f"candidate {name}"), lambda: blob.upload_blob(data, overwrite=True)
+        )
+
+    async def read_candidate(self, name: str) -> bytes:
+        blob = self._blob(f"{_CANDIDATES_PREFIX}{name}")
+
+        async def download() -> bytes:
+            return bytes(await (await blob.download_blob()).readall())
+
+        return await self._call(self._where(f"candidate {name}"), download)
+
+    async def remove_candidate(self, name: str) -> None:
+        blob = self._blob(f"{_CANDIDATES_PREFIX}{name}")
+        with contextlib.suppress(NotFoundError):
+            await self._call(self._where(f"candidate {name}"), blob.delete_blob)
 
     async def close(self) -> None:
         closers, self._closers = self._closers, []

@@ -9,6 +9,8 @@ Layout of ``<root>/<instance>/``::
     epoch                     the lease epoch, incremented on every acquisition
     meta.json                 the metadata record and its version counter
     replicas/<id>.json        standbys' progress notes (``ambrosia.coordinator.replicas``)
+    candidates/<name>         a checkpointer standby's candidate checkpoints and status
+                              (``ambrosia.coordinator.checkpointer``)
     chunk-00000000.log        chunks: pages appended in place
     checkpoint-00000000.ckpt  checkpoints: complete or absent
     .<name>.tmp-<random>      a file being written; renamed into place when complete
@@ -101,6 +103,7 @@ _LOCK_FILE = "lock"
 _EPOCH_FILE = "epoch"
 _META_FILE = "meta.json"
 _REPLICAS_DIRECTORY = "replicas"
+_CANDIDATES_DIRECTORY = "candidates"
 _WRITE_LOCK_FILE = "write.lock"
 _HEARTBEAT_FILE = "heartbeat"
 _HOLDER_PREFIX = "holder-"
@@ -803,6 +806,46 @@ class FileLogStore:
 
     async def remove_replica_note(self, replica_id: str) -> None:
         path = self._replica_path(replica_id)
+
+        def remove() -> None:
+            with _translated(f"remove {path}"), contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+        await self._run(remove)
+
+    # -- candidate area (``ambrosia.coordinator.checkpointer``) ----------------------------
+
+    def _candidate_path(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"candidate name {name!r} is not a plain name")
+        return self._directory / _CANDIDATES_DIRECTORY / name
+
+    async def write_candidate(self, name: str, data: bytes) -> None:
+        path = self._candidate_path(name)
+
+        def write() -> None:
+            with _translated(f"write {path}"):
+                path.parent.mkdir(exist_ok=True)
+                # Whole or absent (a temporary file renamed into place), not fsynced: a
+                # candidate is read once, verified, and made durable by the primary's
+                # copy; one lost with its machine is a candidate that never came.
+                temporary = _temporary_path(path)
+                temporary.write_bytes(data)
+                os.rename(temporary, path)
+
+        await self._run(write)
+
+    async def read_candidate(self, name: str) -> bytes:
+        path = self._candidate_path(name)
+
+        def read() -> bytes:
+            with _translated(f"read {path}"):
+                return path.read_bytes()
+
+        return await self._run(read)
+
+    async def remove_candidate(self, name: str) -> None:
+        path = self._candidate_path(name)
 
         def remove() -> None:
             with _translated(f"remove {path}"), contextlib.suppress(FileNotFoundError):

@@ -12,6 +12,7 @@ Layout under ``<PREFIX>/<instance>/``::
     checkpoint-0000000000                  one object, written whole
     meta                                   JSON, replaced with If-Match on its ETag
     replicas/<id>                          standbys' progress notes (advisory)
+    candidates/<name>                      a checkpointer standby's candidate checkpoints
 
 The log position is the fence
 -----------------------------
@@ -119,6 +120,7 @@ _RETRIABLE_CODES = frozenset(
     {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
 )
 _REPLICAS_PREFIX = "replicas/"
+_CANDIDATES_PREFIX = "candidates/"
 _Result = TypeVar("_Result")
 
 logger = logging.getLogger("ambrosia.backends.s3")
@@ -807,6 +809,28 @@ class S3LogStore:
         key = f"{self._base}{_REPLICAS_PREFIX}{replica_id}"
         await self._call(
             self._where("replica note"),
+            lambda: self._client.delete_object(Bucket=self._bucket, Key=key),
+        )
+
+    # -- candidate area (``ambrosia.coordinator.checkpointer``) ----------------------------
+
+    async def write_candidate(self, name: str, data: bytes) -> None:
+        key = f"{self._base}{_CANDIDATES_PREFIX}{name}"
+        # A PUT is whole or absent: readers never see a part.
+        await self._call(
+            self._where(f"candidate {name}"),
+            lambda: self._client.put_object(Bucket=self._bucket, Key=key, Body=data),
+        )
+
+    async def read_candidate(self, name: str) -> bytes:
+        key = f"{self._base}{_CANDIDATES_PREFIX}{name}"
+        body, _, _ = await self._call(self._where(f"candidate {name}"), lambda: self._get(key))
+        return body
+
+    async def remove_candidate(self, name: str) -> None:
+        key = f"{self._base}{_CANDIDATES_PREFIX}{name}"
+        await self._call(
+            self._where(f"candidate {name}"),
             lambda: self._client.delete_object(Bucket=self._bucket, Key=key),
         )
 

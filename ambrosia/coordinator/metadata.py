@@ -99,20 +99,26 @@ class MetadataKeeper:
 
         await self._swap(extended)
 
-    async def record_checkpoint(self, number: int, first_chunk: int) -> None:
-        """Point at checkpoint ``number``; chunks before ``first_chunk`` are no longer needed."""
+    async def record_checkpoint(
+        self, number: int, first_chunk: int, extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        """Point at checkpoint ``number``; chunks before ``first_chunk`` are no longer needed.
+
+        ``extra``: ``Meta.extra`` fields to set with it (replacing those of the same keys).
+        """
 
         def pointed(old: Meta | None) -> Meta:
+            kept = self._extra(old)
+            if extra:
+                keys = {key for key, _ in extra}
+                kept = tuple(pair for pair in kept if pair[0] not in keys) + extra
+            kept = self._with_fields(number, kept)
             if old is None or old.chunks is None:
                 # The first checkpoint of a new log: no chunk exists yet.
-                extra = self._with_fields(number, self._extra(old))
-                return Meta(number, 0, extra, ChunkRange(first_chunk, first_chunk - 1))
+                return Meta(number, 0, kept, ChunkRange(first_chunk, first_chunk - 1))
             first = min(max(old.chunks.first, first_chunk), old.chunks.last + 1)
             return dataclasses.replace(
-                old,
-                checkpoint=number,
-                chunks=ChunkRange(first, old.chunks.last),
-                extra=self._with_fields(number, old.extra),
+                old, checkpoint=number, chunks=ChunkRange(first, old.chunks.last), extra=kept
             )
 
         await self._swap(pointed)

@@ -94,6 +94,18 @@ class Config:
     socket_buffer_bytes: int = 4 * MiB
     checkpoint_log_bytes: int = 256 * MiB
     checkpoints_kept: int = 2
+    # Checkpoints taken by a standby (``ambrosia.coordinator.checkpointer``):
+    # ``checkpointer``: this process, while a standby, writes them; as primary, every
+    # process adopts them when a checkpointer is alive (its status read every
+    # ``checkpointer_check_s``; 0: never, always checkpoint itself), not silent for
+    # ``checkpointer_silent_s`` and at most ``checkpointer_lag_pages_max`` pages behind;
+    # a candidate not come before its chunk holds ``checkpointer_wait_bytes`` (0: as
+    # many as ``checkpoint_log_bytes``) is given up for a checkpoint of its own.
+    checkpointer: bool = False
+    checkpointer_check_s: float = 1.0
+    checkpointer_silent_s: float = 5.0
+    checkpointer_lag_pages_max: int = 10_000
+    checkpointer_wait_bytes: int = 0
     # A link redials a peer it lost with exponential backoff up to the max (times 0.5 to
     # 1.5). The max bounds how long a peer that is back (a standby that took over)
     # waits to be dialled; a dial is a refused connect, and the catalog lookup behind
@@ -1061,9 +1073,19 @@ class Runtime:
             await self._start_checkpoint()
 
     def _snapshot(
-        self, binding: BindingState, *, number: int, resume_sequence: int, resume_chunk: int
+        self,
+        binding: BindingState,
+        *,
+        number: int,
+        resume_sequence: int,
+        resume_chunk: int,
+        epoch: int | None = None,
     ) -> CheckpointState:
-        assert self.lease is not None
+        """``epoch``: the writer's (default: this process's lease; a standby names the
+        epoch of the pages it replayed)."""
+        if epoch is None:
+            assert self.lease is not None
+            epoch = self.lease.epoch
         outputs = {}
         for destination, stream in self.streams.items():
             next_seq, acked, segments = stream.snapshot()
@@ -1073,7 +1095,7 @@ class Runtime:
         return CheckpointState(
             instance=self.instance,
             number=number,
-            epoch=self.lease.epoch,
+            epoch=epoch,
             resume_sequence=resume_sequence,
             resume_chunk=resume_chunk,
             inputs=self.inputs.delivered,

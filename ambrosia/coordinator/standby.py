@@ -66,6 +66,7 @@ from typing import Any, Literal
 
 from ambrosia.backends.base import ChunkRange, LogStore, Meta
 from ambrosia.backends.retry import RetryPolicy, call_with_retry
+from ambrosia.coordinator.checkpointer import Adopter, CandidateWriter, area_of
 from ambrosia.coordinator.listener import Listener
 from ambrosia.coordinator.metadata import MetadataKeeper
 from ambrosia.coordinator.recovery import recover
@@ -284,6 +285,20 @@ class StandbyRuntime(Runtime):
         self._noted = False
         self._loaded_checkpoint: CheckpointState | None = None
         self._lease_free_in_s: float | None = None
+        # Checkpoints taken by a standby (``ambrosia.coordinator.checkpointer``): written
+        # while this process is a checkpointer standby, adopted while it is primary.
+        area = area_of(self.store)
+        if self.config.checkpointer and area is None:
+            raise ConfigError(f"{self.store.url}: this log store cannot hold candidate checkpoints")
+        if self.config.checkpointer and role == "primary":
+            raise ConfigError("--checkpointer is a standby's work: not with --role primary")
+        self.candidates = (
+            CandidateWriter(self, area) if area is not None and self.config.checkpointer else None
+        )
+        self.adopter = Adopter(self, area) if area is not None else None
+        # The version of the application code (``ambrosia.upgrade``; None: undeclared):
+        # candidates are adopted only from a checkpointer of the same version.
+        self.code_version: int | None = None
 
     # -- roles -----------------------------------------------------------------------------
 
@@ -305,6 +320,8 @@ class StandbyRuntime(Runtime):
 
     async def start(self) -> None:
         await self._become_primary_somehow()
+        if self.adopter is not None:
+            self.adopter.start()
         if self.on_listening is not None:
             address = f"{self.listen_address[0]}:{self.bound_port}"
             try:
@@ -419,7 +436,7 @@ class StandbyRuntime(Runtime):
         self._announce(
             "standby",
             f"checkpoint {self._loaded_checkpoint.number}, replayed through page "
-            f"{self.delivered_sequence}",
+            f"{self.delivered_sequence}{', checkpointer' if self.candidates else ''}",
         )
         loop = asyncio.get_running_loop()
         next_lease_try = next_report = next_note = loop.time()
@@ -449,9 +466,12 @@ class StandbyRuntime(Runtime):
                 logger.warning("%s: standby behind the retention window: %s", self.instance, error)
                 await self._reload()
                 continue
-            if pages:
+            if self.candidates is not None:
+                # The checkpointer replays them in parts (each part's marks first).
+                await self.candidates.replay(pages)
+            elif pages:
                 await self._replay_new(pages)
-            else:
+            if not pages:
                 self.log_end_seen_at = time.monotonic()
                 # Not past the next lease attempt: a lease that runs out between two
                 # reads is tried when it does, not at the next read.
@@ -543,7 +563,94 @@ class StandbyRuntime(Runtime):
 
     async def stop(self) -> None:
         await self._remove_note()
+        if self.candidates is not None and self.current_role != "primary":
+            await self.candidates.withdraw()
+        if self.adopter is not None:
+            await self.adopter.stop()
+            if self.adopter.waiting and self._checkpoint_task is not None:
+                # Waiting for a candidate, nothing written yet: stop waiting.
+                self._checkpoint_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._checkpoint_task
         await super().stop()
+
+    # -- checkpoints taken by a standby (``ambrosia.coordinator.checkpointer``) -------------
+
+    async def _start_checkpoint(self) -> None:
+        adopter = self.adopter
+        if adopter is None:
+            await super()._start_checkpoint()
+            return
+        reason = adopter.delegate_reason()
+        if reason is not None:
+            adopter.checkpointing_itself(reason)
+            await super()._start_checkpoint()
+            return
+        committer = self.committer
+        binding = self.binding
+        assert committer is not None and binding is not None and adopter.status is not None
+        binding.checkpoint_requested = False
+        # No snapshot here: the new chunk only. The checkpointer takes checkpoint N at a
+        # quiescent page boundary of its own inside chunk N.
+        number = committer.chunk + 1
+        first_sequence = committer.next_sequence
+        committer.switch_chunk(number)
+        coordinator_logger.info(
+            "%s: checkpoint %d left to checkpointer %s (chunk %d starts at page %d)",
+            self.instance,
+            number,
+            adopter.status.replica_id,
+            number,
+            first_sequence,
+        )
+        self._checkpoint_task = asyncio.get_running_loop().create_task(
+            self._wait_for_candidate(adopter, number, first_sequence)
+        )
+
+    async def _wait_for_candidate(self, adopter: Adopter, number: int, first_sequence: int) -> None:
+        try:
+            await adopter.adopt(number, first_sequence)
+        finally:
+            self._checkpoint_task = None
+
+    async def _adopt_checkpoint(
+        self, number: int, data: bytes, replica: str, started: float
+    ) -> None:
+        """Write a verified candidate as checkpoint ``number`` (resuming in chunk
+        ``number``), point the metadata at it and retire, as ``_write_checkpoint`` does."""
+        assert self.lease is not None and self.metadata is not None
+        lease = self.lease
+        try:
+            kept = [*self.checkpoints, (number, number)][-self.config.checkpoints_kept :]
+            first_kept_chunk = min(chunk for _, chunk in kept)
+            await call_with_retry(
+                lambda: self.store.write_checkpoint(lease, number, data), self.config.retry_policy
+            )
+            await self.metadata.record_checkpoint(
+                number, first_kept_chunk, (("checkpoint.adopted", f"{number} {replica}"),)
+            )
+            self.metrics.checkpoint_written(len(data), time.perf_counter() - started)
+            retire = len(self.checkpoints) + 1 > len(kept)
+            self.checkpoints = kept
+            coordinator_logger.info(
+                "%s: checkpoint %d adopted from checkpointer %s (%d bytes, %.1f ms)",
+                self.instance,
+                number,
+                replica,
+                len(data),
+                (time.perf_counter() - started) * 1000,
+            )
+            if retire:
+                await self._retain(first_kept_chunk, min(n for n, _ in kept))
+        except AmbrosiaError as error:
+            if error.retriable:
+                coordinator_logger.warning(
+                    "%s: checkpoint %d postponed: %s", self.instance, number, error
+                )
+                return
+            coordinator_logger.critical("%s: checkpoint failed: %s", self.instance, error)
+            self.failure = error
+            self.stopped.set()
 
     def _next_lease_try_s(self) -> float:
         """Until the next lease attempt: ``lease_poll_interval_s``, or sooner when the
@@ -574,6 +681,8 @@ class StandbyRuntime(Runtime):
     async def _promote(self) -> None:
         """The lease is ours and the old writer fenced: read the rest and serve."""
         await self._remove_note()
+        if self.candidates is not None:
+            await self.candidates.withdraw()
         assert self.lease is not None and self.tail is not None
         policy = self.config.retry_policy
         while True:
