@@ -11,11 +11,11 @@ What is compiled, and why these: each runs once per call on the path of a small 
 (``python -m ambrosia.bench.hotpath`` measures that share). Not compiled:
 ``binding/immortal.py`` (applications subclass ``Immortal``, and compiled classes cannot
 be subclassed by interpreted ones); ``binding/dispatcher.py`` (it compiles and passes the
-tests, but its loop calls the application's handlers, which are interpreted, and on
-Python 3.11 a call from compiled code into an interpreted function costs more than the
-interpreter's own inlined call: the server's dispatch measured slower compiled, about
-900 against 300-500 ns a call); the coordinator (asyncio protocols and tasks), the
-page format, frames and batch checks (per page or per batch, so little to gain; compiled
+tests, but measured no clear gain: about 6% fewer instructions a call under callgrind,
+and wall-clock rounds within the noise, since its loop mostly calls the application's
+interpreted handlers; compiled, it would also lose the watchdog's naming of a stuck call,
+which reads the interpreted ``dispatch`` frame); the coordinator (asyncio protocols and
+tasks), the page format, frames and batch checks (per page or per batch, so little to gain; compiled
 code also checks argument types at run time, and ``log/page.py`` annotates ``bytes``
 where callers pass ``bytearray``); ``wire/messages.py`` (its frozen dataclasses with
 ``ClassVar`` fields fail at import when compiled).
