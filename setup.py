@@ -15,9 +15,9 @@ tests, but measured no clear gain: about 6% fewer instructions a call under call
 and wall-clock rounds within the noise, since its loop mostly calls the application's
 interpreted handlers; compiled, it would also lose the watchdog's naming of a stuck call,
 which reads the interpreted ``dispatch`` frame); the coordinator (asyncio protocols and
-tasks), the page format, frames and batch checks (per page or per batch, so little to gain; compiled
-code also checks argument types at run time, and ``log/page.py`` annotates ``bytes``
-where callers pass ``bytearray``); ``wire/messages.py`` (its frozen dataclasses with
+tasks), the page format, frames and batch checks (per page or per batch, so little to
+gain; compiled code also checks argument types at run time, and ``log/page.py``
+annotates ``bytes`` where callers pass ``bytearray``); ``wire/messages.py`` (its frozen dataclasses with
 ``ClassVar`` fields fail at import when compiled).
 """
 
