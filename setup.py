@@ -17,8 +17,8 @@ interpreted handlers; compiled, it would also lose the watchdog's naming of a st
 which reads the interpreted ``dispatch`` frame); the coordinator (asyncio protocols and
 tasks), the page format, frames and batch checks (per page or per batch, so little to
 gain; compiled code also checks argument types at run time, and ``log/page.py``
-annotates ``bytes`` where callers pass ``bytearray``); ``wire/messages.py`` (its frozen dataclasses with
-``ClassVar`` fields fail at import when compiled).
+annotates ``bytes`` where callers pass ``bytearray``); ``wire/messages.py`` (its frozen
+dataclasses with ``ClassVar`` fields fail at import when compiled).
 """
 
 from __future__ import annotations
