@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any, Protocol
 
 from ambrosia.binding import codec
@@ -77,6 +78,8 @@ logger = logging.getLogger("ambrosia.binding")
 # per-message slice and index is cheaper on bytes than on a memoryview. Large messages
 # are copied once each anyway.
 _COPY_GROUP_BELOW_MESSAGE_BYTES = 8192
+# Patterns of repeated message shapes kept per dispatcher (see ``dispatch``).
+_RUN_PATTERNS_MAX = 64
 
 
 class OutputStream(Protocol):
@@ -160,6 +163,7 @@ class Dispatcher:
         self._streams: dict[str, OutputStream] = {}
         self._handlers: dict[int, Handler] = {}
         self._headers: dict[tuple[int, int], bytes] = {}
+        self._run_patterns: dict[tuple[bytes, int], re.Pattern[bytes]] = {}
         self._pending: dict[int, PendingCall] = {}
         self._replying = False  # a result is being added: it must not block dispatch
         self._suspended = 0
@@ -370,32 +374,40 @@ class Dispatcher:
         blocked = self.blocked
         # Streams of calls usually repeat one shape: same size, same method, one raw
         # bytes argument. After one such message is parsed, its head (size prefix through
-        # argument tag) is remembered; a following message that starts with exactly those
-        # bytes has the same size and target, so one ``startswith`` replaces the parse.
-        # Needs ``bytes`` (the runtime copies small-message groups into bytes first).
-        repeat_head = b""
-        repeat_size = 0
-        repeat_skip = 0
-        repeat_handler: Callable[..., Any] | None = None
+        # argument tag) is remembered, and one compiled pattern (``_run_pattern``) finds,
+        # in C, how many of the following messages start with exactly those bytes at that
+        # stride: they have the same size and target, so the loop over them only slices
+        # and calls. Needs ``bytes`` (the runtime copies small-message groups into bytes).
+        run_head = b""
+        run_size = 0
+        run_skip = 0
+        run_pattern: re.Pattern[bytes] | None = None
+        run_handler: Callable[..., Any] | None = None
         startswith = data.startswith if type(data) is bytes else None
         self.in_handler = True
         try:
             while position < end:
                 if (
-                    repeat_handler is not None
+                    run_pattern is not None
                     and startswith is not None
-                    and startswith(repeat_head, position)
-                    and position + repeat_size <= end
+                    and startswith(run_head, position)
                 ):
-                    stop = position + repeat_size
-                    try:
-                        repeat_handler(data[position + repeat_skip : stop])
-                    except Exception:
-                        self._handler_failed(source)
-                    position = stop
-                    if blocked:
-                        return position
-                    continue
+                    match = run_pattern.match(data, position, end)
+                    if match is not None:
+                        run_start = position
+                        run_end = match.end()
+                        call = run_handler
+                        assert call is not None
+                        # ``position`` stays the running call's first byte (``running_call``).
+                        for position in range(run_start, run_end, run_size):
+                            try:
+                                call(data[position + run_skip : position + run_size])
+                            except Exception:
+                                self._handler_failed(source)
+                            if blocked:
+                                return position + run_size
+                        position = run_end
+                        continue
                 # Sizes and method ids almost always take one or two varint bytes: decode
                 # those inline, fall back to the general decoder otherwise.
                 size = data[position]
@@ -439,10 +451,12 @@ class Dispatcher:
                         and not handler[1]
                     ):
                         # One raw bytes argument to a plain handler.
-                        repeat_head = bytes(data[position : cursor + 2])
-                        repeat_size = stop - position
-                        repeat_skip = cursor + 2 - position
-                        repeat_handler = handler[0]
+                        if startswith is not None:
+                            run_head = bytes(data[position : cursor + 2])
+                            run_size = stop - position
+                            run_skip = cursor + 2 - position
+                            run_pattern = self._run_pattern(run_head, run_size)
+                            run_handler = handler[0]
                         try:
                             handler[0](bytes(data[cursor + 2 : stop]))
                         except Exception:
@@ -460,6 +474,19 @@ class Dispatcher:
             return end
         finally:
             self.in_handler = False
+
+    def _run_pattern(self, head: bytes, size: int) -> re.Pattern[bytes]:
+        """A pattern matching one or more messages of ``size`` bytes that start with
+        ``head``, back to back (possessive: nothing to backtrack into)."""
+        key = (head, size)
+        pattern = self._run_patterns.get(key)
+        if pattern is None:
+            if len(self._run_patterns) >= _RUN_PATTERNS_MAX:
+                self._run_patterns.clear()  # a sender cycling shapes costs compiles only
+            body = b".{%d}" % (size - len(head))
+            pattern = re.compile(b"(?:" + re.escape(head) + body + b")++", re.DOTALL)
+            self._run_patterns[key] = pattern
+        return pattern
 
     def _malformed(self, source: str, position: int, reason: str) -> None:
         logger.error(
@@ -685,7 +712,11 @@ class RunningCall:
         return f"{call} from {self.source}{page}{during}"
 
 
-_DISPATCH_CODE = Dispatcher.dispatch.__code__
+# None in the compiled build (mypyc, ``AMBROSIA_MYPYC=1``): a compiled ``dispatch`` runs
+# without a Python frame, so a watchdog or a divergence report cannot see which call it
+# is on and says "unknown" instead. Naming it there would cost the hot path a store per
+# message, which is what reading the frame's locals avoids.
+_DISPATCH_CODE: CodeType | None = getattr(Dispatcher.dispatch, "__code__", None)
 
 
 def running_call(frame: FrameType) -> RunningCall | None:
@@ -697,7 +728,7 @@ def running_call(frame: FrameType) -> RunningCall | None:
     message. The locals only change between bytecodes, and this runs with the GIL, so
     they are consistent; a value that does not parse still only yields "unknown".
     """
-    if frame.f_code is not _DISPATCH_CODE:
+    if _DISPATCH_CODE is None or frame.f_code is not _DISPATCH_CODE:
         return None
     values = frame.f_locals
     dispatcher = values.get("self")
@@ -740,6 +771,8 @@ def call_on_stack() -> RunningCall | None:
     For recovery's checks (``Runtime``), from inside whatever a handler called: walks up
     to the ``dispatch`` frame, so it costs nothing unless asked.
     """
+    if _DISPATCH_CODE is None:
+        return None
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code is _DISPATCH_CODE:

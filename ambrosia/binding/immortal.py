@@ -27,11 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
+from ambrosia.binding.bound import BoundMethod
 from ambrosia.errors import BindingError
-from ambrosia.wire.messages import _SIZE_PREFIX, _SIZE_TABLE_MAX
 
 if TYPE_CHECKING:
-    from ambrosia.binding.dispatcher import Dispatcher, PendingCall
+    from ambrosia.binding.dispatcher import Dispatcher
 
 METHOD_ID_MAX = 8000
 METHOD_ID_FIRST_START = -1
@@ -266,35 +266,3 @@ class Proxy(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Proxy({self._ambrosia_class.__qualname__}, {self._ambrosia_name!r})"
-
-
-class BoundMethod:
-    """``proxy.method``: call it to await a result, ``.fork`` to fire and forget.
-
-    Keep one around (``send = proxy.method.fork``) to stream calls: the fork of a single
-    ``bytes`` argument is the hot path and costs a few attribute reads and two appends.
-    """
-
-    __slots__ = ("_destination", "_dispatcher", "_info", "_raw_head", "_stream")
-
-    def __init__(self, dispatcher: Dispatcher, destination: str, info: MethodInfo) -> None:
-        self._dispatcher = dispatcher
-        self._destination = destination
-        self._info = info
-        self._stream = dispatcher.stream_for(destination)
-        self._raw_head = dispatcher.raw_fork_head(info)
-
-    def __call__(self, *args: Any) -> PendingCall:
-        return self._dispatcher.call_async(self._destination, self._info, args)
-
-    def fork(self, *args: Any) -> None:
-        if len(args) == 1 and type(args[0]) is bytes and self._dispatcher.in_handler:
-            body = args[0]
-            size = len(body) + len(self._raw_head)
-            if size < _SIZE_TABLE_MAX and self._raw_head:
-                self._stream.add(_SIZE_PREFIX[size] + self._raw_head, body)
-                return
-        self._dispatcher.call_fork(self._destination, self._info, args)
-
-    def impulse(self, *args: Any) -> None:
-        self._dispatcher.call_impulse(self._destination, self._info, args)

@@ -922,39 +922,25 @@ class Runtime:
     # -- replay checked against the peers ------------------------------------------------
 
     def _record_places(self, stream: OutputStream) -> None:
-        """Note where replay regenerates ``stream``'s kept messages (``_ReplayPlaces``).
-
-        The stream's ``add`` and ``add_run`` are wrapped for the replay only, and
-        unwrapped after it: the running path pays nothing.
-        """
+        """Note where replay regenerates ``stream``'s kept messages (``_ReplayPlaces``),
+        for the replay only (``OutputStream.record_adds``: the running path pays nothing)."""
         assert self._replay_places is not None
         places = self._replay_places.setdefault(stream.destination, _ReplayPlaces())
-        add = OutputStream.add.__get__(stream)
         binding = self.binding
         assert binding is not None
         running_call = binding.running_call
 
-        add_run = OutputStream.add_run.__get__(stream)
-
-        def recording_add(head: bytes, body: bytes) -> None:
-            add(head, body)
-            places.note(stream.next_seq, (self._replay_page, running_call()))
-
-        def recording_add_run(data: bytes, count: int) -> None:
-            first = stream.next_seq + 1
-            add_run(data, count)
+        def note(first: int) -> None:
             places.note(first, (self._replay_page, running_call()))
 
-        stream.__dict__["add"] = recording_add
-        stream.__dict__["add_run"] = recording_add_run
+        stream.record_adds(note)
 
     def _stop_recording_places(self) -> None:
-        """Replay is over: the streams' own ``add`` again (the places stay, for a resume
+        """Replay is over: the streams stop recording (the places stay, for a resume
         point that arrives later)."""
         self._recording_places = False
         for stream in self.streams.values():
-            stream.__dict__.pop("add", None)
-            stream.__dict__.pop("add_run", None)
+            stream.record_adds(None)
 
     def _output_checked(
         self, stream: OutputStream, seq: int, theirs: int, ours: int, during_add: bool

@@ -148,6 +148,8 @@ class OutputStream:
         # (a mismatch when the two differ); ``during_add``: made while a regenerated
         # message was being added (replay).
         self.on_checked: Callable[[OutputStream, int, int, int, bool], None] | None = None
+        # Set with ``record_adds`` (replay only).
+        self._on_added: Callable[[int], None] | None = None
         self._update_check_at()
 
     @property
@@ -163,7 +165,21 @@ class OutputStream:
     def has_unsent(self) -> bool:
         return bool(self.unsent or self.open)
 
+    def record_adds(self, on_added: Callable[[int], None] | None) -> None:
+        """Call ``on_added`` with the number of the first message of every later ``add``
+        and ``add_run`` (after it is added, or dropped as consumed); None stops it.
+
+        For recovery, which notes where replay regenerates each message. The running
+        path pays nothing for it: while it is set, every add takes the slow path
+        (``_check_at`` is 0), and only the slow path looks at it.
+        """
+        self._on_added = on_added
+        self._update_check_at()
+
     def _update_check_at(self) -> None:
+        if self._on_added is not None:
+            self._check_at = 0
+            return
         if self.blocked:
             # Already reported: only sealing is left, unless the owner wants to hear again.
             self._check_at = 0 if self._report_again else self.batch_bytes_max
@@ -186,6 +202,8 @@ class OutputStream:
                 self._compare(during_add=True)
             if self.on_drop is not None:
                 self.on_drop(seq, head)
+            if self._on_added is not None:
+                self._on_added(seq)
             return
         open_batch = self.open
         if not open_batch:
@@ -193,7 +211,7 @@ class OutputStream:
         open_batch += head
         open_batch += body
         if len(open_batch) >= self._check_at:
-            self._limits_reached()
+            self._limits_reached(seq)
         if not self.dirty:
             self.dirty = True
             self._on_dirty(self)
@@ -212,12 +230,14 @@ class OutputStream:
             self.open_first_seq = first
         open_batch += data
         if len(open_batch) >= self._check_at:
-            self._limits_reached()
+            self._limits_reached(first)
         if not self.dirty:
             self.dirty = True
             self._on_dirty(self)
 
-    def _limits_reached(self) -> None:
+    def _limits_reached(self, first_added: int) -> None:
+        if self._on_added is not None:
+            self._on_added(first_added)
         if len(self.open) >= self.batch_bytes_max:
             self.seal()
         if self.buffered_bytes > self.buffer_bytes_max and (not self.blocked or self._report_again):

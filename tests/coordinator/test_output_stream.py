@@ -457,3 +457,29 @@ def test_acked_prefix_plus_buffer_is_every_message_once(
         connected_through = seq
         received.append(seq)
     assert received == list(range(1, stream.next_seq + 1))
+
+
+def test_record_adds_names_the_first_message_of_every_add_then_stops() -> None:
+    def run(record: bool) -> tuple[list[int], OutputStream, Events]:
+        stream, events = make(buffer_bytes_max=20, batch_bytes_max=12)
+        stream.drop_through = 2  # replay: messages 1 and 2 are consumed already
+        noted: list[int] = []
+        if record:
+            stream.record_adds(noted.append)
+        add(stream, 1, 4)  # two dropped, two kept
+        stream.add_run(b"".join(head + data for head, data in map(message, (5, 6, 7))), 3)
+        if record:
+            assert noted == [1, 2, 3, 4, 5]
+            stream.record_adds(None)
+        add(stream, 8, 9)
+        return noted, stream, events
+
+    noted, recorded, recorded_events = run(record=True)
+    assert noted == [1, 2, 3, 4, 5]  # nothing after it stopped
+    _, plain, plain_events = run(record=False)
+    # Recording changes nothing else: the same bytes, seals and bound reports.
+    assert remaining(recorded) == remaining(plain)
+    assert [seq for seq, _ in remaining(recorded)] == [3, 4, 5, 6, 7, 8, 9]
+    assert [len(s.data) for s in recorded.unsent] == [len(s.data) for s in plain.unsent]
+    assert recorded_events == plain_events
+    assert plain_events.blocked == 1
