@@ -118,11 +118,6 @@ def _systems_option(allowed: Sequence[str]) -> Callable[[str], list[str]]:
                 f"unknown systems {unknown}; choose from {', '.join(allowed)}"
             )
         floors_named = [name for name in systems if name not in allowed]
-        if floors_named == ["disk"]:
-            raise argparse.ArgumentTypeError(
-                f"disk: a streaming floor only (no round trip); "
-                f"this command takes {', '.join(allowed)}"
-            )
         if "ambrosia-separate" in floors_named:
             raise argparse.ArgumentTypeError(
                 f"ambrosia-separate: measured by throughput only; "
