@@ -25,6 +25,7 @@ from ambrosia.coordinator.binding_port import BindingState
 from ambrosia.coordinator.committer import Committer
 from ambrosia.coordinator.runtime import Runtime
 from ambrosia.protocol.checkpoint import CheckpointState, OutputState
+from ambrosia.protocol.inputs import InputMarks
 from ambrosia.protocol.outputs import OutputStream
 
 
@@ -81,15 +82,14 @@ def _resume_off_by(delta: int) -> Callable[[], contextlib.AbstractContextManager
     @contextlib.contextmanager
     def patch() -> Iterator[None]:
         """The receiver names its resume point one off on a reconnection (a first
-        connection, at 0, is right), and expects the batch that follows from there."""
-        admit = links.IncomingLink.admit
+        connection, at 0, is right), with the digest of what it really holds."""
+        resume_point = InputMarks.resume_point
 
-        def off(
-            self: links.IncomingLink, source: str, accepted: int, digest: int | None = None
-        ) -> None:
-            admit(self, source, accepted + delta if accepted > 0 else accepted, digest)
+        def off(self: InputMarks, sender: str) -> tuple[int, int | None]:
+            accepted, digest = resume_point(self, sender)
+            return accepted + delta if accepted > 0 else accepted, digest
 
-        with _replaced(links.IncomingLink, "admit", off):
+        with _replaced(InputMarks, "resume_point", off):
             yield
 
     return patch
