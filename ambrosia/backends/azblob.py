@@ -138,6 +138,11 @@ _CANDIDATES_PREFIX = "candidates/"
 logger = logging.getLogger("ambrosia.backends.azblob")
 
 
+# A ranged read refused as past the end, of a chunk that then turned out longer, is tried
+# again this many times (each time the writer appended between the read and the size).
+_GREW_RETRIES = 3
+
+
 class _InvalidRangeError(StorageError):
     """A read starting at or past the end of a blob (HTTP 416)."""
 
@@ -503,13 +508,18 @@ class AzureBlobLogStore:
             downloader = await blob.download_blob(offset=offset, length=length)
             return bytes(await downloader.readall())
 
-        try:
-            return await self._call(where, download)
-        except _InvalidRangeError:
-            size = await self._chunk_size(blob, where)
-            if offset >= size:
-                return b""
-            raise
+        for attempt in range(_GREW_RETRIES + 1):
+            try:
+                return await self._call(where, download)
+            except _InvalidRangeError:
+                # 416: the read started at or past the end when it was served; the size
+                # asked next can be larger (the writer appended in between): read again.
+                size = await self._chunk_size(blob, where)
+                if offset >= size:
+                    return b""
+                if attempt == _GREW_RETRIES:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- checkpoints ---------------------------------------------------------------------
 
