@@ -176,6 +176,16 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_renamed(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a temporary file renamed into place), without
+    an fsync: for the advisory objects beside the log (replica notes, candidates)."""
+    with _translated(f"write {path}"):
+        path.parent.mkdir(exist_ok=True)
+        temporary = _temporary_path(path)
+        temporary.write_bytes(data)
+        os.rename(temporary, path)
+
+
 def _temporary_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{_TEMPORARY_MARK}{uuid.uuid4().hex}")
 
@@ -774,15 +784,8 @@ class FileLogStore:
     async def write_replica_note(self, replica_id: str, data: bytes) -> None:
         path = self._replica_path(replica_id)
 
-        def write() -> None:
-            with _translated(f"write {path}"):
-                path.parent.mkdir(exist_ok=True)
-                # Advisory and rewritten every second: atomic (rename), not fsynced.
-                temporary = _temporary_path(path)
-                temporary.write_bytes(data)
-                os.rename(temporary, path)
-
-        await self._run(write)
+        # Advisory and rewritten every second: atomic (rename), not fsynced.
+        await self._run(_write_renamed, path, data)
 
     async def list_replica_notes(self) -> list[tuple[str, bytes]]:
         directory = self._directory / _REPLICAS_DIRECTORY
@@ -823,17 +826,10 @@ class FileLogStore:
     async def write_candidate(self, name: str, data: bytes) -> None:
         path = self._candidate_path(name)
 
-        def write() -> None:
-            with _translated(f"write {path}"):
-                path.parent.mkdir(exist_ok=True)
-                # Whole or absent (a temporary file renamed into place), not fsynced: a
-                # candidate is read once, verified, and made durable by the primary's
-                # copy; one lost with its machine is a candidate that never came.
-                temporary = _temporary_path(path)
-                temporary.write_bytes(data)
-                os.rename(temporary, path)
-
-        await self._run(write)
+        # Whole or absent (a temporary file renamed into place), not fsynced: a candidate
+        # is read once, verified, and made durable by the primary's copy; one lost with
+        # its machine is a candidate that never came.
+        await self._run(_write_renamed, path, data)
 
     async def read_candidate(self, name: str) -> bytes:
         path = self._candidate_path(name)
