@@ -24,10 +24,8 @@ At the end every call is checked to have arrived once and in order.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import itertools
-import os
 import re
 import statistics
 import sys
@@ -37,10 +35,8 @@ from pathlib import Path
 
 from ambrosia.testing.harness import Deployment
 from ambrosia.testing.workloads import (
-    STATUS_INTERVAL_S,
     ChainClient,
     ChainServer,
-    _write_status,
     expected_chain,
 )
 
@@ -61,20 +57,8 @@ LIVENESS_S = 120.0
 class ChainServerNext(ChainServer):
     """The chain server, another version: its status names it (the default migration)."""
 
-    async def _status_loop(self) -> None:
-        path = Path(os.environ["AMBROSIA_STATUS_DIR"]) / f"{self.name}.json"
-        while True:
-            _write_status(
-                path,
-                {
-                    "count": self.count,
-                    "chain": self.chain,
-                    "out_of_order": self.out_of_order[:10],
-                    "bad_results": self.bad_results[:10],
-                    "class": "next",
-                },
-            )
-            await asyncio.sleep(STATUS_INTERVAL_S)
+    def _status(self) -> dict[str, object]:
+        return {**super()._status(), "class": "next"}
 
 
 class ChainClientNext(ChainClient):

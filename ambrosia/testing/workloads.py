@@ -90,18 +90,19 @@ class ChainServer(Immortal):
     async def on_become_primary(self) -> None:
         self.start_task(self._status_loop())
 
+    def _status(self) -> dict[str, object]:
+        """What the status file says (a version of the class adds its own fields)."""
+        return {
+            "count": self.count,
+            "chain": self.chain,
+            "out_of_order": self.out_of_order[:10],
+            "bad_results": self.bad_results[:10],
+        }
+
     async def _status_loop(self) -> None:
         path = Path(os.environ["AMBROSIA_STATUS_DIR"]) / f"{self.name}.json"
         while True:
-            _write_status(
-                path,
-                {
-                    "count": self.count,
-                    "chain": self.chain,
-                    "out_of_order": self.out_of_order[:10],
-                    "bad_results": self.bad_results[:10],
-                },
-            )
+            _write_status(path, self._status())
             await asyncio.sleep(STATUS_INTERVAL_S)
 
 
@@ -170,18 +171,19 @@ class ChainClient(Immortal):
     async def on_become_primary(self) -> None:
         self.start_task(self._status_loop())
 
+    def _status(self) -> dict[str, object]:
+        """What the status file says (a version of the class adds its own fields)."""
+        return {
+            "sent": self.sent,
+            "results": self.results,
+            "result_chain": self.result_chain,
+            "done": self.done,
+            "total": self.total,
+            "bad_results": self.bad_results[:10],
+        }
+
     async def _status_loop(self) -> None:
         path = Path(os.environ["AMBROSIA_STATUS_DIR"]) / f"{self.name}.json"
         while True:
-            _write_status(
-                path,
-                {
-                    "sent": self.sent,
-                    "results": self.results,
-                    "result_chain": self.result_chain,
-                    "done": self.done,
-                    "total": self.total,
-                    "bad_results": self.bad_results[:10],
-                },
-            )
+            _write_status(path, self._status())
             await asyncio.sleep(STATUS_INTERVAL_S)

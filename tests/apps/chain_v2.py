@@ -8,12 +8,8 @@ and counts the calls the new code handled; its status file says so.
 
 from __future__ import annotations
 
-import asyncio
-import os
-from pathlib import Path
-
 from ambrosia.binding.immortal import Immortal
-from ambrosia.testing.workloads import STATUS_INTERVAL_S, ChainClient, ChainServer, _write_status
+from ambrosia.testing.workloads import ChainClient, ChainServer
 
 
 class ChainServerV2(ChainServer):
@@ -34,22 +30,13 @@ class ChainServerV2(ChainServer):
         self.handled_by_v2 += 1
         return super()._record(n)
 
-    async def _status_loop(self) -> None:
-        path = Path(os.environ["AMBROSIA_STATUS_DIR"]) / f"{self.name}.json"
-        while True:
-            _write_status(
-                path,
-                {
-                    "count": self.count,
-                    "chain": self.chain,
-                    "out_of_order": self.out_of_order[:10],
-                    "bad_results": self.bad_results[:10],
-                    "version": 2,
-                    "upgraded_at": self.upgraded_at,
-                    "handled_by_v2": self.handled_by_v2,
-                },
-            )
-            await asyncio.sleep(STATUS_INTERVAL_S)
+    def _status(self) -> dict[str, object]:
+        return {
+            **super()._status(),
+            "version": 2,
+            "upgraded_at": self.upgraded_at,
+            "handled_by_v2": self.handled_by_v2,
+        }
 
 
 class ChainServerBadMigration(ChainServer):
@@ -89,20 +76,9 @@ class ChainClientV2(ChainClientV1):
         new.upgraded_at = old.sent
         return new
 
-    async def _status_loop(self) -> None:
-        path = Path(os.environ["AMBROSIA_STATUS_DIR"]) / f"{self.name}.json"
-        while True:
-            _write_status(
-                path,
-                {
-                    "sent": self.sent,
-                    "results": self.results,
-                    "result_chain": self.result_chain,
-                    "done": self.done,
-                    "total": self.total,
-                    "bad_results": self.bad_results[:10],
-                    "version": 2,
-                    "upgraded_at": self.upgraded_at,
-                },
-            )
-            await asyncio.sleep(STATUS_INTERVAL_S)
+    def _status(self) -> dict[str, object]:
+        return {
+            **super()._status(),
+            "version": 2,
+            "upgraded_at": self.upgraded_at,
+        }
