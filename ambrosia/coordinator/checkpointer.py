@@ -17,7 +17,8 @@ deployment file's ``[coordinator]`` table):
    announces it in its status object (``candidates/status``: ``CheckpointerStatus``).
 3. The primary reads the status (one small read every ``Config.checkpointer_check_s``
    while a checkpointer is announced, backing off to one every ``ABSENT_CHECK_S_MAX``
-   while none is, and every standby poll interval while it waits for a candidate),
+   while none is, plus one before each checkpoint due while none is known, and every
+   standby poll interval while it waits for a candidate),
    reads the announced candidate and verifies it (``verify_candidate``): its length
    and checksum (the checkpoint's own xxh64) as announced, the instance, the number
    N, that it resumes in chunk N at a page chunk N holds or the next one. Then it
@@ -81,9 +82,10 @@ __all__ = [
 logger = logging.getLogger("ambrosia.coordinator")
 
 # A primary that finds no checkpointer status reads it again after 2, 4, ... up to this
-# many times ``checkpointer_check_s``' worth of seconds, then every this many seconds: a
-# checkpointer started later is noticed within it (its first checkpoints are taken by
-# the primary meanwhile), and an instance without one costs about 3 reads a minute.
+# many times ``checkpointer_check_s``' worth of seconds, then every this many seconds,
+# and once more before each checkpoint it is about to take (``refresh_if_stale``): a
+# checkpointer started later takes the next checkpoint, and an instance without one
+# costs about 3 reads a minute plus one per checkpoint.
 ABSENT_CHECK_S_MAX = 20.0
 
 STATUS_NAME = "status"
@@ -403,6 +405,7 @@ class Adopter:
         self.seen_any = False
         self._updated = -1.0
         self._changed_at = 0.0
+        self._read_at = -1e9
         self.adopted = 0
         self.taken_itself = 0
         self.refusals = 0
@@ -435,7 +438,17 @@ class Adopter:
                 pause_s = interval_s
             await asyncio.sleep(pause_s)
 
+    async def refresh_if_stale(self) -> None:
+        """Before a checkpoint while no checkpointer is known: read the status once more
+        unless it was read within ``checkpointer_check_s``, so that a checkpointer started
+        during the reads' back-off takes the very next checkpoint, not one up to
+        ``ABSENT_CHECK_S_MAX`` later."""
+        interval = self.runtime.config.checkpointer_check_s
+        if self.status is None and interval > 0 and time.monotonic() - self._read_at >= interval:
+            await self.refresh()
+
     async def refresh(self) -> None:
+        self._read_at = time.monotonic()
         try:
             data = await self.area.read_candidate(STATUS_NAME)
         except NotFoundError:

@@ -581,6 +581,7 @@ class StandbyRuntime(Runtime):
         if adopter is None:
             await super()._start_checkpoint()
             return
+        await adopter.refresh_if_stale()
         reason = adopter.delegate_reason()
         if reason is not None:
             adopter.checkpointing_itself(reason)

@@ -165,3 +165,70 @@ def test_a_primary_without_a_checkpointer_reads_the_status_ever_less_often() -> 
         assert area.reads - found_reads >= 10, area.reads - found_reads
 
     asyncio.run(scenario())
+
+
+def test_a_checkpointer_started_during_the_back_off_takes_the_next_checkpoint() -> None:
+    """Before each checkpoint with no checkpointer known, the primary reads the status once
+    more (not when it read it within ``checkpointer_check_s``, nor once one is known): a
+    checkpointer started while the reads were backed off for seconds is asked for the
+    very next checkpoint, not one up to ``ABSENT_CHECK_S_MAX`` later."""
+    import asyncio
+    import types
+
+    from ambrosia.coordinator import checkpointer
+    from ambrosia.errors import NotFoundError
+
+    class Area:
+        def __init__(self) -> None:
+            self.reads = 0
+            self.status: bytes | None = None
+
+        async def write_candidate(self, name: str, data: bytes) -> None:
+            raise AssertionError("the primary writes no candidate")
+
+        async def read_candidate(self, name: str) -> bytes:
+            self.reads += 1
+            if self.status is None:
+                raise NotFoundError(name)
+            return self.status
+
+        async def remove_candidate(self, name: str) -> None:
+            raise AssertionError("the primary removes nothing here")
+
+    async def scenario() -> None:
+        area = Area()
+        runtime = types.SimpleNamespace(
+            instance="server",
+            replica_id="vm-1",
+            code_version=0,
+            delivered_sequence=0,
+            config=types.SimpleNamespace(
+                checkpointer_check_s=0.05,
+                checkpointer_silent_s=5.0,
+                checkpointer_lag_pages_max=10_000,
+            ),
+        )
+        adopter = checkpointer.Adopter(runtime, area)  # type: ignore[arg-type]
+        adopter.start()
+        # 0.1 + 0.2 + 0.4 + 0.8 s: the loop's next read is 1.6 s away.
+        await asyncio.sleep(1.6)
+        assert adopter.delegate_reason() == "no checkpointer has announced itself"
+        status = dataclasses.replace(announced(candidate()), replica_id="vm-2", version=0)
+        area.status = dataclasses.replace(status, updated=1.0).encode()
+        reads = area.reads
+        await adopter.refresh_if_stale()
+        assert area.reads == reads + 1
+        assert adopter.delegate_reason() is None, adopter.delegate_reason()
+        # Known now: the checkpoint reads nothing more (the loop reads it every 0.05 s).
+        await adopter.stop()
+        reads = area.reads
+        await adopter.refresh_if_stale()
+        assert area.reads == reads
+        # Gone, and read a moment ago: no second read for the next checkpoint either.
+        area.status = None
+        await adopter.refresh()
+        reads = area.reads
+        await adopter.refresh_if_stale()
+        assert area.reads == reads
+
+    asyncio.run(scenario())

@@ -157,7 +157,7 @@ def test_primary_adopts_the_checkpointers_checkpoints_and_recovers_from_one(
 def test_bad_candidates_are_refused_and_the_primary_checkpoints_itself(
     tmp_path: Path, fault: str, reason: str
 ) -> None:
-    total = 1200
+    total = 2000
     deployment = chain_deployment(tmp_path, total)
     refused = re.compile(r"server: checkpoint candidate (\d+) of \S+ refused: " + reason)
     try:

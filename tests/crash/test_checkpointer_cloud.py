@@ -31,7 +31,7 @@ def cloud_log(request: pytest.FixtureRequest) -> str:
 
 
 def test_primary_adopts_the_checkpointers_checkpoints(tmp_path: Path, cloud_log: str) -> None:
-    total = 300
+    total = 450
     # Tiny chunks, filled in a second or two: the standby's tail (on s3 one GET per page)
     # may be that far behind, so the primary waits for up to four chunks' worth.
     deployment = chain_deployment(
