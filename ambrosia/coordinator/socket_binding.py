@@ -56,11 +56,13 @@ from ambrosia.wire.varint import decode_zigzag_int
 
 logger = logging.getLogger("ambrosia.coordinator.binding")
 
-_READ_BYTES = 1024 * 1024
-# The stream reader's buffer (asyncio pauses the socket at twice this): the 64 KiB
-# default read large messages a message or two at a time (separate mode at 64 KiB went
-# from 0.39x to 0.44x of in-process, one noisy run each).
+# The send port's stream reader (nothing is read there; a binding that writes to it fills
+# at most this much before its socket is paused).
 _STREAM_LIMIT_BYTES = 4 * 1024 * 1024
+# Events parsed from the receive port and not yet handled: past either bound the socket
+# is not read until the handler catches up (its waits are the flow control).
+_QUEUED_EVENTS_MAX = 256
+_QUEUED_BYTES_MAX = 8 * 1024 * 1024
 # A binding's checkpoint is gathered in memory before it is written (stores take whole
 # checkpoints): the largest one accepted.
 CHECKPOINT_BYTES_MAX = 1024 * 1024 * 1024
@@ -70,29 +72,129 @@ _TYPE_INITIAL_MESSAGE = 9
 _EARLY_IMPULSES_MAX = 10_000
 
 
+class Receiver(asyncio.BufferedProtocol):
+    """The receive port's connection: the binding's bytes are read straight into the
+    ``CoordinatorEnd``'s buffer (no stream reader copying them in, out and along), and
+    the events parsed from them wait here until ``SocketBinding`` takes them.
+
+    Not read at all until an end is installed (``install``); past ``_QUEUED_EVENTS_MAX``
+    events or ``_QUEUED_BYTES_MAX`` bytes of them waiting, not read until they are taken.
+    """
+
+    def __init__(self, ports: BindingPorts) -> None:
+        self._ports = ports
+        self.transport: asyncio.Transport | None = None
+        self._end: CoordinatorEnd | None = None
+        self._events: list[CoordinatorEvent] = []
+        self._queued_bytes = 0
+        self._error: BaseException | None = None
+        self._eof = False
+        self._ready = asyncio.Event()
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()
+        self._paused = True
+        self._ports._receive_connected(self)
+
+    def install(self, end: CoordinatorEnd) -> None:
+        """Parse what arrives with ``end`` from now on; start reading."""
+        self._end = end
+        self._resume()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        assert self._end is not None
+        return self._end.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._end is not None
+        try:
+            events = self._end.buffer_updated(nbytes)
+        except BindingProtocolError as error:
+            self._error = error
+            self._ready.set()
+            self._pause()
+            return
+        if not events:
+            return
+        self._events += events
+        for event in events:
+            if type(event) is RpcReceived:
+                assert isinstance(event, RpcReceived)
+                self._queued_bytes += len(event.message)
+        self._ready.set()
+        if len(self._events) > _QUEUED_EVENTS_MAX or self._queued_bytes > _QUEUED_BYTES_MAX:
+            self._pause()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._ready.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        if exc is not None and self._error is None:
+            self._error = exc
+        self._ready.set()
+
+    async def events(self) -> list[CoordinatorEvent] | None:
+        """The events parsed so far (waiting for one); None at the end of the stream.
+
+        Raises what broke the stream (``BindingProtocolError``, a ``ConnectionError``)
+        once the events before it were taken.
+        """
+        while not self._events:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        events, self._events = self._events, []
+        self._queued_bytes = 0
+        if self._error is None:
+            self._resume()
+        return events
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+            self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused and self.transport is not None and not self.transport.is_closing():
+            self._paused = False
+            self.transport.resume_reading()
+
+
 class Attachment:
     """The two connections of one binding process."""
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        receive_writer: asyncio.StreamWriter,
-        send_writer: asyncio.StreamWriter,
-    ) -> None:
-        self.reader = reader  # binding -> coordinator
-        self.receive_writer = receive_writer
+    def __init__(self, receiver: Receiver, send_writer: asyncio.StreamWriter) -> None:
+        self.receiver = receiver  # binding -> coordinator
         self.writer = send_writer  # coordinator -> binding
         self.closed = asyncio.Event()
-        peer = receive_writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        assert receiver.transport is not None
+        self.peer = _peer_name(receiver.transport)
 
     def close(self) -> None:
         if self.closed.is_set():
             return
         self.closed.set()
-        for writer in (self.receive_writer, self.writer):
-            with contextlib.suppress(Exception):
-                writer.transport.abort()
+        self.receiver.abort()
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
+
+
+def _peer_name(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 class BindingPorts:
@@ -112,7 +214,7 @@ class BindingPorts:
         self.receive_port = receive.getsockname()[1]
         self.send_port = send.getsockname()[1]
         self._servers: list[asyncio.Server] = []
-        self._pending: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._pending: Receiver | None = None
         self._pending_timer: asyncio.TimerHandle | None = None
         self.attached: Attachment | None = None
         self._ready: asyncio.Queue[Attachment] = asyncio.Queue(maxsize=1)
@@ -144,10 +246,9 @@ class BindingPorts:
         receive, send = self._sockets
         for sock in (receive, send):
             sock.setblocking(False)
+        loop = asyncio.get_running_loop()
         self._servers = [
-            await asyncio.start_server(
-                self._receive_connected, sock=receive, limit=_STREAM_LIMIT_BYTES
-            ),
+            await loop.create_server(lambda: Receiver(self), sock=receive),
             await asyncio.start_server(self._send_connected, sock=send, limit=_STREAM_LIMIT_BYTES),
         ]
 
@@ -170,28 +271,30 @@ class BindingPorts:
         if self.attached is attachment:
             self.attached = None
 
-    def _refuse(self, writer: asyncio.StreamWriter, port: str, reason: str) -> None:
+    def _refuse(self, transport: asyncio.BaseTransport, port: str, reason: str) -> None:
         self.refused += 1
-        peer = writer.get_extra_info("peername")
         logger.warning(
             "%s: refused a binding connection from %s on the %s port: %s",
             self.instance,
-            peer,
+            transport.get_extra_info("peername"),
             port,
             reason,
         )
-        writer.transport.abort()
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.abort()
 
-    async def _receive_connected(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def _receive_connected(self, receiver: Receiver) -> None:
+        transport = receiver.transport
+        assert transport is not None
         if self.attached is not None and not self.attached.closed.is_set():
-            self._refuse(writer, "receive", f"a binding is already attached ({self.attached.peer})")
+            self._refuse(
+                transport, "receive", f"a binding is already attached ({self.attached.peer})"
+            )
             return
         if self._pending is not None or not self._ready.empty():
-            self._refuse(writer, "receive", "another binding is attaching")
+            self._refuse(transport, "receive", "another binding is attaching")
             return
-        self._pending = (reader, writer)
+        self._pending = receiver
         self._pending_timer = asyncio.get_running_loop().call_later(
             self.attach_timeout_s, self._attach_timed_out
         )
@@ -200,24 +303,26 @@ class BindingPorts:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         if self.attached is not None and not self.attached.closed.is_set():
-            self._refuse(writer, "send", f"a binding is already attached ({self.attached.peer})")
+            self._refuse(
+                writer.transport, "send", f"a binding is already attached ({self.attached.peer})"
+            )
             return
         pending = self._pending
         if pending is None:
-            self._refuse(writer, "send", "connect to the receive port first")
+            self._refuse(writer.transport, "send", "connect to the receive port first")
             return
         self._pending = None
         if self._pending_timer is not None:
             self._pending_timer.cancel()
-        attachment = Attachment(pending[0], pending[1], writer)
+        attachment = Attachment(pending, writer)
         self.attached = attachment
         logger.info("%s: binding attached from %s", self.instance, attachment.peer)
         self._ready.put_nowait(attachment)
 
     def _attach_timed_out(self) -> None:
-        if self._pending is not None:
+        if self._pending is not None and self._pending.transport is not None:
             self._refuse(
-                self._pending[1],
+                self._pending.transport,
                 "receive",
                 f"no connection to the send port within {self.attach_timeout_s} s",
             )
@@ -225,7 +330,7 @@ class BindingPorts:
 
     def _drop_pending(self) -> None:
         if self._pending is not None:
-            self._pending[1].transport.abort()
+            self._pending.abort()
             self._pending = None
 
 
@@ -449,14 +554,16 @@ class SocketBinding:
     async def _read(self, attachment: Attachment) -> None:
         end = self._end
         assert end is not None
+        receiver = attachment.receiver
+        receiver.install(end)
         try:
             while True:
-                data = await attachment.reader.read(_READ_BYTES)
-                if not data:
+                events = await receiver.events()
+                if events is None:
                     end.receive_eof()
                     self._lose("the binding disconnected")
                     return
-                for event in end.receive_data(data):
+                for event in events:
                     await self._handle(event)
         except BindingProtocolError as error:
             self._lose(str(error))

@@ -109,7 +109,10 @@ __all__ = [
 ACCEPTED_FROM_BINDING: Final = frozenset((0, 1, 2, 5, 6, 7, 8, 9))
 
 _RECORD_HEADER: Final = struct.Struct("<iiQq")
-_COMPACT_BYTES_MIN: Final = 64 * 1024
+# The coordinator's receive buffer is given back when empty and larger than this (it grew
+# for one large message).
+_RECEIVE_BUFFER_BYTES_KEPT: Final = 4 * 1024 * 1024
+_VARINT_BYTES_MAX: Final = 5  # a ZigZagInt's longest encoding
 _PATTERNS_MAX: Final = 256
 # A binding's receive buffer: the socket reads into at least _READ_CHUNK_BYTES of free
 # space; records from _LARGE_RECORD_BYTES on are read into a buffer of their own.
@@ -195,7 +198,9 @@ class CoordinatorEnd:
         "_buffer",
         "_checkpoint",
         "_checkpoint_length",
+        "_end",
         "_error",
+        "_need",
         "_offset",
         "_patterns",
         "checkpoint_bytes_max",
@@ -218,8 +223,11 @@ class CoordinatorEnd:
         self.message_bytes_max = message_bytes_max
         self.checkpoint_bytes_max = checkpoint_bytes_max
         self.run_bytes_max = run_bytes_max
+        # Bytes received are in _buffer[_offset:_end]; the rest of it is free space.
         self._buffer = bytearray()
         self._offset = 0
+        self._end = 0
+        self._need = 0  # the size of the message that is not complete yet
         self._checkpoint: bytearray | None = None
         self._checkpoint_length = 0
         self._error: BindingProtocolError | None = None
@@ -233,20 +241,37 @@ class CoordinatorEnd:
 
     @property
     def buffered_bytes(self) -> int:
-        return len(self._buffer) - self._offset
+        return self._end - self._offset
 
-    def receive_data(self, data: bytes) -> list[CoordinatorEvent]:
-        """Feed bytes from the binding; the complete events they finish, in order."""
-        self._raise_if_poisoned()
-        events: list[CoordinatorEvent] = []
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Free space to receive into (``asyncio.BufferedProtocol``): the socket's bytes go
+        straight into the buffer the messages are parsed from, no copy in between.
+
+        Room for the whole of a message whose start is in (its size is checked against
+        ``message_bytes_max`` first), else at least ``_READ_CHUNK_BYTES``. The buffer moves
+        or grows only here, never while a view of it may be out (``buffer_updated``).
+        """
         buffer = self._buffer
-        if self._offset >= len(buffer):
-            buffer.clear()
-            self._offset = 0
-        elif self._offset >= _COMPACT_BYTES_MIN and self._offset * 2 >= len(buffer):
-            del buffer[: self._offset]
-            self._offset = 0
-        buffer += data
+        start, end = self._offset, self._end
+        if start == end:
+            start = end = self._offset = self._end = 0
+            if len(buffer) > _RECEIVE_BUFFER_BYTES_KEPT:
+                buffer = self._buffer = bytearray()  # a large message's room, given back
+        want = max(sizehint, _READ_CHUNK_BYTES, self._need - (end - start))
+        if len(buffer) - end < want:
+            if start:
+                buffer[: end - start] = buffer[start:end]
+                end -= start
+                self._offset, self._end = 0, end
+            if len(buffer) - end < want:
+                buffer.extend(bytes(want - (len(buffer) - end)))
+        return memoryview(buffer)[end:]
+
+    def buffer_updated(self, nbytes: int) -> list[CoordinatorEvent]:
+        """``nbytes`` were written into the last ``get_buffer``: the events they complete."""
+        self._raise_if_poisoned()
+        self._end += nbytes
+        events: list[CoordinatorEvent] = []
         try:
             self._drain(events)
         except (Incomplete, IndexError, UnicodeDecodeError) as error:
@@ -255,12 +280,21 @@ class CoordinatorEnd:
             self._poison(error)
         return events
 
+    def receive_data(self, data: bytes) -> list[CoordinatorEvent]:
+        """Feed bytes from the binding; the complete events they finish, in order."""
+        self._raise_if_poisoned()
+        with self.get_buffer(len(data)) as view:
+            view[: len(data)] = data
+        return self.buffer_updated(len(data))
+
     def _drain(self, out: list[CoordinatorEvent]) -> None:
         buffer = self._buffer
+        self._need = 0
         while True:
             position = self._offset
+            filled = self._end
             if self._checkpoint is not None:
-                take = min(self._checkpoint_length - len(self._checkpoint), len(buffer) - position)
+                take = min(self._checkpoint_length - len(self._checkpoint), filled - position)
                 self._checkpoint += buffer[position : position + take]
                 self._offset = position + take
                 if len(self._checkpoint) < self._checkpoint_length:
@@ -268,10 +302,14 @@ class CoordinatorEnd:
                 out.append(CheckpointReceived(bytes(self._checkpoint)))
                 self._checkpoint = None
                 continue
-            if position >= len(buffer):
+            if position >= filled:
                 return
             try:
-                size, start = decode_zigzag_int(buffer, position)
+                if filled - position >= _VARINT_BYTES_MAX:
+                    size, start = decode_zigzag_int(buffer, position)
+                else:  # the varint may end past what was received: no stale byte read
+                    size, start = decode_zigzag_int(buffer[position:filled])
+                    start += position
             except Incomplete:
                 return
             if size <= 0:
@@ -281,7 +319,8 @@ class CoordinatorEnd:
                     f"message of {size} bytes exceeds the limit of {self.message_bytes_max} bytes"
                 )
             end = start + size
-            if end > len(buffer):
+            if end > filled:
+                self._need = end - position
                 return
             message_type = buffer[start]
             if message_type not in ACCEPTED_FROM_BINDING:
@@ -327,7 +366,7 @@ class CoordinatorEnd:
             self.messages_received += 1
             return RpcReceived("", message, KIND_IMPULSE, 1), end
         run_end = end
-        limit = min(len(self._buffer), position + max(self.run_bytes_max, message_bytes))
+        limit = min(self._end, position + max(self.run_bytes_max, message_bytes))
         if position + 2 * message_bytes <= limit:
             key = (bytes(buffer[position:name_end]), message_bytes - head_bytes)
             pattern = self._patterns.get(key)
@@ -343,12 +382,13 @@ class CoordinatorEnd:
         if count == 1:
             message = head_in + bytes(buffer[name_end:end])
         else:
-            message = head_in + head_in.join(
-                [
-                    buffer[at : at + message_bytes - head_bytes]
-                    for at in range(name_end, run_end, message_bytes)
-                ]
-            )
+            with memoryview(buffer) as view:
+                message = head_in + head_in.join(
+                    [
+                        view[at : at + message_bytes - head_bytes]
+                        for at in range(name_end, run_end, message_bytes)
+                    ]
+                )
         try:
             check_batch(message, count, count)
         except ProtocolError as error:

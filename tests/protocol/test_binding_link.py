@@ -300,3 +300,43 @@ def test_a_run_with_a_message_its_receiver_would_refuse_is_refused_at_that_messa
     coordinator = end()
     with pytest.raises(BindingProtocolError, match="RPC to server"):
         coordinator.receive_data(data)
+
+
+def test_the_coordinator_end_parses_only_bytes_received_never_stale_ones() -> None:
+    """The socket reads straight into the end's buffer (``get_buffer``), whose free space
+    holds whatever was there before. A size cut after its first byte, with bytes that
+    were never received behind it, waits for the rest instead of reading them."""
+    small = outgoing_from_incoming(b"server", encode(IncomingRpc(9, RpcKind.FORK, b"\x01" * 100)))
+    assert small[0] >= 0x80  # a two-byte size
+    coordinator = end()
+    with coordinator.get_buffer(-1) as view:
+        view[0] = small[0]
+        view[1:6] = b"\xff" * 5  # not received: read, they would make a 6-byte varint
+    assert coordinator.buffer_updated(1) == []
+    events = coordinator.receive_data(small[1:])
+    assert [(event.destination, event.count, len(event.message)) for event in events] == [
+        ("server", 1, len(encode(IncomingRpc(9, RpcKind.FORK, b"\x01" * 100))))
+    ]
+
+
+def test_the_coordinator_end_receives_into_its_own_buffer_and_gives_a_large_one_back() -> None:
+    """``get_buffer``/``buffer_updated`` as asyncio's BufferedProtocol calls them: room for
+    a whole large message once its size is known, and the room given back after it."""
+    payload = b"\x07" * (6 * 1024 * 1024)
+    message = outgoing_from_incoming(b"", encode(IncomingRpc(3, RpcKind.FORK, payload)))
+    coordinator = end(message_bytes_max=8 * 1024 * 1024)
+    events: list[CoordinatorEvent] = []
+    position = 0
+    sizes = []
+    while position < len(message):
+        view = coordinator.get_buffer(-1)
+        sizes.append(len(view))
+        take = min(len(view), len(message) - position, 1 << 20)
+        view[:take] = message[position : position + take]
+        view.release()
+        events += coordinator.buffer_updated(take)
+        position += take
+    assert [len(event.message) for event in events] == [len(message) - 1]
+    assert max(sizes) >= len(message) - (1 << 20)  # the whole message fits once started
+    with coordinator.get_buffer(-1) as view:
+        assert len(view) < 8 * 1024 * 1024  # the 6 MiB room was given back
