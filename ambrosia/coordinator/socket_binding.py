@@ -544,7 +544,7 @@ class SocketBinding:
         assert self._end is not None
         return self._end
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         attachment = self._attachment
         if attachment is not None and not attachment.closed.is_set():
             attachment.writer.write(data)

@@ -59,6 +59,7 @@ from ambrosia.wire.frames import (
     RECORD_SEQUENCE_CHECKPOINT,
     RECORD_SEQUENCE_MADE_UP,
     encode_log_record_header,
+    log_record_header,
 )
 from ambrosia.wire.messages import (
     KIND_FORK,
@@ -113,6 +114,8 @@ _RECORD_HEADER: Final = struct.Struct("<iiQq")
 # for one large message).
 _RECEIVE_BUFFER_BYTES_KEPT: Final = 4 * 1024 * 1024
 _VARINT_BYTES_MAX: Final = 5  # a ZigZagInt's longest encoding
+# A page record smaller than this is sent as one joined part, a larger one in parts.
+_JOINED_RECORD_BYTES_MAX: Final = 64 * 1024
 _PATTERNS_MAX: Final = 256
 # A binding's receive buffer: the socket reads into at least _READ_CHUNK_BYTES of free
 # space; records from _LARGE_RECORD_BYTES on are read into a buffer of their own.
@@ -475,16 +478,27 @@ class CoordinatorEnd:
 
     def page_record(self, page: Page) -> bytes:
         """The record of a durable page: per group, a source marker and its messages."""
-        return b"".join(self.page_record_parts(page))
+        return b"".join(bytes(part) for part in self.page_record_parts(page))
 
-    def page_record_parts(self, page: Page) -> tuple[bytes, bytes]:
-        """``page_record`` as header and body, to be written without joining them."""
-        parts: list[bytes | memoryview] = []
+    def page_record_parts(self, page: Page) -> list[bytes | memoryview]:
+        """``page_record`` as its header, then each group's marker and messages (views of
+        the page, not copied), to be written one after the other; the check bytes are
+        hashed over the parts as they are. A small record comes joined, as one part."""
+        parts: list[bytes | memoryview] = [b""]
+        check = xxhash.xxh64()
+        body_bytes = 0
         for group in page.groups:
-            parts.append(source_marker(group.source, len(group.messages)))
-            parts.append(group.messages)
-        body = b"".join(parts)
-        return encode_log_record_header(self.committer_id, page.sequence, body), body
+            marker = source_marker(group.source, len(group.messages))
+            check.update(marker)
+            check.update(group.messages)
+            parts += (marker, group.messages)
+            body_bytes += len(marker) + len(group.messages)
+        parts[0] = log_record_header(
+            self.committer_id, page.sequence, body_bytes, check.intdigest()
+        )
+        if body_bytes < _JOINED_RECORD_BYTES_MAX:
+            return [b"".join(parts)]  # one write: a socket call per part costs more
+        return parts
 
     def control_record(self, *messages: bytes) -> bytes:
         """A record the coordinator made up (sequence -1) holding ``messages``."""

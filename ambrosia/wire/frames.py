@@ -94,6 +94,7 @@ __all__ = [
     "decode_log_record",
     "encode_log_record",
     "encode_log_record_header",
+    "log_record_header",
 ]
 
 FRAME_BYTES_MAX_DEFAULT: Final = 64 * 1024 * 1024
@@ -406,14 +407,20 @@ def encode_log_record_header(committer_id: int, sequence_id: int, body: BytesLik
 
     Separate from the body so a caller can send header and body without joining them.
     """
-    record_size = RECORD_HEADER_BYTES + len(body)
+    return log_record_header(committer_id, sequence_id, len(body), xxhash.xxh64_intdigest(body))
+
+
+def log_record_header(committer_id: int, sequence_id: int, body_bytes: int, check: int) -> bytes:
+    """The 24-byte header of a body of ``body_bytes`` whose xxh64 is ``check`` (for a body
+    sent in parts, hashed part by part)."""
+    record_size = RECORD_HEADER_BYTES + body_bytes
     if record_size > INT32_MAX:
         raise ValueError(f"log record of {record_size} bytes exceeds the 32-bit size field")
     if not INT32_MIN <= committer_id <= INT32_MAX:
         raise ValueError(f"committer id {committer_id} does not fit in 32 bits")
     if not INT64_MIN <= sequence_id <= INT64_MAX:
         raise ValueError(f"sequence id {sequence_id} does not fit in 64 bits")
-    return _RECORD_HEADER.pack(committer_id, record_size, xxhash.xxh64_intdigest(body), sequence_id)
+    return _RECORD_HEADER.pack(committer_id, record_size, check, sequence_id)
 
 
 def encode_log_record(committer_id: int, sequence_id: int, body: BytesLike) -> bytes:

@@ -340,3 +340,28 @@ def test_the_coordinator_end_receives_into_its_own_buffer_and_gives_a_large_one_
     assert max(sizes) >= len(message) - (1 << 20)  # the whole message fits once started
     with coordinator.get_buffer(-1) as view:
         assert len(view) < 8 * 1024 * 1024  # the 6 MiB room was given back
+
+
+def test_a_large_page_record_comes_in_parts_hashed_as_they_are() -> None:
+    """A record from 64 KiB on is sent as header, marker and the page's own bytes (no
+    joined copy), a smaller one joined; either way the binding reads the same page."""
+    big = encode(IncomingRpc(5, RpcKind.FORK, b"b" * 100_000))
+    small = encode(IncomingRpc(5, RpcKind.FORK, b"s" * 40))
+    groups = (
+        InputGroup("client", 1, 1, 1, memoryview(big)),
+        InputGroup("@impulses", 1, 1, 1, small),
+    )
+    page = Page(1, 9, groups, (), offset=0, size_bytes=0)
+    coordinator = end()
+    parts = coordinator.page_record_parts(page)
+    assert len(parts) == 5 and parts[2] is groups[0].messages, [len(part) for part in parts]
+    record = b"".join(bytes(part) for part in parts)
+    assert record == coordinator.page_record(page)
+    assert BindingEnd(record_bytes_max=1 << 20).receive_data(record) == [
+        PageReceived(9, (("client", big), ("@impulses", small)))
+    ]
+    one = Page(1, 10, groups[1:], (), offset=0, size_bytes=0)
+    (joined,) = coordinator.page_record_parts(one)
+    assert BindingEnd(record_bytes_max=1 << 20).receive_data(joined) == [
+        PageReceived(10, (("@impulses", small),))
+    ]
