@@ -24,7 +24,7 @@ is resolved by the caller by reading the chunk's size back before the next appen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,3 +208,17 @@ class LogStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BlockingAppend(Protocol):
+    """A store whose append can also run as one blocking call on a worker thread.
+
+    ``append_blocking`` has ``append``'s meaning exactly (fenced, idempotent on retry);
+    the committer runs it in the same worker-thread job as the page's checksum, so a
+    large page costs one hand-off to a thread and back, not two (the file store).
+    """
+
+    def append_blocking(
+        self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes | bytearray
+    ) -> None: ...

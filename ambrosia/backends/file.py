@@ -612,6 +612,12 @@ class FileLogStore:
             return
         await self._run(self._timed_append, lease, chunk, expected_offset, data)
 
+    def append_blocking(
+        self, lease: Lease, chunk: int, *, expected_offset: int, data: bytes | bytearray
+    ) -> None:
+        """``append`` as one blocking call, for a worker thread (``BlockingAppend``)."""
+        self._timed_append(lease, chunk, expected_offset, data)
+
     def _timed_append(
         self, lease: Lease, chunk: int, expected_offset: int, data: bytes | bytearray
     ) -> None:

@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ambrosia.backends.base import Lease, LogStore
+from ambrosia.backends.base import BlockingAppend, Lease, LogStore
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
 from ambrosia.coordinator.metrics import CoordinatorMetrics
 from ambrosia.errors import AmbrosiaError
@@ -229,23 +229,51 @@ class Committer:
         )
         marks, self._pending_marks = self._pending_marks, {}
         self.next_sequence = sequence + 1
-        self._notify_room()
-        if len(data) >= _SEAL_IN_THREAD_BYTES_MIN:
-            # Hashing megabytes takes milliseconds: do it off the event loop, which keeps
-            # receiving into the next page meanwhile (xxhash releases the GIL).
-            await asyncio.to_thread(seal_page, data)
-        else:
-            seal_page(data)
         chunk = self.chunk
         offset = self.chunk_offset
         write_started = time.perf_counter()
-        if self.persist:
-            # A retried append whose first attempt did land is recognised by the store
-            # (same bytes at the same offset) and succeeds: the ambiguous-write rule.
+        store = self.store
+        lease = self.lease
+        if len(data) < _SEAL_IN_THREAD_BYTES_MIN:
+            self._notify_room()
+            seal_page(data)
+            if self.persist:
+                # A retried append whose first attempt did land is recognised by the store
+                # (same bytes at the same offset) and succeeds: the ambiguous-write rule.
+                await call_with_retry(
+                    lambda: store.append(lease, chunk, expected_offset=offset, data=data),
+                    self.retry_policy,
+                )
+        elif self.persist and isinstance(store, BlockingAppend):
+            # Hashing megabytes and writing them: one job on a worker thread, so the page
+            # waits for the busy event loop once, not between the hash and the write. The
+            # job starts before the inputs waiting for room are woken (they copy into the
+            # next page right here, in this turn of the loop). A retry hashes again: the
+            # same bytes, the same checksum.
+            def seal_and_append() -> None:
+                seal_page(data)
+                store.append_blocking(lease, chunk, expected_offset=offset, data=data)
+
+            loop = asyncio.get_running_loop()
+            first = loop.run_in_executor(None, seal_and_append)
+            self._notify_room()
+            attempts = iter((first,))
             await call_with_retry(
-                lambda: self.store.append(self.lease, chunk, expected_offset=offset, data=data),
+                lambda: next(attempts, None) or loop.run_in_executor(None, seal_and_append),
                 self.retry_policy,
             )
+        else:
+            # Hashing megabytes takes milliseconds: off the event loop, which keeps
+            # receiving into the next page meanwhile (xxhash releases the GIL).
+            sealed = asyncio.get_running_loop().run_in_executor(None, seal_page, data)
+            self._notify_room()
+            await sealed
+            if self.persist:
+                await call_with_retry(
+                    lambda: store.append(lease, chunk, expected_offset=offset, data=data),
+                    self.retry_policy,
+                )
+        if self.persist:
             self.chunk_offset = offset + len(data)
         else:
             await asyncio.sleep(0)
