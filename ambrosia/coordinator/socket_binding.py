@@ -59,9 +59,8 @@ logger = logging.getLogger("ambrosia.coordinator.binding")
 # The send port's stream reader (nothing is read there; a binding that writes to it fills
 # at most this much before its socket is paused).
 _STREAM_LIMIT_BYTES = 4 * 1024 * 1024
-# Events parsed from the receive port and not yet handled: past either bound the socket
-# is not read until the handler catches up (its waits are the flow control).
-_QUEUED_EVENTS_MAX = 256
+# Bytes from the receive port not yet parsed: past this the socket is not read until the
+# handler catches up (its waits are the flow control).
 _QUEUED_BYTES_MAX = 8 * 1024 * 1024
 # A binding's checkpoint is gathered in memory before it is written (stores take whole
 # checkpoints): the largest one accepted.
@@ -74,19 +73,18 @@ _EARLY_IMPULSES_MAX = 10_000
 
 class Receiver(asyncio.BufferedProtocol):
     """The receive port's connection: the binding's bytes are read straight into the
-    ``CoordinatorEnd``'s buffer (no stream reader copying them in, out and along), and
-    the events parsed from them wait here until ``SocketBinding`` takes them.
+    ``CoordinatorEnd``'s buffer (no stream reader copying them in, out and along) and
+    parsed when ``SocketBinding`` asks for the next events, all that arrived by then at
+    once (so a run of calls is found whole however the stream was cut into reads).
 
-    Not read at all until an end is installed (``install``); past ``_QUEUED_EVENTS_MAX``
-    events or ``_QUEUED_BYTES_MAX`` bytes of them waiting, not read until they are taken.
+    Not read at all until an end is installed (``install``); past ``_QUEUED_BYTES_MAX``
+    bytes received and not parsed, not read until they are.
     """
 
     def __init__(self, ports: BindingPorts) -> None:
         self._ports = ports
         self.transport: asyncio.Transport | None = None
         self._end: CoordinatorEnd | None = None
-        self._events: list[CoordinatorEvent] = []
-        self._queued_bytes = 0
         self._error: BaseException | None = None
         self._eof = False
         self._ready = asyncio.Event()
@@ -109,23 +107,11 @@ class Receiver(asyncio.BufferedProtocol):
         return self._end.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        assert self._end is not None
-        try:
-            events = self._end.buffer_updated(nbytes)
-        except BindingProtocolError as error:
-            self._error = error
-            self._ready.set()
-            self._pause()
-            return
-        if not events:
-            return
-        self._events += events
-        for event in events:
-            if type(event) is RpcReceived:
-                assert isinstance(event, RpcReceived)
-                self._queued_bytes += len(event.message)
+        end = self._end
+        assert end is not None
+        end.received(nbytes)
         self._ready.set()
-        if len(self._events) > _QUEUED_EVENTS_MAX or self._queued_bytes > _QUEUED_BYTES_MAX:
+        if end.buffered_bytes > _QUEUED_BYTES_MAX:
             self._pause()
 
     def eof_received(self) -> bool:
@@ -140,23 +126,27 @@ class Receiver(asyncio.BufferedProtocol):
         self._ready.set()
 
     async def events(self) -> list[CoordinatorEvent] | None:
-        """The events parsed so far (waiting for one); None at the end of the stream.
+        """The events the bytes received so far complete (waiting for one); None at the
+        end of the stream.
 
         Raises what broke the stream (``BindingProtocolError``, a ``ConnectionError``)
         once the events before it were taken.
         """
-        while not self._events:
+        end = self._end
+        assert end is not None
+        while True:
+            events = end.take_events()
+            # Read on, even without a complete message: one larger than the bound above
+            # is gathered whole (``CoordinatorEnd.get_buffer`` makes room for it).
+            self._resume()
+            if events:
+                return events
             if self._error is not None:
                 raise self._error
             if self._eof:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        events, self._events = self._events, []
-        self._queued_bytes = 0
-        if self._error is None:
-            self._resume()
-        return events
 
     def abort(self) -> None:
         if self.transport is not None:

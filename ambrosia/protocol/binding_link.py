@@ -272,8 +272,20 @@ class CoordinatorEnd:
 
     def buffer_updated(self, nbytes: int) -> list[CoordinatorEvent]:
         """``nbytes`` were written into the last ``get_buffer``: the events they complete."""
-        self._raise_if_poisoned()
+        self.received(nbytes)
+        return self.take_events()
+
+    def received(self, nbytes: int) -> None:
+        """``nbytes`` were written into the last ``get_buffer``; parsed by ``take_events``.
+
+        The split lets a socket's reads pile up between two parses: a run of calls is
+        then found whole, in one pass, however the stream was cut into reads.
+        """
         self._end += nbytes
+
+    def take_events(self) -> list[CoordinatorEvent]:
+        """The events that the bytes received so far complete, in order."""
+        self._raise_if_poisoned()
         events: list[CoordinatorEvent] = []
         try:
             self._drain(events)
