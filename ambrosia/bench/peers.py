@@ -488,6 +488,19 @@ def _spread(rows: Sequence[PeerRow], system: str, mode: str) -> tuple[float, flo
     return min(rates), max(rates), len(rates)
 
 
+def not_measured(entry: PeerSkipped, rows: Sequence[PeerRow]) -> str:
+    """One line for a system skipped or given up: its reason's first line (a crashed
+    client's stderr follows it), and the rounds it was measured in before, if any."""
+    lines = entry.reason.strip().splitlines()
+    reason = lines[0] if lines else "no reason given"
+    rounds = sorted({row.round for row in rows if row.system == entry.system})
+    if not rounds:
+        return f"{entry.system}: {reason}"
+    measured = ", ".join(str(number) for number in rounds)
+    many = "s" if len(rounds) > 1 else ""
+    return f"{entry.system}: measured in round{many} {measured} only, then {reason}"
+
+
 def _best_peer(rows: Sequence[PeerRow], mode: str) -> PeerRow | None:
     peers = [row for row in rows if row.mode == mode and row.system != "ambrosia"]
     return max(peers, key=lambda row: row.calls_per_second, default=None)
@@ -538,7 +551,7 @@ def markdown(rows: Sequence[PeerRow], skipped: Sequence[PeerSkipped], in_flight:
         lines.append(f"- {system}: {durability}")
     if skipped:
         lines += ["", "Not measured:", ""]
-        lines += [f"- {entry.system}: {entry.reason}" for entry in skipped]
+        lines += [f"- {not_measured(entry, rows)}" for entry in skipped]
     return "\n".join(lines) + "\n"
 
 
@@ -616,7 +629,7 @@ def summary(folder: Path) -> str:
                 f"best peer ({best.system})."
             )
     for entry in skipped:
-        lines.append(f"Not measured: {entry.system} ({entry.reason}).")
+        lines.append(f"Not measured: {not_measured(entry, rows)}.")
     return "\n".join(lines) + "\n"
 
 

@@ -286,3 +286,22 @@ def test_peers_measures_ambrosia_beside_dbos_on_sqlite(
     assert "| dbos-sqlite | sequential |" in capsys.readouterr().out
     # Each system's work directory (its database files, its logs) is removed.
     assert set(Path(tempfile.gettempdir()).glob("ambrosia-peers-*")) <= before
+
+
+def test_a_peer_that_failed_after_some_rounds_is_named_on_one_line_with_those_rounds() -> None:
+    """A client that crashed leaves its stderr in the reason; the summary and the table
+    take its first line, and say which rounds were measured before the failure."""
+    rows = [
+        PeerRow("temporal", peers.MODE_SEQUENTIAL, 1, 10, 1.0, 10.0, 1.0, 2.0, "log", round_)
+        for round_ in (1, 2)
+    ]
+    crashed = PeerSkipped(
+        "temporal", "failed: client process 7 failed with exit code -6: Fatal error\n\nThread 0x1"
+    )
+    line = peers.not_measured(crashed, rows)
+    assert line == (
+        "temporal: measured in rounds 1, 2 only, then failed: client process 7 failed "
+        "with exit code -6: Fatal error"
+    )
+    assert peers.not_measured(PeerSkipped("dbos", "not installed"), rows) == "dbos: not installed"
+    assert f"- {line}" in markdown(rows, [crashed], 64)
