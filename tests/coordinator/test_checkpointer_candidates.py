@@ -13,6 +13,7 @@ from ambrosia.coordinator.checkpointer import (
     decode_status,
     verify_candidate,
 )
+from ambrosia.errors import NotFoundError
 from ambrosia.protocol.checkpoint import (
     CheckpointState,
     OutputState,
@@ -114,6 +115,26 @@ def test_status_round_trips_and_garbage_is_no_status() -> None:
     assert decode_status(b"x" * 5000) is None
 
 
+class StatusArea:
+    """A candidate area as the primary sees it: only the status is read, and counted."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.status: bytes | None = None
+
+    async def write_candidate(self, name: str, data: bytes) -> None:
+        raise AssertionError("the primary writes no candidate")
+
+    async def read_candidate(self, name: str) -> bytes:
+        self.reads += 1
+        if self.status is None:
+            raise NotFoundError(name)
+        return self.status
+
+    async def remove_candidate(self, name: str) -> None:
+        raise AssertionError("the primary removes nothing here")
+
+
 def test_a_primary_without_a_checkpointer_reads_the_status_ever_less_often() -> None:
     """Each status read is a billed request on a cloud store: with no checkpointer the
     primary backs off, and reads every ``checkpointer_check_s`` again once one appears."""
@@ -121,27 +142,9 @@ def test_a_primary_without_a_checkpointer_reads_the_status_ever_less_often() -> 
     import types
 
     from ambrosia.coordinator import checkpointer
-    from ambrosia.errors import NotFoundError
-
-    class Area:
-        def __init__(self) -> None:
-            self.reads = 0
-            self.status: bytes | None = None
-
-        async def write_candidate(self, name: str, data: bytes) -> None:
-            raise AssertionError("the primary writes no candidate")
-
-        async def read_candidate(self, name: str) -> bytes:
-            self.reads += 1
-            if self.status is None:
-                raise NotFoundError(name)
-            return self.status
-
-        async def remove_candidate(self, name: str) -> None:
-            raise AssertionError("the primary removes nothing here")
 
     async def scenario() -> None:
-        area = Area()
+        area = StatusArea()
         runtime = types.SimpleNamespace(
             instance="server",
             replica_id="vm-1",
@@ -176,27 +179,9 @@ def test_a_checkpointer_started_during_the_back_off_takes_the_next_checkpoint() 
     import types
 
     from ambrosia.coordinator import checkpointer
-    from ambrosia.errors import NotFoundError
-
-    class Area:
-        def __init__(self) -> None:
-            self.reads = 0
-            self.status: bytes | None = None
-
-        async def write_candidate(self, name: str, data: bytes) -> None:
-            raise AssertionError("the primary writes no candidate")
-
-        async def read_candidate(self, name: str) -> bytes:
-            self.reads += 1
-            if self.status is None:
-                raise NotFoundError(name)
-            return self.status
-
-        async def remove_candidate(self, name: str) -> None:
-            raise AssertionError("the primary removes nothing here")
 
     async def scenario() -> None:
-        area = Area()
+        area = StatusArea()
         runtime = types.SimpleNamespace(
             instance="server",
             replica_id="vm-1",
