@@ -35,7 +35,13 @@ from ambrosia.binding.dispatcher import Dispatcher
 from ambrosia.binding.immortal import METHOD_ID_FIRST_START, Immortal, method_table
 from ambrosia.coordinator.recovery import recover
 from ambrosia.coordinator.runtime import IMPULSE_SOURCE
-from ambrosia.errors import AmbrosiaError, ConfigError, ProtocolError
+from ambrosia.errors import (
+    AmbrosiaError,
+    ConfigError,
+    LogError,
+    NotFoundError,
+    ProtocolError,
+)
 from ambrosia.log.page import PAGE_BYTES_MAX_DEFAULT, Page
 from ambrosia.protocol.checkpoint import CheckpointState
 from ambrosia.protocol.outputs import OutputStream
@@ -473,9 +479,22 @@ async def _recorded_from(
     log_url: str,
     store_options: Mapping[str, Any],
 ) -> dict[int, bytes]:
-    """Messages ``source`` sent that ``destination``'s log holds, by number."""
+    """Messages ``source`` sent that ``destination``'s log holds, by number.
+
+    The destination may be running: its oldest checkpoint can be pruned between the
+    listing and the read (a newer one was taken). The read is then tried again from the
+    oldest one listed now; a checkpoint that stays unreadable is an error.
+    """
     checkpoint = await _oldest_checkpoint(log_url, destination, store_options)
-    _, pages = await _reading(log_url, destination, checkpoint, store_options)
+    for attempt in range(_PRUNED_CHECKPOINT_ATTEMPTS):
+        try:
+            _, pages = await _reading(log_url, destination, checkpoint, store_options)
+            break
+        except (LogError, NotFoundError):
+            now = await _oldest_checkpoint(log_url, destination, store_options)
+            if now == checkpoint or attempt == _PRUNED_CHECKPOINT_ATTEMPTS - 1:
+                raise
+            checkpoint = now
     recorded: dict[int, bytes] = {}
     for _, page in pages:
         for group in page.groups:
@@ -485,6 +504,10 @@ async def _recorded_from(
             for offset, (start, stop) in enumerate(_split(data)):
                 recorded[group.first_seq + offset] = data[start:stop]
     return recorded
+
+
+# Reads of a running peer's log tried while its oldest checkpoint keeps being pruned.
+_PRUNED_CHECKPOINT_ATTEMPTS = 5
 
 
 async def _oldest_checkpoint(

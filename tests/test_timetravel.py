@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ambrosia import timetravel
 from ambrosia.binding import state as state_codec
 from ambrosia.testing import LoggedCall, Replay, open_replay, replay_test
 from ambrosia.testing.harness import Deployment
@@ -231,3 +234,28 @@ def test_replay_test_command_exit_status(recorded: Deployment, app: str, code: i
         assert "divergence at #" in done.stdout and "MESSAGE 1500" in done.stdout
     else:
         assert "no divergence" in done.stdout
+
+
+def test_replay_test_reads_a_peer_whose_oldest_checkpoint_is_pruned_meanwhile(
+    recorded: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running peer takes a checkpoint and prunes its oldest one between the listing and
+    the read of its log: the messages are read from the oldest one left, not reported as
+    unreadable (a diverging upgrade test once passed that way, comparing nothing)."""
+    log = tmp_path / "log"
+    shutil.copytree(Path(recorded.log_url.removeprefix("file://")), log)
+    listed = timetravel._oldest_checkpoint
+    pruned: list[Path] = []
+
+    async def listed_then_pruned(url: str, instance: str, options: Any) -> int | None:
+        oldest = await listed(url, instance, options)
+        if instance == "sink" and not pruned:
+            pruned.append(log / "sink" / f"checkpoint-{oldest:08d}.ckpt")
+            pruned[0].unlink()
+        return oldest
+
+    monkeypatch.setattr(timetravel, "_oldest_checkpoint", listed_then_pruned)
+    report = asyncio.run(replay_test(f"file://{log}", "forwarder", ForwarderV2, checkpoint=0))
+    assert pruned and not pruned[0].exists()
+    assert report.unchecked == {}, report.describe()
+    assert report.divergence is not None and report.divergence.destination == "sink"
