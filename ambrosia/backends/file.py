@@ -631,28 +631,46 @@ class FileLogStore:
     def _append_sync(
         self, lease: Lease, chunk: int, expected_offset: int, data: bytes | bytearray
     ) -> None:
-        path = self.chunk_path(chunk)
-        # The flock is ours for as long as our fd lives, so the epoch on disk cannot
-        # change under a lease this store holds: no need to re-read it per append (an
-        # expiring lease can be taken from a live holder: then it is checked in its turn).
-        with _translated(f"append to {path}"):
+        # The hot path of every page: no context managers and no path built unless an
+        # error needs one to name (they were a tenth of a small page's cost).
+        try:
+            if self._lease_duration_s is None:
+                # The flock is ours for as long as our fd lives, so the epoch on disk
+                # cannot change under a lease this store holds: no need to re-read it per
+                # append.
+                with self._lock:
+                    self._check_lease_sync(lease, on_disk=False)
+                    fd = self._chunk_fd_sync(chunk)
+                    if self._appended_already(fd, chunk, expected_offset, data):
+                        return
+                    self._write_page_sync(fd, chunk, expected_offset, data)
+                return
             with self._fenced(lease, on_disk=False):
                 fd = self._chunk_fd_sync(chunk)
-                size = os.fstat(fd).st_size
-                if size != expected_offset:
-                    landed = size == expected_offset + len(data) and len(data) > 0
-                    if landed and _read_all(fd, len(data), expected_offset) == data:
-                        return  # a retry of an append that did land
-                    raise OffsetMismatchError(str(path), expected_offset, size)
-                if self._lease_duration_s is None:
-                    self._write_page_sync(fd, chunk, expected_offset, data)
+                if self._appended_already(fd, chunk, expected_offset, data):
                     return
-            # An expiring lease: the write itself outside the turn, so a holder paused in
-            # a write does not hold a takeover up. A takeover that came meanwhile moved
-            # this chunk's bytes to a new file first (``_orphan_chunks_sync``): the write
-            # went to the old one or is in the copy; either way it is not acknowledged.
+            # An expiring lease (it can be taken from a live holder): the write itself
+            # outside the turn, so a holder paused in a write does not hold a takeover
+            # up. A takeover that came meanwhile moved this chunk's bytes to a new file
+            # first (``_orphan_chunks_sync``): the write went to the old one or is in the
+            # copy; either way it is not acknowledged.
             self._write_page_sync(fd, chunk, expected_offset, data)
             self._check_lease_sync(lease)
+        except OSError as error:
+            raise _storage_error(error, f"append to {self.chunk_path(chunk)}") from error
+
+    def _appended_already(
+        self, fd: int, chunk: int, expected_offset: int, data: bytes | bytearray
+    ) -> bool:
+        """True if this exact append already landed (a retry); raises if the chunk ends
+        anywhere else than ``expected_offset``."""
+        size = os.fstat(fd).st_size
+        if size == expected_offset:
+            return False
+        landed = size == expected_offset + len(data) and len(data) > 0
+        if landed and _read_all(fd, len(data), expected_offset) == data:
+            return True  # a retry of an append that did land
+        raise OffsetMismatchError(str(self.chunk_path(chunk)), expected_offset, size)
 
     def _write_page_sync(
         self, fd: int, chunk: int, expected_offset: int, data: bytes | bytearray

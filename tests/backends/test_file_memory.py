@@ -211,6 +211,13 @@ def test_file_store_translates_os_errors(tmp_path: Path) -> None:
         with pytest.raises(OffsetMismatchError) as mismatch:
             await store.create_chunk(lease, 0)
         assert mismatch.value.actual_offset == 3
+        # An append names the chunk file in its errors (built only when one happens).
+        with pytest.raises(NotFoundError, match=r"append to .*chunk-00000007\.log"):
+            await store.append(lease, 7, expected_offset=0, data=b"x")
+        with pytest.raises(OffsetMismatchError, match=r"chunk-00000000\.log") as mismatch:
+            await store.append(lease, 0, expected_offset=1, data=b"x")
+        assert (mismatch.value.expected_offset, mismatch.value.actual_offset) == (1, 3)
+        await store.append(lease, 0, expected_offset=0, data=b"abc")  # a retry that landed
         await store.close()
 
     anyio.run(main)
