@@ -232,7 +232,8 @@ def _upgrade_test(args: argparse.Namespace) -> int:
     )
     print(f"upgrade test of {args.name} to version {args.version} ({args.app}):")
     print(report.describe())
-    return 0 if report.ok else 1
+    status: int = report.exit_status
+    return status
 
 
 def _run_separate(args: argparse.Namespace, deployment: DeploymentFile) -> int:
@@ -526,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--test",
         action="store_true",
         help="upgrade: the upgrade test only: migrate the latest checkpoint and replay the "
-        "log after it with the new code, report the first divergence (exit 1), take nothing over",
+        "log after it with the new code, report the first divergence (exit 1; 4 when a peer's "
+        "messages could not be compared), take nothing over",
     )
     versions.add_argument(
         "--version-check-s",

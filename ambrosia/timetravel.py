@@ -460,7 +460,21 @@ class ReplayTestReport:
 
     @property
     def ok(self) -> bool:
+        """No divergence in what was compared (see ``complete``)."""
         return self.divergence is None
+
+    @property
+    def complete(self) -> bool:
+        """Every destination's messages could be compared (none in ``unchecked``)."""
+        return not self.unchecked
+
+    @property
+    def exit_status(self) -> int:
+        """The commands' exit status: 0 passed, 1 diverged, 4 incomplete (nothing
+        diverged in what was compared, but some destination's messages could not be)."""
+        if self.divergence is not None:
+            return 1
+        return 0 if self.complete else 4
 
     def describe(self) -> str:
         lines = [
@@ -469,7 +483,15 @@ class ReplayTestReport:
         ]
         for destination, why in sorted(self.unchecked.items()):
             lines.append(f"  not compared: messages to {destination}: {why}")
-        lines.append(self.divergence.describe() if self.divergence else "no divergence")
+        if self.divergence is not None:
+            lines.append(self.divergence.describe())
+        elif self.unchecked:
+            lines.append(
+                f"nothing diverged in what was compared, but the messages to "
+                f"{len(self.unchecked)} destination(s) were not compared: incomplete"
+            )
+        else:
+            lines.append("no divergence")
         return "\n".join(lines)
 
 
@@ -638,7 +660,10 @@ def add_commands(
     testing = commands.add_parser(
         "replay-test",
         parents=[common],
-        help="replay an instance's log with new code; report the first divergence (exit 1)",
+        help=(
+            "replay an instance's log with new code; report the first divergence (exit 1; "
+            "4 when a peer's messages could not be compared)"
+        ),
     )
     testing.add_argument("name")
     _replay_arguments(testing)
@@ -720,4 +745,4 @@ def _replay_test_command(args: argparse.Namespace) -> int:
         replay_test(log_url, args.name, app_class, checkpoint=args.checkpoint, peer_logs=peers)
     )
     print(report.describe())
-    return 0 if report.ok else 1
+    return report.exit_status

@@ -55,7 +55,8 @@ so a test can SIGKILL it exactly there. Never set it in production.
 loads the latest checkpoint with the old code, migrates it with ``upgrade_from`` and
 replays the rest of the log with the new code, comparing every message the new code
 sends with what the recorded run sent (``ambrosia.timetravel.replay_test``). Exit
-status 0 when nothing diverged, 1 with the first divergence otherwise.
+status 0 when nothing diverged, 1 with the first divergence otherwise, 4 when nothing
+diverged but a peer's messages could not be compared (its log unreadable: incomplete).
 """
 
 from __future__ import annotations

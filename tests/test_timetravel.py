@@ -259,3 +259,22 @@ def test_replay_test_reads_a_peer_whose_oldest_checkpoint_is_pruned_meanwhile(
     assert pruned and not pruned[0].exists()
     assert report.unchecked == {}, report.describe()
     assert report.divergence is not None and report.divergence.destination == "sink"
+
+
+def test_replay_test_that_could_not_compare_a_peer_is_incomplete_not_passed(
+    recorded: Deployment, tmp_path: Path
+) -> None:
+    """The sink's log is gone: the diverging version cannot be caught, and the report
+    says the test is incomplete (exit status 4) rather than passed."""
+    log = tmp_path / "log"
+    shutil.copytree(Path(recorded.log_url.removeprefix("file://")), log)
+    shutil.rmtree(log / "sink")
+    report = asyncio.run(replay_test(f"file://{log}", "forwarder", ForwarderV2, checkpoint=0))
+    assert report.ok and not report.complete
+    assert set(report.unchecked) == {"sink"}, report.describe()
+    assert report.exit_status == 4
+    text = report.describe()
+    assert "not compared: messages to sink" in text and "incomplete" in text, text
+    assert "no divergence" not in text, text
+    whole = asyncio.run(replay_test(recorded.log_url, "forwarder", ForwarderV2, checkpoint=0))
+    assert (whole.exit_status, whole.complete) == (1, True)
