@@ -1,10 +1,15 @@
-"""Group commit: many inputs, one page, one durable write in flight.
+"""Group commit: many inputs, one page, one durable write at a time.
 
 Inputs from every connection (and self-calls and impulses) are copied into the page
 being filled while the previous page's write is in flight. When that write completes,
 the page being filled is sealed and written next: under light load a page carries one
 call and goes out at once; under heavy load it carries everything that arrived during
-the previous write. No timers.
+the previous write. No timers. Streaming large pages (a megabyte and more) to a store
+that appends in one blocking call (the file store), a page that fills up while the
+previous one is being written is sealed then and queued behind it on the committer's
+writer thread, which goes from one write to the next without waiting for the event
+loop; still one write at a time, in page order, and a queued page writes nothing if the
+one before it failed (it is retried after that one).
 
 Only after a page is durable does anything see it: it is queued for delivery to the
 binding (in page order) and each source is told how far its input is now durable (so it
@@ -38,18 +43,39 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ambrosia.backends.base import BlockingAppend, Lease, LogStore
 from ambrosia.backends.retry import DEFAULT_RETRY_POLICY, RetryPolicy, call_with_retry
 from ambrosia.coordinator.metrics import CoordinatorMetrics
-from ambrosia.errors import AmbrosiaError
+from ambrosia.errors import AmbrosiaError, StorageUnavailableError
 from ambrosia.log.page import Page, PageBuilder, decode_page, seal_page
 from ambrosia.protocol.inputs import InputMarks
 
 logger = logging.getLogger("ambrosia.committer")
 
 _SEAL_IN_THREAD_BYTES_MIN = 1 << 20
+# Large-page writes in flight at once: the one being written and the one queued behind it.
+_IN_FLIGHT_MAX = 2
+
+
+class _PredecessorFailed(StorageUnavailableError):
+    """A queued page's write did not run: the page before it failed (retried in order)."""
+
+
+@dataclass(slots=True)
+class _Write:
+    """A page sealed and on its way: where it goes and what its durability releases."""
+
+    data: bytearray | bytes
+    chunk: int
+    offset: int
+    marks: dict[str, int]
+    started: float
+    job: Callable[[], None] | None
+    first: asyncio.Future[None] | None
+    failing: bool = False  # its last attempt raised (set on the writer thread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +142,16 @@ class Committer:
         self._write_task: asyncio.Task[None] | None = None
         self._work = asyncio.Event()
         self._switch_to: int | None = None
+        self._next_offset = 0  # where the next page sealed goes in ``chunk``
+        self._full = asyncio.Event()  # the page being filled refused a group for room
+        self._in_flight: deque[_Write] = deque()
+        # The writer thread of large pages (``_write_loop``): one, so that they are
+        # written in order; only for stores that append in one blocking call.
+        self._writer = (
+            ThreadPoolExecutor(1, thread_name_prefix="ambrosia-log-writer")
+            if persist and isinstance(store, BlockingAppend)
+            else None
+        )
         self.failed: BaseException | None = None
         self.pages_written = 0
         self.bytes_written = 0
@@ -149,6 +185,7 @@ class Committer:
         if self.builder.body_bytes + len(messages) + 300 > self.page_bytes_max and (
             not self.builder.is_empty
         ):
+            self._full.set()  # a write in flight may queue this page behind it now
             self._kick()
             return False
         if self.backlog_bytes > self.delivery_backlog_bytes_max:
@@ -186,15 +223,42 @@ class Committer:
                 self._write_task = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
-        """One long-lived writer: sleeps until there is input, writes until there is none."""
+        """One long-lived writer: sleeps until there is input, writes until there is none.
+
+        Large pages on a store that appends in one blocking call are written by the
+        committer's own writer thread, and while one is being written the next one is
+        queued behind it as soon as it is full (``_pipelined``): the thread goes from one
+        page's write to the next without waiting for the event loop in between. Pages
+        are still written one at a time and in order; their results are taken in order.
+        """
         try:
             while True:
                 await self._work.wait()
                 self._work.clear()
-                while self.builder.group_count:
-                    if not self.delivery_room.is_set():
-                        await self.delivery_room.wait()
-                    await self._write_one()
+                while self.builder.group_count or self._in_flight:
+                    if self.builder.group_count and (
+                        not self._in_flight or (self._full.is_set() and self._pipelined())
+                    ):
+                        if not self.delivery_room.is_set():
+                            await self.delivery_room.wait()
+                        self._full.clear()
+                        write = await self._start_write()
+                        if write is not None:
+                            self._in_flight.append(write)
+                        continue
+                    oldest = self._in_flight[0]
+                    assert oldest.first is not None
+                    if self._may_queue() and not oldest.first.done() and not self._full.is_set():
+                        # Wake when this write ends, or when the next page fills first.
+                        full = asyncio.ensure_future(self._full.wait())
+                        await asyncio.wait(
+                            (oldest.first, full), return_when=asyncio.FIRST_COMPLETED
+                        )
+                        full.cancel()
+                        if not oldest.first.done():
+                            continue
+                    await self._finish_write(oldest)
+                    self._in_flight.popleft()
                 self._writing = False
                 self.idle.set()
         except AmbrosiaError as error:
@@ -210,9 +274,25 @@ class Committer:
             self.delivery_ready.set()
             self.idle.set()
 
-    async def _write_one(self) -> None:
+    def _may_queue(self) -> bool:
+        """Whether another large page may be queued behind the writes in flight (a store
+        that appends in one blocking call, no chunk switch pending, room in the queue)."""
+        return (
+            self._writer is not None
+            and self._switch_to is None
+            and len(self._in_flight) < _IN_FLIGHT_MAX
+        )
+
+    def _pipelined(self) -> bool:
+        """Whether the page being filled is to be queued now: a large one (``_may_queue``)."""
+        return self._may_queue() and self.builder.body_bytes >= _SEAL_IN_THREAD_BYTES_MIN
+
+    async def _start_write(self) -> _Write | None:
+        """Seal the page being filled and start its write. Small pages are written here
+        and finished (None is returned); a large page's write is returned in flight."""
         self.add_trim_points()
         if self._switch_to is not None:
+            assert not self._in_flight, "a chunk switch waits for the writes in flight"
             number, self._switch_to = self._switch_to, None
             await call_with_retry(
                 lambda: self.store.create_chunk(self.lease, number), self.retry_policy
@@ -222,7 +302,7 @@ class Committer:
                 # recorded chunk that storage lacks is then always damage, never a crash.
                 await self._on_new_chunk(number)
             self.chunk = number
-            self.chunk_offset = 0
+            self.chunk_offset = self._next_offset = 0
         sequence = self.next_sequence
         data = self.builder.detach(
             instance_id=self.instance_id, epoch=self.lease.epoch, sequence=sequence
@@ -230,10 +310,12 @@ class Committer:
         marks, self._pending_marks = self._pending_marks, {}
         self.next_sequence = sequence + 1
         chunk = self.chunk
-        offset = self.chunk_offset
+        offset = self._next_offset
+        self._next_offset = offset + len(data)
         write_started = time.perf_counter()
         store = self.store
         lease = self.lease
+        loop = asyncio.get_running_loop()
         if len(data) < _SEAL_IN_THREAD_BYTES_MIN:
             self._notify_room()
             seal_page(data)
@@ -244,39 +326,74 @@ class Committer:
                     lambda: store.append(lease, chunk, expected_offset=offset, data=data),
                     self.retry_policy,
                 )
-        elif self.persist and isinstance(store, BlockingAppend):
-            # Hashing megabytes and writing them: one job on a worker thread, so the page
-            # waits for the busy event loop once, not between the hash and the write. The
-            # job starts before the inputs waiting for room are woken (they copy into the
-            # next page right here, in this turn of the loop). A retry hashes again: the
-            # same bytes, the same checksum.
-            def seal_and_append() -> None:
-                seal_page(data)
-                store.append_blocking(lease, chunk, expected_offset=offset, data=data)
+            else:
+                await asyncio.sleep(0)
+            self._written(_Write(data, chunk, offset, marks, write_started, None, None))
+            return None
+        if self.persist and self._writer is not None:
+            assert isinstance(store, BlockingAppend)
+            # Hashing megabytes and writing them: one job on the writer thread, so the
+            # page waits for the busy event loop once, not between the hash and the write.
+            # The job starts before the inputs waiting for room are woken (they copy into
+            # the next page right here, in this turn of the loop). A retry hashes again:
+            # the same bytes, the same checksum. A job whose page's predecessor failed
+            # writes nothing (``_PredecessorFailed``, retried once that one is written):
+            # a page is never durable before the one before it.
+            previous = self._in_flight[-1] if self._in_flight else None
+            write = _Write(data, chunk, offset, marks, write_started, None, None)
 
-            loop = asyncio.get_running_loop()
-            first = loop.run_in_executor(None, seal_and_append)
+            def seal_and_append() -> None:
+                if previous is not None and previous.failing:
+                    raise _PredecessorFailed(f"page before offset {offset} not written yet")
+                try:
+                    seal_page(data)
+                    store.append_blocking(lease, chunk, expected_offset=offset, data=data)
+                except BaseException:
+                    write.failing = True
+                    raise
+                write.failing = False
+
+            write.job = seal_and_append
+            write.first = loop.run_in_executor(self._writer, seal_and_append)
             self._notify_room()
-            attempts = iter((first,))
+            return write
+        # Hashing megabytes takes milliseconds: off the event loop, which keeps
+        # receiving into the next page meanwhile (xxhash releases the GIL).
+        sealed = loop.run_in_executor(None, seal_page, data)
+        self._notify_room()
+        await sealed
+        if self.persist:
             await call_with_retry(
-                lambda: next(attempts, None) or loop.run_in_executor(None, seal_and_append),
+                lambda: store.append(lease, chunk, expected_offset=offset, data=data),
                 self.retry_policy,
             )
         else:
-            # Hashing megabytes takes milliseconds: off the event loop, which keeps
-            # receiving into the next page meanwhile (xxhash releases the GIL).
-            sealed = asyncio.get_running_loop().run_in_executor(None, seal_page, data)
-            self._notify_room()
-            await sealed
-            if self.persist:
-                await call_with_retry(
-                    lambda: store.append(lease, chunk, expected_offset=offset, data=data),
-                    self.retry_policy,
-                )
-        if self.persist:
-            self.chunk_offset = offset + len(data)
-        else:
             await asyncio.sleep(0)
+        self._written(_Write(data, chunk, offset, marks, write_started, None, None))
+        return None
+
+    async def _finish_write(self, write: _Write) -> None:
+        """Wait for a write started in flight (retrying it as any append) and record it."""
+        assert write.first is not None and write.job is not None
+        loop = asyncio.get_running_loop()
+        job = write.job
+        attempts = iter((write.first,))
+        await call_with_retry(
+            lambda: next(attempts, None) or loop.run_in_executor(self._writer, job),
+            self.retry_policy,
+        )
+        self._written(write)
+        # The next page's job looks at this one (``failing``): keep nothing else alive
+        # through it, or every page would hold the one before it.
+        write.job = write.first = None
+        write.data = b""
+
+    def _written(self, write: _Write) -> None:
+        """A page is durable: count it, queue it for delivery, tell its sources."""
+        data = write.data
+        chunk = write.chunk
+        if self.persist:
+            self.chunk_offset = write.offset + len(data)
         self.pages_written += 1
         self.bytes_written += len(data)
         # Paired check: the page we just wrote must decode as what we meant to write. Its
@@ -293,7 +410,7 @@ class Committer:
         if self.metrics is not None:
             self.metrics.page_written(
                 len(data),
-                time.perf_counter() - write_started,
+                time.perf_counter() - write.started,
                 sum(group.count for group in page.groups),
             )
         resident = self._resident_pages < self.delivery_pages_max
@@ -301,13 +418,15 @@ class Committer:
             self._resident_pages += 1
         elif not self.persist:
             raise AssertionError("without persistence the writer waits for delivery room")
-        self.delivery.append(DurablePage(chunk, offset, len(data), page if resident else None))
+        self.delivery.append(
+            DurablePage(chunk, write.offset, len(data), page if resident else None)
+        )
         self.backlog_bytes += len(data)
         if not self.persist and len(self.delivery) >= self.delivery_pages_max:
             self.delivery_room.clear()
         self.delivery_ready.set()
-        if marks:
-            self._on_durable(marks)
+        if write.marks:
+            self._on_durable(write.marks)
         if self.chunk_offset >= self.chunk_bytes_max and self._switch_to is None:
             # Not while a switch is pending: a page that was already on its way to the
             # full chunk when the checkpoint asked for a new one must not ask again.
@@ -340,3 +459,5 @@ class Committer:
     def close(self) -> None:
         if self._write_task is not None:
             self._write_task.cancel()
+        if self._writer is not None:
+            self._writer.shutdown(wait=False, cancel_futures=True)
