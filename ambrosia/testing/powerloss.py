@@ -193,7 +193,8 @@ class PowerLossDisk:
         or running in a worker thread when its tasks have ended (a cancelled task does
         not wait for its thread). Marked with their life, they fail once a newer life
         has begun instead of writing into it. The store has no hook for this, so its
-        ``_run`` (the one hop to a worker thread) is wrapped on this instance.
+        ``_run`` (the one hop to a worker thread) and ``append_blocking`` (what the
+        committer's writer thread calls) are wrapped on this instance.
         """
         with self._lock:
             state = self._directories[Path(store.directory)]
@@ -211,7 +212,20 @@ class PowerLossDisk:
 
             return await hop(marked)
 
+        blocking = store.append_blocking
+
+        def append_blocking(
+            lease: Any, chunk: int, *, expected_offset: int, data: bytes | bytearray
+        ) -> None:
+            # Large pages are appended by the committer's own writer thread, not ``_run``.
+            local.life = (state, life)
+            try:
+                blocking(lease, chunk, expected_offset=expected_offset, data=data)
+            finally:
+                local.life = None
+
         vars(store)["_run"] = run
+        vars(store)["append_blocking"] = append_blocking
 
     def track(self, directory: Path) -> None:
         """Model ``directory`` from now on; what it holds now is taken as durable."""
