@@ -48,15 +48,15 @@ def _replaced(owner: object, name: str, value: object) -> Iterator[None]:
 @contextlib.contextmanager
 def commit_before_durable() -> Iterator[None]:
     """The durable callback (which sends the Commits) runs before the page's append."""
-    write_one = Committer._write_one
+    start_write = Committer._start_write
 
-    async def early(self: Committer) -> None:
+    async def early(self: Committer) -> object:
         marks = dict(self._pending_marks)  # what the page about to be written carries
         if marks:
             self._on_durable(marks)
-        await write_one(self)
+        return await start_write(self)
 
-    with _replaced(Committer, "_write_one", early):
+    with _replaced(Committer, "_start_write", early):
         yield
 
 
