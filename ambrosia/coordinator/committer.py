@@ -316,21 +316,7 @@ class Committer:
         store = self.store
         lease = self.lease
         loop = asyncio.get_running_loop()
-        if len(data) < _SEAL_IN_THREAD_BYTES_MIN:
-            self._notify_room()
-            seal_page(data)
-            if self.persist:
-                # A retried append whose first attempt did land is recognised by the store
-                # (same bytes at the same offset) and succeeds: the ambiguous-write rule.
-                await call_with_retry(
-                    lambda: store.append(lease, chunk, expected_offset=offset, data=data),
-                    self.retry_policy,
-                )
-            else:
-                await asyncio.sleep(0)
-            self._written(_Write(data, chunk, offset, marks, write_started, None, None))
-            return None
-        if self.persist and self._writer is not None:
+        if self._writer is not None and len(data) >= _SEAL_IN_THREAD_BYTES_MIN:
             assert isinstance(store, BlockingAppend)
             # Hashing megabytes and writing them: one job on the writer thread, so the
             # page waits for the busy event loop once, not between the hash and the write.
@@ -357,19 +343,25 @@ class Committer:
             write.first = loop.run_in_executor(self._writer, seal_and_append)
             self._notify_room()
             return write
-        # Hashing megabytes takes milliseconds: off the event loop, which keeps
-        # receiving into the next page meanwhile (xxhash releases the GIL).
-        sealed = loop.run_in_executor(None, seal_page, data)
-        self._notify_room()
-        await sealed
+        if len(data) < _SEAL_IN_THREAD_BYTES_MIN:
+            self._notify_room()
+            seal_page(data)
+        else:
+            # Hashing megabytes takes milliseconds: off the event loop, which keeps
+            # receiving into the next page meanwhile (xxhash releases the GIL).
+            hashed = loop.run_in_executor(None, seal_page, data)
+            self._notify_room()
+            await hashed
         if self.persist:
+            # A retried append whose first attempt did land is recognised by the store
+            # (same bytes at the same offset) and succeeds: the ambiguous-write rule.
             await call_with_retry(
                 lambda: store.append(lease, chunk, expected_offset=offset, data=data),
                 self.retry_policy,
             )
         else:
             await asyncio.sleep(0)
-        self._written(_Write(data, chunk, offset, marks, write_started, None, None))
+        self._written(data, chunk, offset, marks, write_started)
         return None
 
     async def _finish_write(self, write: _Write) -> None:
@@ -382,18 +374,23 @@ class Committer:
             lambda: next(attempts, None) or loop.run_in_executor(self._writer, job),
             self.retry_policy,
         )
-        self._written(write)
+        self._written(write.data, write.chunk, write.offset, write.marks, write.started)
         # The next page's job looks at this one (``failing``): keep nothing else alive
         # through it, or every page would hold the one before it.
         write.job = write.first = None
         write.data = b""
 
-    def _written(self, write: _Write) -> None:
+    def _written(
+        self,
+        data: bytes | bytearray,
+        chunk: int,
+        offset: int,
+        marks: dict[str, int],
+        started: float,
+    ) -> None:
         """A page is durable: count it, queue it for delivery, tell its sources."""
-        data = write.data
-        chunk = write.chunk
         if self.persist:
-            self.chunk_offset = write.offset + len(data)
+            self.chunk_offset = offset + len(data)
         self.pages_written += 1
         self.bytes_written += len(data)
         # Paired check: the page we just wrote must decode as what we meant to write. Its
@@ -410,7 +407,7 @@ class Committer:
         if self.metrics is not None:
             self.metrics.page_written(
                 len(data),
-                time.perf_counter() - write.started,
+                time.perf_counter() - started,
                 sum(group.count for group in page.groups),
             )
         resident = self._resident_pages < self.delivery_pages_max
@@ -418,15 +415,13 @@ class Committer:
             self._resident_pages += 1
         elif not self.persist:
             raise AssertionError("without persistence the writer waits for delivery room")
-        self.delivery.append(
-            DurablePage(chunk, write.offset, len(data), page if resident else None)
-        )
+        self.delivery.append(DurablePage(chunk, offset, len(data), page if resident else None))
         self.backlog_bytes += len(data)
         if not self.persist and len(self.delivery) >= self.delivery_pages_max:
             self.delivery_room.clear()
         self.delivery_ready.set()
-        if write.marks:
-            self._on_durable(write.marks)
+        if marks:
+            self._on_durable(marks)
         if self.chunk_offset >= self.chunk_bytes_max and self._switch_to is None:
             # Not while a switch is pending: a page that was already on its way to the
             # full chunk when the checkpoint asked for a new one must not ask again.

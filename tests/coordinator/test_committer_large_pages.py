@@ -45,25 +45,37 @@ class FlakyFileStore(FileLogStore):
         super().append_blocking(lease, chunk, expected_offset=expected_offset, data=data)
 
 
-async def write_pages(store: LogStore) -> tuple[list[dict[str, int]], int]:
-    lease = await store.acquire_lease()
-    await store.create_chunk(lease, 0)
-    durable: list[dict[str, int]] = []
-    committer = Committer(
+def committer_on(
+    store: LogStore,
+    lease: Lease,
+    durable: list[dict[str, int]],
+    *,
+    delivery_pages_max: int = 16,
+    attempts: int = 4,
+) -> Committer:
+    """A committer of 8 MiB pages on ``store``; the marks it makes durable go to ``durable``."""
+    return Committer(
         store,
         lease,
         instance_id=instance_id_for("server"),
         chunk=0,
         next_sequence=1,
         page_bytes_max=8 * 1024 * 1024,
-        delivery_pages_max=16,
+        delivery_pages_max=delivery_pages_max,
         on_durable=lambda marks: durable.append(dict(marks)),
         collect_trims=list,
         inputs=InputMarks(),
         chunk_bytes_max=1 << 30,
         on_chunk_full=lambda: None,
-        retry_policy=RetryPolicy(attempts_max=4, delay_initial_s=0.01, delay_max_s=0.02),
+        retry_policy=RetryPolicy(attempts_max=attempts, delay_initial_s=0.01, delay_max_s=0.02),
     )
+
+
+async def write_pages(store: LogStore) -> tuple[list[dict[str, int]], int]:
+    lease = await store.acquire_lease()
+    await store.create_chunk(lease, 0)
+    durable: list[dict[str, int]] = []
+    committer = committer_on(store, lease, durable, attempts=4)
     for seq in range(1, CALLS + 1):
         while not committer.try_add("client", seq, 1, 1, CALL):
             room = asyncio.Event()
@@ -147,21 +159,7 @@ def test_the_next_large_page_is_queued_behind_the_one_being_written(
         lease = await store.acquire_lease()
         await store.create_chunk(lease, 0)
         durable: list[dict[str, int]] = []
-        committer = Committer(
-            store,
-            lease,
-            instance_id=instance_id_for("server"),
-            chunk=0,
-            next_sequence=1,
-            page_bytes_max=8 * 1024 * 1024,
-            delivery_pages_max=16,
-            on_durable=lambda marks: durable.append(dict(marks)),
-            collect_trims=list,
-            inputs=InputMarks(),
-            chunk_bytes_max=1 << 30,
-            on_chunk_full=lambda: None,
-            retry_policy=RetryPolicy(attempts_max=6, delay_initial_s=0.01, delay_max_s=0.02),
-        )
+        committer = committer_on(store, lease, durable, attempts=6)
         for seq in range(1, calls + 1):
             while not committer.try_add("client", seq, 1, 1, CALL):
                 if len(committer._in_flight) == 2:
@@ -202,20 +200,7 @@ def test_written_pages_are_not_kept_alive_by_the_ones_queued_after_them(tmp_path
     async def scenario() -> int:
         lease = await store.acquire_lease()
         await store.create_chunk(lease, 0)
-        committer = Committer(
-            store,
-            lease,
-            instance_id=instance_id_for("server"),
-            chunk=0,
-            next_sequence=1,
-            page_bytes_max=8 * 1024 * 1024,
-            delivery_pages_max=1,
-            on_durable=lambda marks: None,
-            collect_trims=list,
-            inputs=InputMarks(),
-            chunk_bytes_max=1 << 30,
-            on_chunk_full=lambda: None,
-        )
+        committer = committer_on(store, lease, [], delivery_pages_max=1)
         for seq in range(1, calls + 1):
             while not committer.try_add("client", seq, 1, 1, CALL):
                 room = asyncio.Event()
