@@ -14,7 +14,9 @@ kept here so they cannot drift apart:
 - ``encode_meta`` / ``decode_meta``: the metadata object's JSON, ``Meta`` plus the
   writer's token and a nonce (see ``encode_meta``).
 - ``parse_store_url``: ``SCHEME://CONTAINER/PREFIX`` checked the same way for both.
-- ``probe_failure``: how an unreachable or missing container reads as a ``ConfigError``.
+- ``probe``: the request that checks the container when a store opens, retried a few
+  times while the service is unavailable; ``probe_failure``: how an unreachable or
+  missing container then reads as a ``ConfigError``.
 - ``AcquisitionToken``: the lease token a failed acquisition proposes again.
 - ``chunk_name`` / ``checkpoint_name``: ``chunk-0000000000``, ``checkpoint-0000000000``,
   numbers zero-padded to ``name_number_digits`` so that names sort as numbers do. Logs
@@ -34,6 +36,7 @@ import anyio
 import orjson
 
 from ambrosia.backends.base import Meta, meta_from_record, meta_to_record
+from ambrosia.backends.retry import RetryPolicy, RetryStats, call_with_retry
 from ambrosia.errors import (
     AmbrosiaError,
     ConfigError,
@@ -51,12 +54,18 @@ __all__ = [
     "encode_meta",
     "name_number_digits",
     "parse_store_url",
+    "probe",
     "probe_failure",
     "request",
 ]
 
 RETRIABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 name_number_digits = 10
+
+# The probe at open: attempts while the service is unavailable, and the backoff between.
+PROBE_ATTEMPTS = 3
+_PROBE_DELAY_INITIAL_S = 0.25
+_PROBE_DELAY_MAX_S = 1.0
 
 _Result = TypeVar("_Result")
 
@@ -144,12 +153,54 @@ def parse_store_url(
     return container, prefix
 
 
-def probe_failure(translated: AmbrosiaError, where: str, service: str) -> ConfigError:
+async def probe(
+    where: str,
+    service: str,
+    operation: Callable[[], Awaitable[None]],
+    *,
+    timeout_s: float,
+    foreign: tuple[type[BaseException], ...],
+    translate: Callable[[BaseException, str], AmbrosiaError],
+) -> None:
+    """Check the container at open with ``operation``; ConfigError if it cannot be used.
+
+    A wrong setting must fail fast and clearly: a missing container, refused credentials
+    or a malformed request fail on the first attempt. An unavailable service (a timeout,
+    a refused connection, throttling, a 5xx) is tried ``PROBE_ATTEMPTS`` times with a
+    short backoff first: a store that answered nothing for one request timeout is often
+    only busy, and every later request of the store is retried by its caller anyway
+    (``ambrosia.backends.retry``), so failing the whole open on one slow answer would make
+    opening the least patient step. An endpoint where nothing listens still fails within
+    a second or two; one that never answers within ``PROBE_ATTEMPTS`` timeouts and the
+    backoff between them.
+    """
+    policy = RetryPolicy(
+        attempts_max=PROBE_ATTEMPTS,
+        delay_initial_s=_PROBE_DELAY_INITIAL_S,
+        delay_max_s=_PROBE_DELAY_MAX_S,
+        total_s_max=PROBE_ATTEMPTS * (timeout_s + _PROBE_DELAY_MAX_S),
+    )
+    stats = RetryStats()
+
+    async def attempt() -> None:
+        await request(where, operation, timeout_s=timeout_s, foreign=foreign, translate=translate)
+
+    try:
+        await call_with_retry(attempt, policy, stats=stats)
+    except AmbrosiaError as error:
+        raise probe_failure(error, where, service, attempts=stats.attempts) from error
+
+
+def probe_failure(
+    translated: AmbrosiaError, where: str, service: str, *, attempts: int = 1
+) -> ConfigError:
     """The ``ConfigError`` for a failed probe of a container at open (``where`` names it)."""
     if isinstance(translated, NotFoundError):
         return ConfigError(f"{where} does not exist; create it, or pass create=True (--create)")
     if isinstance(translated, StorageUnavailableError):
-        return ConfigError(f"cannot reach {service} for {where}: {translated}")
+        # The translated message starts with ``where`` already.
+        tried = "" if attempts == 1 else f" ({attempts} attempts)"
+        return ConfigError(f"cannot reach {service}{tried}: {translated}")
     return ConfigError(str(translated))
 
 

@@ -100,7 +100,7 @@ from ambrosia.backends._cloud import (
     decode_meta,
     encode_meta,
     parse_store_url,
-    probe_failure,
+    probe,
     request,
 )
 from ambrosia.backends.base import ChunkInfo, Lease, Meta, recorded_as_created
@@ -819,21 +819,27 @@ def _make_service(
 async def _probe_container(
     service: BlobServiceClient, container: str, endpoint: str, create: bool, timeout_s: float
 ) -> None:
-    """One unretried request, so that a wrong setting fails fast and clearly."""
+    """Check that the container exists (create it if asked); see ``_cloud.probe``."""
     client = service.get_container_client(container)
-    where = f"container {container!r} at {endpoint}"
-    try:
-        with anyio.fail_after(timeout_s):
-            try:
-                await client.get_container_properties()
-                return
-            except HttpResponseError as error:
-                if error.status_code != 404 or not create:
-                    raise
-            try:
-                await client.create_container()
-            except HttpResponseError as error:
-                if _code(error) != "ContainerAlreadyExists":
-                    raise
-    except (AzureError, TimeoutError) as error:
-        raise probe_failure(_translate(error, where), where, "Azure Blob storage") from error
+
+    async def check() -> None:
+        try:
+            await client.get_container_properties()
+            return
+        except HttpResponseError as error:
+            if error.status_code != 404 or not create:
+                raise
+        try:
+            await client.create_container()
+        except HttpResponseError as error:
+            if _code(error) != "ContainerAlreadyExists":
+                raise
+
+    await probe(
+        f"container {container!r} at {endpoint}",
+        "Azure Blob storage",
+        check,
+        timeout_s=timeout_s,
+        foreign=(AzureError,),
+        translate=_translate,
+    )

@@ -89,7 +89,7 @@ from ambrosia.backends._cloud import (
     decode_meta,
     encode_meta,
     parse_store_url,
-    probe_failure,
+    probe,
     request,
 )
 from ambrosia.backends.base import ChunkInfo, Lease, Meta, recorded_as_created
@@ -916,24 +916,30 @@ async def _probe_bucket(
     create: bool,
     timeout_s: float,
 ) -> None:
-    """One unretried request, so that a wrong setting fails fast and clearly."""
-    where = f"bucket {bucket!r} at {endpoint_url or 'AWS S3'}"
-    try:
-        with anyio.fail_after(timeout_s):
-            try:
-                await client.head_bucket(Bucket=bucket)
-                return
-            except ClientError as error:
-                if _status(error) != 404 or not create:
-                    raise
-            settings: dict[str, Any] = {}
-            if region != "us-east-1":
-                settings["CreateBucketConfiguration"] = {"LocationConstraint": region}
-            try:
-                await client.create_bucket(Bucket=bucket, **settings)
-            except ClientError as error:
-                code = error.response.get("Error", {}).get("Code")
-                if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    raise
-    except (BotoCoreError, ClientError, TimeoutError) as error:
-        raise probe_failure(_translate(error, where), where, "S3") from error
+    """Check that the bucket exists (create it if asked); see ``_cloud.probe``."""
+
+    async def check() -> None:
+        try:
+            await client.head_bucket(Bucket=bucket)
+            return
+        except ClientError as error:
+            if _status(error) != 404 or not create:
+                raise
+        settings: dict[str, Any] = {}
+        if region != "us-east-1":
+            settings["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            await client.create_bucket(Bucket=bucket, **settings)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+
+    await probe(
+        f"bucket {bucket!r} at {endpoint_url or 'AWS S3'}",
+        "S3",
+        check,
+        timeout_s=timeout_s,
+        foreign=(BotoCoreError, ClientError),
+        translate=_translate,
+    )

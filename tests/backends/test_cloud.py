@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
@@ -13,6 +16,7 @@ import anyio
 import pytest
 
 from ambrosia.backends import azblob, open_store
+from ambrosia.backends._cloud import PROBE_ATTEMPTS
 from ambrosia.backends.base import Lease, LogStore
 from ambrosia.backends.faults import FaultInjectingStore, FaultRates
 from ambrosia.backends.retry import RetryPolicy, RetryStats, call_with_retry
@@ -24,7 +28,13 @@ from ambrosia.errors import (
     StorageUnavailableError,
 )
 from ambrosia.testing.conformance import CONFORMANCE_CHECKS, Check
-from ambrosia.testing.emulators import Azurite, MotoServer, free_loopback_ports
+from ambrosia.testing.emulators import (
+    AZURITE_ACCOUNT_KEY,
+    AZURITE_ACCOUNT_NAME,
+    Azurite,
+    MotoServer,
+    free_loopback_ports,
+)
 
 pytestmark = pytest.mark.emulator
 
@@ -326,6 +336,97 @@ def test_unreachable_endpoint_is_a_config_error_without_hanging(aws_credentials:
                     endpoint_url=f"http://127.0.0.1:{port}",
                     connect_timeout_s=2.0,
                 )
+
+    anyio.run(main)
+
+
+class StallingForwarder:
+    """A loopback TCP port in front of an emulator that leaves its first connections unanswered.
+
+    The first ``stalled`` connections are accepted and read, never answered (a service too
+    busy to reply within the request timeout); later ones are forwarded both ways.
+    """
+
+    def __init__(self, target_port: int, stalled: int) -> None:
+        self.target_port = target_port
+        self.stalled = stalled
+        self.connections = 0
+        self.port = 0
+        self._held: list[asyncio.StreamWriter] = []
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.connections <= self.stalled:
+            self._held.append(writer)
+            while await reader.read(65536):
+                pass
+            return
+        target_reader, target_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        await asyncio.gather(self._pipe(reader, target_writer), self._pipe(target_reader, writer))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[StallingForwarder]:
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            for writer in self._held:
+                writer.close()
+            server.close()
+
+
+def _open_through(backend: str, port: int, **options: Any) -> Awaitable[LogStore]:
+    if backend == "azblob":
+        connection_string = (
+            "DefaultEndpointsProtocol=http;"
+            f"AccountName={AZURITE_ACCOUNT_NAME};AccountKey={AZURITE_ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT_NAME};"
+        )
+        return open_store(
+            "azblob://probe-retried/p", "i", connection_string=connection_string, **options
+        )
+    return open_store(
+        "s3://probe-retried/p", "i", endpoint_url=f"http://127.0.0.1:{port}", **options
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_probe_at_open_outlasts_a_request_the_service_does_not_answer(
+    backend: str, azurite: Azurite, moto_server: MotoServer, aws_credentials: None
+) -> None:
+    """A store that opens through a service too busy to answer one request still opens.
+
+    Seen in a full test run: Azurite answered nothing for 5 s, and replaying a log failed
+    with "cannot reach Azure Blob storage ... timed out" although the log was intact.
+    """
+    emulator_port = azurite.blob_port if backend == "azblob" else moto_server.port
+
+    async def main() -> None:
+        async with StallingForwarder(emulator_port, stalled=1).running() as busy:
+            started = time.monotonic()
+            store = await _open_through(backend, busy.port, create=True, connect_timeout_s=1.0)
+            await store.close()
+            assert busy.connections >= 2
+            assert time.monotonic() - started >= 1.0
+        # A service that never answers is still a ConfigError, after PROBE_ATTEMPTS tries
+        # and within their bound: attempts x (timeout + the longest backoff).
+        async with StallingForwarder(emulator_port, stalled=1_000).running() as dead:
+            started = time.monotonic()
+            with pytest.raises(ConfigError, match=rf"cannot reach .*\({PROBE_ATTEMPTS} attempts\)"):
+                await _open_through(backend, dead.port, connect_timeout_s=1.0)
+            assert dead.connections == PROBE_ATTEMPTS
+            assert time.monotonic() - started <= PROBE_ATTEMPTS * (1.0 + 1.0) + 1.0
 
     anyio.run(main)
 
