@@ -1,6 +1,7 @@
 """Session-wide storage emulators for every test directory: real processes, stopped by PID.
 
-``azurite`` and ``moto_server`` start once per session on free loopback ports. Without an
+``azurite`` and ``moto_server`` start once per session on free loopback ports (Azurite again
+when it gets old, see ``AzuriteKeeper``). Without an
 emulator (missing, or it did not start) the tests that need it are skipped with the
 emulator's error, except in CI (the ``CI`` environment variable is set), where they
 fail. Every run ends with a section listing each skipped test and why
@@ -13,6 +14,7 @@ environment (``monkeypatch``), where both the processes a test starts and the te
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,13 +40,53 @@ from ambrosia.testing.skips import pytest_terminal_summary  # noqa: E402
 __all__ = ["pytest_terminal_summary"]  # a hook: pytest finds it by name here
 
 
+# Azurite runs a mark-and-sweep of its stored blocks ten minutes after it starts and every
+# ten minutes after that, on its only thread; in memory, the sweep deletes each unused
+# block with a scan of all of them. After ten minutes of this suite's logs it answered
+# nothing for 25 s: requests timed out, and a 15 s lease would lapse. So no test is handed
+# an Azurite older than this; its first sweep never comes while a test is using it.
+AZURITE_AGE_S_MAX = 300.0
+
+
+class AzuriteKeeper:
+    """The session's Azurite, replaced by a fresh one between tests once it is old.
+
+    Every test names its own container or prefix and creates it (``create=True``,
+    ``--create-storage``), so no test needs what an earlier one stored.
+    """
+
+    def __init__(self) -> None:
+        self.emulator: Azurite | None = None
+        self.started = 0.0
+        self.starts = 0
+
+    def current(self) -> Azurite:
+        if self.emulator is not None and time.monotonic() - self.started > AZURITE_AGE_S_MAX:
+            self.stop()
+        if self.emulator is None:
+            self.emulator = start_or_skip(start_azurite)
+            self.started = time.monotonic()
+            self.starts += 1
+        return self.emulator
+
+    def stop(self) -> None:
+        emulator, self.emulator = self.emulator, None
+        if emulator is not None:
+            emulator.stop()
+
+
 @pytest.fixture(scope="session")
-def azurite() -> Iterator[Azurite]:
-    emulator = start_or_skip(start_azurite)
+def azurite_keeper() -> Iterator[AzuriteKeeper]:
+    keeper = AzuriteKeeper()
     try:
-        yield emulator
+        yield keeper
     finally:
-        emulator.stop()
+        keeper.stop()
+
+
+@pytest.fixture
+def azurite(azurite_keeper: AzuriteKeeper) -> Azurite:
+    return azurite_keeper.current()
 
 
 @pytest.fixture(scope="session")
