@@ -56,7 +56,11 @@ instance must use it) the lease also expires:
   holder first moves the chunks it could be writing to new files (a copy, then a rename
   over the old name), so such a late write lands in a file no reader sees, and is never
   acknowledged. A holder paused inside its turn holds a takeover up until it resumes or
-  dies: that window is a few system calls wide.
+  dies, so a turn holds only system calls that do not wait for the disk: the check and
+  the rename, create or unlink it guards. Every fsync (of a temporary file before its
+  rename, of the directory after) is made outside it, before the call returns. A rename
+  whose directory fsync had not happened when a takeover came is made durable by the
+  takeover's own (it replaces the epoch file durably before it reads anything).
 """
 
 from __future__ import annotations
@@ -579,11 +583,13 @@ class FileLogStore:
                 size = os.stat(path).st_size
                 if size != 0:
                     raise OffsetMismatchError(str(path), 0, size) from None
-                # A retry: the first attempt may have died before the directory fsync.
-                _fsync_directory(self._directory)
-                return
-            self._chunk_fds[number] = fd
-            self._close_old_chunks_sync(keep=number)
+                # A retry: the first attempt may have died before the directory fsync
+                # (made below).
+            else:
+                self._chunk_fds[number] = fd
+                self._close_old_chunks_sync(keep=number)
+        # Outside the turn (module docstring, "A holder that stops"), before returning.
+        with _translated(f"create {path}"):
             _fsync_directory(self._directory)
 
     def _close_old_chunks_sync(self, keep: int) -> None:
@@ -724,7 +730,7 @@ class FileLogStore:
                             )
                         return
                     os.rename(temporary, final)
-                    _fsync_directory(self._directory)
+                _fsync_directory(self._directory)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temporary)
@@ -761,16 +767,28 @@ class FileLogStore:
 
     def _swap_meta_sync(self, lease: Lease, expected: str | None, new: Meta) -> str:
         path = self._directory / _META_FILE
-        with _translated(f"replace {path}"), self._fenced(lease):
-            _, version = self._read_meta_sync()
-            current = None if version is None else str(version)
-            if current != expected:
-                raise PreconditionFailedError(
-                    f"metadata of {self._instance!r} is at version {current}, expected {expected}"
-                )
-            new_version = (version or 0) + 1
-            _replace_durably(path, _encode_meta(new, new_version))
-            return str(new_version)
+        # The version this swap writes follows from the one it expects (checked in the
+        # turn), so the record is written and synced before the turn, and the turn holds
+        # only the check and the rename (module docstring, "A holder that stops").
+        new_version = int(expected) + 1 if expected is not None and expected.isdecimal() else 1
+        with _translated(f"replace {path}"):
+            temporary = _write_durable_temporary(path, _encode_meta(new, new_version))
+            try:
+                with self._fenced(lease):
+                    _, version = self._read_meta_sync()
+                    current = None if version is None else str(version)
+                    if current != expected:
+                        raise PreconditionFailedError(
+                            f"metadata of {self._instance!r} is at version {current}, "
+                            f"expected {expected}"
+                        )
+                    os.rename(temporary, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+            _fsync_directory(self._directory)
+        return str(new_version)
 
     # -- retention and shutdown ---------------------------------------------------------
 
@@ -796,6 +814,7 @@ class FileLogStore:
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._directory / name)
+        with _translated(f"delete old chunks and checkpoints in {self._directory}"):
             _fsync_directory(self._directory)
 
     # -- replica board (``ambrosia.coordinator.replicas``) ---------------------------------
