@@ -46,16 +46,17 @@ instance must use it) the lease also expires:
 - a process that finds ``holder-E`` flocked takes the lease anyway once ``heartbeat``
   has not changed for ``lease_duration_s`` by its own clock (no clock is compared
   across machines);
-- every mutation (append, chunk creation, checkpoint, metadata, retention, renewal)
-  runs in a cross-process turn (a flock on ``write.lock``, a few system calls) and checks
-  in it that the epoch file is still the one its lease wrote (one ``stat``: the file is
-  only ever replaced by rename); a takeover replaces the epoch file in the same turn.
-  So the stopped holder, resumed, finds its epoch gone before its next write and stops
-  (``LeaseLostError``). An append's write itself runs outside the turn (a holder is
-  most likely paused in a write), followed by the same check; a takeover from a live
-  holder first moves the chunks it could be writing to new files (a copy, then a rename
-  over the old name), so such a late write lands in a file no reader sees, and is never
-  acknowledged. A holder paused inside its turn holds a takeover up until it resumes or
+- every mutation checks that the epoch file is still the one its lease wrote (one
+  ``stat``: the file is only ever replaced by rename); chunk creation, checkpoints,
+  metadata and retention do it in a cross-process turn (a flock on ``write.lock``), and
+  a takeover replaces the epoch file in the same turn. So the stopped holder, resumed,
+  finds its epoch gone before its next write and stops (``LeaseLostError``). Appends
+  and renewals take no turn (a holder is most likely paused in one of those): an
+  append checks before its write and again after it, and a takeover from a live holder
+  first moves the chunks it could be writing to new files (a copy, then a rename over
+  the old name), so a write made after the takeover lands in a file no reader sees, and
+  is never acknowledged; a renewal writes only the heartbeat, which guards nothing.
+  A holder paused inside its turn holds a takeover up until it resumes or
   dies, so a turn holds only system calls that do not wait for the disk: the check and
   the rename, create or unlink it guards. Every fsync (of a temporary file before its
   rename, of the directory after) is made outside it, before the call returns. A rename
@@ -539,7 +540,10 @@ class FileLogStore:
 
     async def renew_lease(self, lease: Lease) -> Lease:
         def renew() -> Lease:
-            with _translated(f"renew the lease of {self._directory}"), self._fenced(lease):
+            # No turn: a renewal writes only the heartbeat, which says "alive" and guards
+            # nothing; one written late, after a takeover, only delays the next one.
+            with _translated(f"renew the lease of {self._directory}"), self._lock:
+                self._check_lease_sync(lease)
                 if self._lease_duration_s is not None:
                     self._write_heartbeat_sync(lease.epoch)
             return lease
@@ -651,15 +655,17 @@ class FileLogStore:
                         return
                     self._write_page_sync(fd, chunk, expected_offset, data)
                 return
-            with self._fenced(lease, on_disk=False):
+            # An expiring lease (it can be taken from a live holder): no turn at all, so
+            # a holder paused in an append (its most likely place) does not hold a
+            # takeover up. A takeover that comes between the check and the write moved
+            # this chunk's bytes to a new file first (``_orphan_chunks_sync``): the write
+            # goes to the old one or is in the copy, and the check after it fails, so it
+            # is never acknowledged.
+            with self._lock:
+                self._check_lease_sync(lease)
                 fd = self._chunk_fd_sync(chunk)
                 if self._appended_already(fd, chunk, expected_offset, data):
                     return
-            # An expiring lease (it can be taken from a live holder): the write itself
-            # outside the turn, so a holder paused in a write does not hold a takeover
-            # up. A takeover that came meanwhile moved this chunk's bytes to a new file
-            # first (``_orphan_chunks_sync``): the write went to the old one or is in the
-            # copy; either way it is not acknowledged.
             self._write_page_sync(fd, chunk, expected_offset, data)
             self._check_lease_sync(lease)
         except OSError as error:

@@ -14,6 +14,8 @@ lease meanwhile.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -33,15 +35,16 @@ PAUSE_S = 5.0  # the paused holder resumes after this at the latest (the test's 
 
 
 class PauseAtFirstSync:
-    """Once armed, the first fsync (of a temporary file or of the directory) stops its
-    thread until ``resume`` is set: the holder "paused" in the middle of a mutation."""
+    """Once armed, the first durable write (a temporary file's, the directory's fsync, a
+    page's write) stops its thread until ``resume`` is set: the holder "paused" in the
+    middle of a mutation."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.armed = False
         self.paused = threading.Event()
         self.resume = threading.Event()
         self._lock = threading.Lock()
-        for name in ("_write_durable_temporary", "_fsync_directory"):
+        for name in ("_write_durable_temporary", "_fsync_directory", "_write_all"):
             monkeypatch.setattr(file, name, self._pausing(getattr(file, name)))
 
     def _pausing(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -65,12 +68,17 @@ def _operation(store: FileLogStore, lease: Lease, name: str) -> Callable[[], Awa
         "create_chunk": lambda: store.create_chunk(lease, 0),
         "write_checkpoint": lambda: store.write_checkpoint(lease, 0, b"state"),
         "delete_before": lambda: store.delete_before(lease, 0),
+        # On a thread, as the committer writes large pages (a small one written inline
+        # would pause this whole test's event loop, as SIGSTOP pauses a process).
+        "append": lambda: anyio.to_thread.run_sync(
+            lambda: store.append_blocking(lease, 0, expected_offset=0, data=b"page")
+        ),
     }
     return operations[name]
 
 
 @pytest.mark.parametrize(
-    "operation", ["swap_meta", "create_chunk", "write_checkpoint", "delete_before"]
+    "operation", ["swap_meta", "create_chunk", "write_checkpoint", "delete_before", "append"]
 )
 def test_a_holder_paused_in_a_mutation_does_not_hold_up_a_takeover(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str
@@ -83,6 +91,8 @@ def test_a_holder_paused_in_a_mutation_does_not_hold_up_a_takeover(
         successor = await open_store(url, "a", lease_duration_s=LEASE_S)
         assert isinstance(holder, FileLogStore) and isinstance(successor, FileLogStore)
         lease = await holder.acquire_lease()
+        if operation == "append":
+            await holder.create_chunk(lease, 0)
         outcome: list[object] = []
 
         async def run_paused_operation() -> None:
@@ -105,11 +115,13 @@ def test_a_holder_paused_in_a_mutation_does_not_hold_up_a_takeover(
         assert took_s < PAUSE_S / 2
         # Resumed, the old holder either finishes what it did before the takeover (the
         # step it was paused after) or is fenced; it never writes under the new epoch.
-        if operation in ("swap_meta", "write_checkpoint"):
+        if operation in ("swap_meta", "write_checkpoint", "append"):
             assert len(outcome) == 1 and isinstance(outcome[0], LeaseLostError), outcome
             meta, _ = await successor.read_meta()
             assert meta is None
             assert await successor.list_checkpoints() == []
+        if operation == "append":
+            assert await successor.read_chunk(0) == b"", "the fenced page is in no chunk"
         with pytest.raises(LeaseLostError):
             await holder.create_chunk(lease, 5)
         # The new holder works as usual.
@@ -123,3 +135,31 @@ def test_a_holder_paused_in_a_mutation_does_not_hold_up_a_takeover(
         anyio.run(main)
     finally:
         pause.resume.set()
+
+
+def test_appends_and_renewals_take_no_turn(tmp_path: Path) -> None:
+    """The turn is held here, as by a holder paused in it, for 3 s: an append and a
+    renewal of the live holder finish at once anyway."""
+    released_after_s = 3.0
+
+    async def main() -> None:
+        store = await open_store(f"file://{tmp_path}", "a", lease_duration_s=LEASE_S)
+        lease = await store.acquire_lease()
+        await store.create_chunk(lease, 0)
+        turn = os.open(tmp_path / "a" / "write.lock", os.O_RDWR)
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        release = threading.Timer(released_after_s, fcntl.flock, (turn, fcntl.LOCK_UN))
+        release.start()
+        try:
+            started = time.monotonic()
+            await store.append(lease, 0, expected_offset=0, data=b"page")
+            await store.renew_lease(lease)
+            took_s = time.monotonic() - started
+        finally:
+            release.join()
+            os.close(turn)
+        assert took_s < released_after_s / 2
+        assert await store.read_chunk(0) == b"page"
+        await store.close()
+
+    anyio.run(main)
