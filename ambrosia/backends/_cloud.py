@@ -36,7 +36,13 @@ import anyio
 import orjson
 
 from ambrosia.backends.base import Meta, meta_from_record, meta_to_record
-from ambrosia.backends.retry import RetryPolicy, RetryStats, call_with_retry
+from ambrosia.backends.retry import (
+    PROBE_ATTEMPTS,
+    RETRIABLE_HTTP_STATUSES,
+    RetryStats,
+    call_with_retry,
+    probe_policy,
+)
 from ambrosia.errors import (
     AmbrosiaError,
     ConfigError,
@@ -46,6 +52,7 @@ from ambrosia.errors import (
 )
 
 __all__ = [
+    "PROBE_ATTEMPTS",
     "RETRIABLE_STATUSES",
     "AcquisitionToken",
     "checkpoint_name",
@@ -59,13 +66,8 @@ __all__ = [
     "request",
 ]
 
-RETRIABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+RETRIABLE_STATUSES = RETRIABLE_HTTP_STATUSES
 name_number_digits = 10
-
-# The probe at open: attempts while the service is unavailable, and the backoff between.
-PROBE_ATTEMPTS = 3
-_PROBE_DELAY_INITIAL_S = 0.25
-_PROBE_DELAY_MAX_S = 1.0
 
 _Result = TypeVar("_Result")
 
@@ -174,12 +176,7 @@ async def probe(
     a second or two; one that never answers within ``PROBE_ATTEMPTS`` timeouts and the
     backoff between them.
     """
-    policy = RetryPolicy(
-        attempts_max=PROBE_ATTEMPTS,
-        delay_initial_s=_PROBE_DELAY_INITIAL_S,
-        delay_max_s=_PROBE_DELAY_MAX_S,
-        total_s_max=PROBE_ATTEMPTS * (timeout_s + _PROBE_DELAY_MAX_S),
-    )
+    policy = probe_policy(timeout_s)
     stats = RetryStats()
 
     async def attempt() -> None:

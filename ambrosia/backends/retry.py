@@ -65,11 +65,14 @@ import anyio
 
 __all__ = [
     "DEFAULT_RETRY_POLICY",
+    "PROBE_ATTEMPTS",
+    "RETRIABLE_HTTP_STATUSES",
     "RetryPolicy",
     "RetryStats",
     "backoff_delay_s",
     "call_with_retry",
     "is_retriable",
+    "probe_policy",
 ]
 
 _Result = TypeVar("_Result")
@@ -94,6 +97,27 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY_POLICY = RetryPolicy()
+
+# The HTTP statuses of a service that is there but cannot answer now: request timeout,
+# throttling, and the 5xx a front end answers while it restarts or sheds load.
+RETRIABLE_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+# The probe a store or catalog makes at open: attempts while the service is unavailable.
+PROBE_ATTEMPTS = 3
+_PROBE_DELAY_INITIAL_S = 0.25
+_PROBE_DELAY_MAX_S = 1.0
+
+
+def probe_policy(timeout_s: float) -> RetryPolicy:
+    """The retries of the check a store or catalog makes at open, each attempt bounded by
+    ``timeout_s``: ``PROBE_ATTEMPTS`` in all, a short backoff between, and no longer than
+    the attempts' timeouts and the longest backoffs together."""
+    return RetryPolicy(
+        attempts_max=PROBE_ATTEMPTS,
+        delay_initial_s=_PROBE_DELAY_INITIAL_S,
+        delay_max_s=_PROBE_DELAY_MAX_S,
+        total_s_max=PROBE_ATTEMPTS * (timeout_s + _PROBE_DELAY_MAX_S),
+    )
 
 
 @dataclass(slots=True)

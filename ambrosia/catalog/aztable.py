@@ -45,7 +45,8 @@ from azure.core.exceptions import (
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
-from ambrosia.catalog.base import InstanceRecord
+from ambrosia.backends.retry import RETRIABLE_HTTP_STATUSES
+from ambrosia.catalog.base import CatalogUnreachableError, InstanceRecord, probe
 from ambrosia.errors import (
     CatalogError,
     ConfigError,
@@ -314,25 +315,42 @@ async def open(
 
 
 async def _probe_table(table: TableClient, table_name: str, create: bool, timeout_s: float) -> None:
+    """Check the table exists (create it if asked); retried while unreachable (``probe``)."""
     where = f"table {table_name!r} at {table.url}"
-    try:
-        with anyio.fail_after(timeout_s):
-            try:
-                async for _ in table.query_entities("PartitionKey eq 'probe'", results_per_page=1):
-                    break
-                return
-            except ResourceNotFoundError:
-                if not create:
-                    raise
-            with contextlib.suppress(ResourceExistsError):
-                await table.create_table()
-    except TimeoutError as error:
-        raise ConfigError(f"cannot reach Azure Tables for {where}: timed out") from error
-    except ResourceNotFoundError as error:
-        raise ConfigError(
-            f"{where} does not exist; create it, or pass create=True (--create)"
-        ) from error
-    except (ServiceRequestError, ServiceResponseError) as error:
-        raise ConfigError(f"cannot reach Azure Tables for {where}: {error.message}") from error
-    except AzureError as error:
-        raise ConfigError(str(_translate(error, where))) from error
+
+    async def check() -> None:
+        try:
+            with anyio.fail_after(timeout_s):
+                try:
+                    async for _ in table.query_entities(
+                        "PartitionKey eq 'probe'", results_per_page=1
+                    ):
+                        break
+                    return
+                except ResourceNotFoundError:
+                    if not create:
+                        raise
+                with contextlib.suppress(ResourceExistsError):
+                    await table.create_table()
+        except TimeoutError as error:
+            raise CatalogUnreachableError(
+                f"cannot reach Azure Tables for {where}: timed out"
+            ) from error
+        except ResourceNotFoundError as error:
+            raise ConfigError(
+                f"{where} does not exist; create it, or pass create=True (--create)"
+            ) from error
+        except (ServiceRequestError, ServiceResponseError) as error:
+            raise CatalogUnreachableError(
+                f"cannot reach Azure Tables for {where}: {error.message}"
+            ) from error
+        except HttpResponseError as error:
+            if error.status_code in RETRIABLE_HTTP_STATUSES:
+                raise CatalogUnreachableError(
+                    f"cannot reach Azure Tables for {where}: HTTP {error.status_code}"
+                ) from error
+            raise ConfigError(str(_translate(error, where))) from error
+        except AzureError as error:
+            raise ConfigError(str(_translate(error, where))) from error
+
+    await probe(check, timeout_s)

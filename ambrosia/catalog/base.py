@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import builtins
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
+from ambrosia.backends.retry import RetryStats, call_with_retry, probe_policy
 from ambrosia.errors import ConfigError
 from ambrosia.names import validate_instance_name
 
@@ -237,3 +239,30 @@ class Catalog(Protocol):
     async def close(self) -> None:
         """Release connections. Idempotent."""
         ...
+
+
+class CatalogUnreachableError(ConfigError):
+    """A catalog's table did not answer the probe at open (a timeout, a failed connection,
+    throttling, a 5xx): worth another attempt (``probe``), and a ``ConfigError`` once the
+    attempts are spent."""
+
+    retriable = True
+
+
+async def probe(check: Callable[[], Awaitable[None]], timeout_s: float) -> None:
+    """Run a catalog's check of its table at open, again while it raises
+    ``CatalogUnreachableError`` (``ambrosia.backends.retry.probe_policy``); any other
+    error (a missing table, refused credentials) ends it at once.
+
+    As with the log stores' probe: a service that answers nothing for one request
+    timeout is often only busy, and every later call of the catalog runs long after
+    the open; failing the whole start on one slow answer would make it the least
+    patient step of all.
+    """
+    stats = RetryStats()
+    try:
+        await call_with_retry(check, probe_policy(timeout_s), stats=stats)
+    except CatalogUnreachableError as error:
+        if stats.attempts == 1:
+            raise
+        raise CatalogUnreachableError(f"{error} ({stats.attempts} attempts)") from error

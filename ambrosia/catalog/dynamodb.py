@@ -59,8 +59,9 @@ from botocore.exceptions import (
 )
 
 from ambrosia.backends._aws import aws_session
+from ambrosia.backends.retry import RETRIABLE_HTTP_STATUSES
 from ambrosia.catalog import dynamodb_location as check_url
-from ambrosia.catalog.base import InstanceRecord
+from ambrosia.catalog.base import CatalogUnreachableError, InstanceRecord, probe
 from ambrosia.errors import (
     CatalogError,
     ConfigError,
@@ -82,6 +83,16 @@ SORT_KEY = "name"
 KIND = "instance"
 race_attempts_max = 32
 table_active_wait_s = 60.0
+# Error codes of a DynamoDB that is there but too busy to answer now.
+_BUSY_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+    }
+)
 _ACCESS_CODES = frozenset(
     {
         "AccessDeniedException",
@@ -408,17 +419,46 @@ async def _probe_table(
     timeout_s: float,
 ) -> None:
     """One read (a GetItem the deployment's role is granted anyway), so that a wrong
-    setting fails fast and clearly; with ``create``, a missing table is made."""
+    setting fails fast and clearly, retried while DynamoDB does not answer (``probe``);
+    with ``create``, a missing table is made."""
     where = f"table {table_name!r} in {region} at {endpoint_url or 'AWS DynamoDB'}"
     key = {PARTITION_KEY: {"S": "probe"}, SORT_KEY: {"S": "probe"}}
-    try:
+
+    async def check() -> None:
         try:
             with anyio.fail_after(timeout_s):
                 await client.get_item(TableName=table_name, Key=key)
             return
+        except TimeoutError as error:
+            raise CatalogUnreachableError(
+                f"cannot reach DynamoDB for {where}: timed out"
+            ) from error
         except ClientError as error:
-            if _code(error) != "ResourceNotFoundException" or not create:
-                raise
+            if _code(error) == "ResourceNotFoundException" and create:
+                pass
+            elif _code(error) == "ResourceNotFoundException":
+                raise ConfigError(
+                    f"{where} does not exist; create it (infra/terraform/aws does), "
+                    "or pass create=True"
+                ) from error
+            elif _status(error) in RETRIABLE_HTTP_STATUSES or _code(error) in _BUSY_CODES:
+                raise CatalogUnreachableError(
+                    f"cannot reach DynamoDB for {where}: {_code(error) or _status(error)}"
+                ) from error
+            else:
+                raise ConfigError(str(_translate(error, where))) from error
+        except (BotoConnectionError, HTTPClientError) as error:
+            raise CatalogUnreachableError(f"cannot reach DynamoDB for {where}: {error}") from error
+        except BotoCoreError as error:
+            raise ConfigError(str(_translate(error, where))) from error
+        await _create_table(client, table_name, where)
+
+    await probe(check, timeout_s)
+
+
+async def _create_table(client: Any, table_name: str, where: str) -> None:
+    """Create the table and wait until it is ACTIVE (not retried: a creation is slow)."""
+    try:
         with anyio.fail_after(table_active_wait_s):
             try:
                 await client.create_table(
@@ -442,14 +482,10 @@ async def _probe_table(
                     return
                 await anyio.sleep(0.5)
     except TimeoutError as error:
-        raise ConfigError(f"cannot reach DynamoDB for {where}: timed out") from error
-    except ClientError as error:
-        if _code(error) == "ResourceNotFoundException":
-            raise ConfigError(
-                f"{where} does not exist; create it (infra/terraform/aws does), or pass create=True"
-            ) from error
-        raise ConfigError(str(_translate(error, where))) from error
+        raise ConfigError(
+            f"{where} was created but did not become ACTIVE within {table_active_wait_s:g} s"
+        ) from error
     except (BotoConnectionError, HTTPClientError) as error:
         raise ConfigError(f"cannot reach DynamoDB for {where}: {error}") from error
-    except BotoCoreError as error:
+    except (ClientError, BotoCoreError) as error:
         raise ConfigError(str(_translate(error, where))) from error
