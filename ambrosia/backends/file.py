@@ -211,14 +211,21 @@ def _write_durable_temporary(final: Path, data: bytes) -> Path:
     return temporary
 
 
-def _replace_durably(final: Path, data: bytes) -> None:
-    temporary = _write_durable_temporary(final, data)
+@contextlib.contextmanager
+def _discarded_on_failure(temporary: Path) -> Iterator[None]:
+    """Remove ``temporary`` if the block (that was to rename it into place) fails."""
     try:
-        os.rename(temporary, final)
+        yield
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _replace_durably(final: Path, data: bytes) -> None:
+    temporary = _write_durable_temporary(final, data)
+    with _discarded_on_failure(temporary):
+        os.rename(temporary, final)
     _fsync_directory(final.parent)
 
 
@@ -779,20 +786,15 @@ class FileLogStore:
         new_version = int(expected) + 1 if expected is not None and expected.isdecimal() else 1
         with _translated(f"replace {path}"):
             temporary = _write_durable_temporary(path, _encode_meta(new, new_version))
-            try:
-                with self._fenced(lease):
-                    _, version = self._read_meta_sync()
-                    current = None if version is None else str(version)
-                    if current != expected:
-                        raise PreconditionFailedError(
-                            f"metadata of {self._instance!r} is at version {current}, "
-                            f"expected {expected}"
-                        )
-                    os.rename(temporary, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+            with _discarded_on_failure(temporary), self._fenced(lease):
+                _, version = self._read_meta_sync()
+                current = None if version is None else str(version)
+                if current != expected:
+                    raise PreconditionFailedError(
+                        f"metadata of {self._instance!r} is at version {current}, "
+                        f"expected {expected}"
+                    )
+                os.rename(temporary, path)
             _fsync_directory(self._directory)
         return str(new_version)
 
