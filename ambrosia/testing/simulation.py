@@ -699,20 +699,34 @@ class _Run:
 
     def _arm(self, point: CrashPoint) -> None:
         victim = self._victim()
+        life = self.nodes[victim].lives
 
         def cut() -> None:
             # Called by the storage, maybe in a worker thread, inside the failing call.
-            self.loop.call_soon_threadsafe(self._power_cut, victim)
+            self.loop.call_soon_threadsafe(self._power_cut, victim, point, life)
 
         self.storage.arm(victim, point.after_operations, cut)
 
-    def _power_cut(self, victim: str) -> None:
-        """The victim's process dies now (its storage already lost its power)."""
+    def _power_cut(self, victim: str, point: CrashPoint, life: int) -> None:
+        """The victim's process dies now (its storage already lost its power).
+
+        The storage cuts the power in its own thread and this death runs on the loop's
+        next turn; meanwhile the run may have moved on: the final power loss disarmed the
+        point and took down every life at once, or the victim lives again. A death that
+        arrives for a point no longer armed, or for a life already over, has been dealt
+        with: it must not kill the next life.
+        """
         node = self.nodes[victim]
+        if self.armed is not point or node.lives != life:
+            return
         runtime = node.runtime
         primary = not node.dead and runtime is not None and runtime.primary.is_set()
         node.kill()
         self.crashed.append((victim, primary))
+
+    def _power_lost(self) -> bool:
+        """Whether a victim's storage has lost its power and its death is still queued."""
+        return any(self.storage.power_lost(name) for name in self.nodes)
 
     def _choose_next(self, launching: Sequence[str]) -> None:
         """Arm the next point: now on a running victim, at its launch on a new life."""
@@ -927,7 +941,7 @@ class _Run:
                 await self._handle_crash()
             self.check()
             await self._audit_checkpoints()
-            if not self.crashed and condition():
+            if not self.crashed and not self._power_lost() and condition():
                 return
             await asyncio.sleep(_TURN_S)
             now = time.monotonic()

@@ -18,6 +18,7 @@ import asyncio
 import os
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -106,6 +107,65 @@ def test_a_failure_seen_between_the_power_cut_and_the_death_is_not_a_violation()
                     run.check()
                 await storage.crash(simulation.CLIENT)  # the death itself not yet run
                 run.check()
+            finally:
+                await run.abandon()
+                await simulation._end_leftover_tasks(run)
+                await storage.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_death_still_queued_when_the_run_moves_on_is_neither_lost_nor_misapplied() -> None:
+    """Regression: the storage cuts the power (in a worker thread, for the file store)
+    and queues the victim's death for the loop's next turn. A run whose calls were all
+    done saw its condition hold before that turn, went on to the final power loss, and
+    the death queued by then arrived after it, killed the new life and found no point
+    armed (``AssertionError`` in ``_handle_crash``). Now the run waits while a power loss
+    is pending, and a death for a point no longer armed or a life already over is void."""
+    from ambrosia.testing import simulation
+
+    async def scenario() -> None:
+        storage = simulation._MemoryStorage(random.Random(0))
+        with simulation._watching_logs() as watch:
+            run = simulation._Run(
+                Schedule(0, "memory", ()), storage, calls=4, stall_s=30.0, log_watch=watch
+            )
+
+            def everyone_live() -> bool:
+                return all(node.live is not None for node in run.nodes.values())
+
+            def cut_with_death_queued() -> Any:
+                point = CrashPoint(simulation.SERVER, 10**6)
+                run.armed = point
+                run._arm(point)
+                return storage.crash(simulation.SERVER)  # queues the death, runs no turn
+
+            try:
+                for node in run.nodes.values():
+                    await run.launch(node)
+                await run.wait_until(everyone_live)
+
+                # The condition holds all along: the queued death is still handled first.
+                await cut_with_death_queued()
+                await run.wait_until(lambda: True)
+                assert run.verdict.crashes == ["server@1000000 (life 1, running)"]
+                await run.wait_until(everyone_live)
+                assert run.nodes[simulation.SERVER].lives == 2
+
+                # The final power loss overtakes a queued death: it does not kill again.
+                await cut_with_death_queued()
+                await run.final_power_loss()
+                await run.wait_until(everyone_live)
+                for _ in range(5):
+                    await asyncio.sleep(0)
+                await run.wait_until(everyone_live)
+                assert run.verdict.crashes[-1] == "both at the end"
+                assert len(run.verdict.crashes) == 2
+                assert {name: node.lives for name, node in run.nodes.items()} == {
+                    simulation.SERVER: 3,
+                    simulation.CLIENT: 2,
+                }
+                assert all(not node.dead for node in run.nodes.values())
             finally:
                 await run.abandon()
                 await simulation._end_leftover_tasks(run)
