@@ -8,9 +8,6 @@ kept here so they cannot drift apart:
   chained. It never retries: ``ambrosia.backends.retry`` explains why retries belong
   to the caller of the store, and what a store does instead so that the caller's retry
   of a whole operation is safe.
-- ``RETRIABLE_STATUSES``: the HTTP statuses a translation marks retriable
-  (``StorageUnavailableError``): request timeout, throttling, and the 5xx a front end
-  answers while it restarts or sheds load.
 - ``encode_meta`` / ``decode_meta``: the metadata object's JSON, ``Meta`` plus the
   writer's token and a nonce (see ``encode_meta``).
 - ``parse_store_url``: ``SCHEME://CONTAINER/PREFIX`` checked the same way for both.
@@ -36,13 +33,7 @@ import anyio
 import orjson
 
 from ambrosia.backends.base import Meta, meta_from_record, meta_to_record
-from ambrosia.backends.retry import (
-    PROBE_ATTEMPTS,
-    RETRIABLE_HTTP_STATUSES,
-    RetryStats,
-    call_with_retry,
-    probe_policy,
-)
+from ambrosia.backends.retry import RetryStats, call_with_retry, probe_policy
 from ambrosia.errors import (
     AmbrosiaError,
     ConfigError,
@@ -52,8 +43,6 @@ from ambrosia.errors import (
 )
 
 __all__ = [
-    "PROBE_ATTEMPTS",
-    "RETRIABLE_STATUSES",
     "AcquisitionToken",
     "checkpoint_name",
     "chunk_name",
@@ -66,7 +55,6 @@ __all__ = [
     "request",
 ]
 
-RETRIABLE_STATUSES = RETRIABLE_HTTP_STATUSES
 name_number_digits = 10
 
 _Result = TypeVar("_Result")

@@ -93,7 +93,6 @@ from azure.storage.blob import BlobBlock
 from azure.storage.blob.aio import BlobClient, BlobLeaseClient, BlobServiceClient
 
 from ambrosia.backends._cloud import (
-    RETRIABLE_STATUSES,
     AcquisitionToken,
     checkpoint_name,
     chunk_name,
@@ -104,6 +103,7 @@ from ambrosia.backends._cloud import (
     request,
 )
 from ambrosia.backends.base import ChunkInfo, Lease, Meta, recorded_as_created
+from ambrosia.backends.retry import RETRIABLE_HTTP_STATUSES
 from ambrosia.errors import (
     AmbrosiaError,
     ConfigError,
@@ -183,7 +183,7 @@ def _translate(error: BaseException, where: str) -> AmbrosiaError:
             return NotFoundError(detail)
         if status in (401, 403):
             return ConfigError(f"{detail}: access denied; check the credentials")
-        if status in RETRIABLE_STATUSES:
+        if status in RETRIABLE_HTTP_STATUSES:
             return StorageUnavailableError(detail)
         return StorageError(f"{detail}: {error.message}")
     if isinstance(error, AzureError):

@@ -82,7 +82,6 @@ from botocore.exceptions import (
 
 from ambrosia.backends._aws import aws_session
 from ambrosia.backends._cloud import (
-    RETRIABLE_STATUSES,
     AcquisitionToken,
     checkpoint_name,
     chunk_name,
@@ -93,6 +92,7 @@ from ambrosia.backends._cloud import (
     request,
 )
 from ambrosia.backends.base import ChunkInfo, Lease, Meta, recorded_as_created
+from ambrosia.backends.retry import RETRIABLE_HTTP_STATUSES
 from ambrosia.errors import (
     AmbrosiaError,
     ConfigError,
@@ -146,7 +146,7 @@ def _translate(error: BaseException, where: str) -> AmbrosiaError:
         if status in (401, 403):
             return ConfigError(f"{detail}: access denied; check the AWS credentials")
         # 409 ConditionalRequestConflict: a concurrent conditional write is in flight.
-        if status in RETRIABLE_STATUSES or code in _RETRIABLE_CODES or status == 409:
+        if status in RETRIABLE_HTTP_STATUSES or code in _RETRIABLE_CODES or status == 409:
             return StorageUnavailableError(detail)
         return StorageError(f"{detail}: {error}")
     if isinstance(error, BotoCoreError):

@@ -434,16 +434,16 @@ async def _probe_table(
                 f"cannot reach DynamoDB for {where}: timed out"
             ) from error
         except ClientError as error:
-            if _code(error) == "ResourceNotFoundException" and create:
-                pass
-            elif _code(error) == "ResourceNotFoundException":
-                raise ConfigError(
-                    f"{where} does not exist; create it (infra/terraform/aws does), "
-                    "or pass create=True"
-                ) from error
-            elif _status(error) in RETRIABLE_HTTP_STATUSES or _code(error) in _BUSY_CODES:
+            code = _code(error)
+            if code == "ResourceNotFoundException":
+                if not create:
+                    raise ConfigError(
+                        f"{where} does not exist; create it (infra/terraform/aws does), "
+                        "or pass create=True"
+                    ) from error
+            elif _status(error) in RETRIABLE_HTTP_STATUSES or code in _BUSY_CODES:
                 raise CatalogUnreachableError(
-                    f"cannot reach DynamoDB for {where}: {_code(error) or _status(error)}"
+                    f"cannot reach DynamoDB for {where}: {code or _status(error)}"
                 ) from error
             else:
                 raise ConfigError(str(_translate(error, where))) from error

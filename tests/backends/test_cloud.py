@@ -14,10 +14,9 @@ import anyio
 import pytest
 
 from ambrosia.backends import azblob, open_store
-from ambrosia.backends._cloud import PROBE_ATTEMPTS
 from ambrosia.backends.base import Lease, LogStore
 from ambrosia.backends.faults import FaultInjectingStore, FaultRates
-from ambrosia.backends.retry import RetryPolicy, RetryStats, call_with_retry
+from ambrosia.backends.retry import PROBE_ATTEMPTS, RetryPolicy, RetryStats, call_with_retry
 from ambrosia.errors import (
     ConfigError,
     LeaseHeldError,
