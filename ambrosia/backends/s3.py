@@ -112,8 +112,12 @@ read_concurrency_max = 16
 fence_attempts_max = 64
 _FENCE_MAGIC = b"ambrosia-fence:"
 _FENCE_BYTES = len(_FENCE_MAGIC) + 32  # the token is a 32-digit hex UUID
-# Objects one tail read GETs at most (one request each), before returning what it has.
-_TAIL_OBJECTS_MAX = 256
+# Objects one tail read GETs at most (one request each, one after the other), before
+# returning what it has: a standby replays what it read before it reads on, and a
+# checkpointer standby takes its candidate at the first page of a new chunk, so a read
+# that held back a whole chunk (a hundred GETs, seconds on a slow service) made the
+# primary's wait for that candidate run out. The reads are as many either way.
+_TAIL_OBJECTS_MAX = 16
 _FENCE_METADATA_KEY = "ambrosia-fence"
 _BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _RETRIABLE_CODES = frozenset(

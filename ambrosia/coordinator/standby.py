@@ -180,11 +180,17 @@ class LogTail:
     async def poll(self, *, final: bool = False) -> list[tuple[int, Page]]:
         """New pages; ``final``: the writer is fenced, look for later chunks every time."""
         pages = await self._read_current()
-        if not pages and not final:
-            # The writer moves to a new chunk once per checkpoint: a listing on every
-            # idle read would double what an idle standby costs on a cloud store.
+        if pages:
+            self._idle_polls = 0
+        elif not final:
+            # The writer moves to a new chunk once per checkpoint: a look for it on every
+            # idle read would add a read to each of an idle standby's on a cloud store, so
+            # it looks on every fifth. And on the first empty read after pages: a writer
+            # that was busy and stopped in this chunk most likely went on to the next,
+            # where a checkpointer standby takes its candidate (waiting five reads for it,
+            # over a second on a cloud store, let the primary's wait run out).
             self._idle_polls += 1
-            if self._idle_polls % _LISTING_EVERY_IDLE_POLLS:
+            if (self._idle_polls - 1) % _LISTING_EVERY_IDLE_POLLS:
                 return pages
         while not pages:
             later = await self._later_chunk()
