@@ -180,17 +180,19 @@ class LogTail:
     async def poll(self, *, final: bool = False) -> list[tuple[int, Page]]:
         """New pages; ``final``: the writer is fenced, look for later chunks every time."""
         pages = await self._read_current()
-        if pages:
-            self._idle_polls = 0
-        elif not final:
+        if not pages and not final:
             # The writer moves to a new chunk once per checkpoint: a look for it on every
             # idle read would add a read to each of an idle standby's on a cloud store, so
-            # it looks on every fifth. And on the first empty read after pages: a writer
-            # that was busy and stopped in this chunk most likely went on to the next,
-            # where a checkpointer standby takes its candidate (waiting five reads for it,
-            # over a second on a cloud store, let the primary's wait run out).
+            # it looks on every fifth. But on each of the first five empty reads after
+            # pages: a writer that was busy and stopped in this chunk most likely went on
+            # to the next (its metadata names it a moment later), where a checkpointer
+            # standby takes its candidate (waiting five reads for it, over a second on a
+            # cloud store, let the primary's wait run out).
             self._idle_polls += 1
-            if (self._idle_polls - 1) % _LISTING_EVERY_IDLE_POLLS:
+            if (
+                self._idle_polls > _LISTING_EVERY_IDLE_POLLS
+                and self._idle_polls % _LISTING_EVERY_IDLE_POLLS
+            ):
                 return pages
         while not pages:
             later = await self._later_chunk()
@@ -202,6 +204,7 @@ class LogTail:
             pages += await self._read_current()
             if not pages and await self._later_chunk() is None:
                 return pages
+        self._idle_polls = 0
         return pages
 
     async def _later_chunk(self) -> int | None:

@@ -1,9 +1,9 @@
 """A standby's tail (``LogTail``) follows the writer into its next chunk at once.
 
 The writer moves to a new chunk once per checkpoint, and a checkpointer standby takes
-its candidate at the start of that chunk: the tail looks for the next chunk on the first
-empty read after reading pages, then on every fifth idle read only (an idle standby's
-request rate on a cloud store, priced by ``ambrosia-bench standby-cost``).
+its candidate at the start of that chunk: the tail looks for the next chunk on each of
+the first five empty reads after reading pages, then on every fifth idle read only (an
+idle standby's request rate on a cloud store, priced by ``ambrosia-bench standby-cost``).
 """
 
 from __future__ import annotations
@@ -88,9 +88,14 @@ def test_the_first_empty_read_after_pages_finds_the_next_chunk() -> None:
             assert [(chunk, page.sequence) for chunk, page in await tail.poll()] == [(1, 4)]
             assert tail.chunk == 1
 
-            # Idle: one look at the metadata on the first empty read, then one in five.
+            # Idle: a look at the metadata on each of the first five empty reads, then
+            # on one in five.
             meta_reads = 0
-            idle_polls = 3 * _LISTING_EVERY_IDLE_POLLS
+            for _ in range(_LISTING_EVERY_IDLE_POLLS):
+                assert await tail.poll() == []
+            assert meta_reads == _LISTING_EVERY_IDLE_POLLS
+            meta_reads = 0
+            idle_polls = 4 * _LISTING_EVERY_IDLE_POLLS
             for _ in range(idle_polls):
                 assert await tail.poll() == []
             assert meta_reads == idle_polls // _LISTING_EVERY_IDLE_POLLS
